@@ -1,0 +1,1 @@
+"""NormLab: every normalization method in one framework, instrumented training runs."""

@@ -1,0 +1,130 @@
+"""The metric schema: the one contract between the trainer, the run store and the charts.
+
+Every measurement NormLab makes is a *tidy row*::
+
+    run     str    run id (added by the store; absent in a trainer's own batches)
+    step    int    optimizer steps taken when measured (0 = before the first update)
+    layer   str    "hidden1", "hidden2", ... / "conv1", ...; "out" for the head;
+                   "model" for whole-model metrics (loss, accuracy, global gradient norm)
+    site    str    where in the layer: "pre_norm" (input of the normalization),
+                   "post_norm" (its output), "post_act" (after the activation),
+                   "param" (the layer's weight parameters), "train" / "val" (model metrics)
+    metric  str    one of the names below
+    value   float
+
+Metric names by site:
+
+=============  ==========================================================================
+site           metrics
+=============  ==========================================================================
+pre_norm,      ``mean``, ``var`` (biased, over every element of the batch's activation),
+post_norm,     ``p15``, ``p50``, ``p85`` (percentiles, the BN paper's Figure 1 view),
+post_act       ``hist_00`` ... ``hist_{HIST_BINS-1}`` (fraction of values per fixed bin,
+               see :func:`hist_edges`; the first and last bins also catch values outside)
+post_act       ``saturated`` (sigmoid/tanh: fraction of values where the activation's
+               derivative is below 5% of its maximum) or ``dead`` (relu/gelu: fraction of
+               units that are <= 0 for every example of the batch)
+param          ``grad_norm`` (L2 norm of the gradient of the layer's weight parameters),
+               ``weight_norm`` (their L2 norm), ``update_ratio`` (||Δw|| / ||w|| of the last
+               optimizer step: the effective learning rate)
+train          ``loss``, ``acc`` (on the training batch), ``grad_norm`` (global, all params)
+val            ``loss``, ``acc`` (whole validation split), every ``eval_interval`` steps
+=============  ==========================================================================
+
+Trainers emit :class:`RecordBatch` objects (a steps x series matrix, cheap to build
+without a Python object per value); ``RecordBatch.to_frame()`` gives the tidy rows.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+COLUMNS = ["run", "step", "layer", "site", "metric", "value"]
+ACT_SITES = ("pre_norm", "post_norm", "post_act")
+MODEL_LAYER = "model"
+PERCENTILES = (15, 50, 85)
+HIST_BINS = 32
+HIST_RANGES = {  # fixed histogram range per site; values outside fall in the end bins
+    "pre_norm": (-8.0, 8.0),
+    "post_norm": (-4.0, 4.0),
+    "post_act": (-4.0, 4.0),
+}
+ACT_HIST_RANGES = {  # post_act range by activation, where it is known
+    "sigmoid": (0.0, 1.0),
+    "tanh": (-1.0, 1.0),
+    "relu": (-0.5, 4.0),
+    "gelu": (-0.5, 4.0),
+}
+HIST_METRICS = tuple(f"hist_{i:02d}" for i in range(HIST_BINS))
+DEFAULT_METRICS = ("loss", "acc", "grad_norm")  # what the loss/accuracy charts load
+
+
+def hist_range(site: str, activation: str | None = None) -> tuple[float, float]:
+    """The (low, high) histogram range used for ``site`` (and ``activation`` at post_act)."""
+    if site == "post_act" and activation in ACT_HIST_RANGES:
+        return ACT_HIST_RANGES[activation]
+    return HIST_RANGES[site]
+
+
+def hist_edges(site: str, activation: str | None = None) -> np.ndarray:
+    """The HIST_BINS + 1 bin edges of ``site``'s histogram (bin i is [edge i, edge i+1))."""
+    lo, hi = hist_range(site, activation)
+    return np.linspace(lo, hi, HIST_BINS + 1)
+
+
+@dataclass
+class RecordBatch:
+    """Measurements of several steps: ``values[i, j]`` is series ``keys[j]`` at ``steps[i]``.
+
+    ``keys`` are (layer, site, metric) triples; NaN marks "not measured at this step"
+    (validation metrics exist only every eval interval).
+    """
+
+    steps: np.ndarray  # (S,) int64
+    keys: list[tuple[str, str, str]]  # K series
+    values: np.ndarray  # (S, K) float64
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def to_frame(self, run: str | None = None) -> pd.DataFrame:
+        """Tidy rows (see module docstring), NaN entries dropped."""
+        S, K = self.values.shape
+        mask = ~np.isnan(self.values)  # (S, K)
+        rows_s, rows_k = np.nonzero(mask)
+        layers = np.array([k[0] for k in self.keys], dtype=object)
+        sites = np.array([k[1] for k in self.keys], dtype=object)
+        metrics = np.array([k[2] for k in self.keys], dtype=object)
+        frame = pd.DataFrame(
+            {
+                "run": run,
+                "step": self.steps[rows_s].astype(np.int64),
+                "layer": layers[rows_k],
+                "site": sites[rows_k],
+                "metric": metrics[rows_k],
+                "value": self.values[rows_s, rows_k],
+            },
+            columns=COLUMNS,
+        )
+        return frame if run is not None else frame.drop(columns="run")
+
+    @staticmethod
+    def concat(batches: list["RecordBatch"]) -> "RecordBatch":
+        """One batch from several with possibly different key sets (union of keys)."""
+        keys: list[tuple[str, str, str]] = []
+        index: dict[tuple[str, str, str], int] = {}
+        for b in batches:
+            for k in b.keys:
+                if k not in index:
+                    index[k] = len(keys)
+                    keys.append(k)
+        steps = np.concatenate([b.steps for b in batches]) if batches else np.zeros(0, np.int64)
+        values = np.full((len(steps), len(keys)), np.nan)
+        row = 0
+        for b in batches:
+            cols = [index[k] for k in b.keys]
+            values[row : row + len(b), cols] = b.values
+            row += len(b)
+        return RecordBatch(steps.astype(np.int64), keys, values)
