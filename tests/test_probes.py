@@ -1,0 +1,146 @@
+"""Probes against references: torch's own norms of the same tensors, numpy's percentiles
+and histograms, the SGD closed form of the update ratio, and hook hygiene."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from normlab.config import RunConfig
+from normlab.models import build_model
+from normlab.probes import Probe, find_layers, saturation
+from normlab.schema import HIST_BINS, hist_edges
+
+
+def one_step(model, probe, x, y, lr=0.1, extra=None):
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    probe.arm(0)
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    probe.after_backward()
+    probe.before_update()
+    opt.step()
+    probe.after_update(extra)
+    return probe.flush().to_frame()
+
+
+@pytest.fixture
+def mlp():
+    torch.manual_seed(0)
+    return build_model(RunConfig(width=32, depth=2, activation="sigmoid", norm="batch"), (12,), 4)
+
+
+def test_layer_names_mlp_cnn_and_user_model():
+    assert [lay.name for lay in find_layers(build_model(RunConfig(depth=3), (64,), 10))] == \
+        ["hidden1", "hidden2", "hidden3", "out"]
+    cnn = build_model(RunConfig(model="cnn", depth=2, width=8, norm="weight"), (1, 8, 8), 10)
+    layers = find_layers(cnn)
+    assert [lay.name for lay in layers] == ["conv1", "conv2", "out"]
+    user = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+    found = find_layers(user)
+    assert [lay.name for lay in found] == ["0", "3"]
+    assert found[0].norm is user[1] and found[0].act is user[2] and found[0].activation == "relu"
+
+
+def test_hooks_always_removed(mlp):
+    with pytest.raises(RuntimeError):
+        with Probe(mlp):
+            assert any(m._forward_hooks for m in mlp.modules())
+            raise RuntimeError("boom")
+    assert not any(m._forward_hooks for m in mlp.modules())
+
+
+def test_activation_stats_match_reference(mlp):
+    x, y = torch.randn(40, 12), torch.randint(0, 4, (40,))
+    seen = {}
+    mlp.hidden1.norm.register_forward_hook(lambda m, i, o: seen.update(pre=i[0].detach(), post=o.detach()))
+    mlp.hidden1.act.register_forward_hook(lambda m, i, o: seen.update(act=o.detach()))
+    with Probe(mlp, sample=None) as probe:
+        frame = one_step(mlp, probe, x, y)
+    got = frame.set_index(["layer", "site", "metric"])["value"]
+    for site, key in [("pre_norm", "pre"), ("post_norm", "post"), ("post_act", "act")]:
+        t = seen[key].double().numpy().ravel()
+        assert got["hidden1", site, "mean"] == pytest.approx(t.mean(), abs=1e-6)
+        assert got["hidden1", site, "var"] == pytest.approx(t.var(), rel=1e-5, abs=1e-7)
+        for q in (15, 50, 85):
+            assert got["hidden1", site, f"p{q}"] == pytest.approx(np.percentile(t, q), abs=1e-6)
+        edges = hist_edges(site, "sigmoid" if site == "post_act" else None)
+        clipped = np.clip(t, edges[0], edges[-1] - 1e-9)
+        ref = np.histogram(clipped, bins=edges)[0] / t.size
+        hist = np.array([got["hidden1", site, f"hist_{i:02d}"] for i in range(HIST_BINS)])
+        np.testing.assert_allclose(hist, ref, atol=1e-12)
+    sat_ref = ((seen["act"] * (1 - seen["act"])) < 0.05 * 0.25).double().mean().item()
+    assert got["hidden1", "post_act", "saturated"] == pytest.approx(sat_ref)
+
+
+def test_sampled_percentiles_are_the_samples_percentiles(mlp):
+    x, y = torch.randn(64, 12), torch.randint(0, 4, (64,))
+    seen = {}
+    mlp.hidden2.norm.register_forward_hook(lambda m, i, o: seen.update(pre=i[0].detach()))
+    with Probe(mlp, sample=101) as probe:
+        frame = one_step(mlp, probe, x, y)
+        index = probe._sample_of(64 * 32)
+    got = frame.set_index(["layer", "site", "metric"])["value"]
+    sample = seen["pre"].reshape(-1)[index].double().numpy()
+    assert len(sample) == 101
+    for q in (15, 50, 85):
+        assert got["hidden2", "pre_norm", f"p{q}"] == pytest.approx(np.percentile(sample, q), abs=1e-6)
+    # mean and variance always use every value
+    assert got["hidden2", "pre_norm", "mean"] == pytest.approx(seen["pre"].double().mean().item(), abs=1e-6)
+
+
+def test_gradient_weight_norms_and_sgd_update_ratio(mlp):
+    x, y = torch.randn(32, 12), torch.randint(0, 4, (32,))
+    lr = 0.05
+    with Probe(mlp) as probe:
+        opt = torch.optim.SGD(mlp.parameters(), lr=lr)
+        probe.arm(0)
+        F.cross_entropy(mlp(x), y).backward()
+        grads = {n: p.grad.clone() for n, p in mlp.named_parameters()}
+        probe.after_backward()
+        probe.before_update()
+        opt.step()
+        probe.after_update()
+        got = probe.flush().to_frame().set_index(["layer", "site", "metric"])["value"]
+    total = torch.sqrt(sum(g.double().square().sum() for g in grads.values())).item()
+    assert got["model", "train", "grad_norm"] == pytest.approx(total, rel=1e-6)
+    g1 = grads["hidden1.layer.weight"].double().norm().item()
+    assert got["hidden1", "param", "grad_norm"] == pytest.approx(g1, rel=1e-6)
+    w1 = mlp.hidden1.layer.weight.double().norm().item()
+    assert got["hidden1", "param", "weight_norm"] == pytest.approx(w1, rel=1e-6)
+    # plain SGD: Δw = −lr·g, so update_ratio · ‖w‖ = lr · ‖g‖ (closed form)
+    assert got["hidden1", "param", "update_ratio"] * w1 == pytest.approx(lr * g1, rel=1e-5)
+
+
+def test_only_recorded_steps_produce_rows(mlp):
+    x, y = torch.randn(16, 12), torch.randint(0, 4, (16,))
+    opt = torch.optim.SGD(mlp.parameters(), lr=0.1)
+    with Probe(mlp, every=3) as probe:
+        for step in range(10):
+            probe.arm(step)
+            F.cross_entropy(mlp(x), y).backward()
+            probe.after_backward()
+            probe.before_update()
+            opt.step()
+            opt.zero_grad()
+            probe.after_update()
+        batch = probe.flush()
+    assert batch.steps.tolist() == [0, 3, 6, 9]
+    assert probe.flush() is None
+
+
+def test_saturation_closed_forms():
+    y = torch.tensor([[0.001, 0.5, 0.999, 0.3]])
+    assert saturation(y, "sigmoid") == pytest.approx(0.5)
+    assert saturation(torch.tensor([[0.99, 0.0, -0.999, 0.5]]), "tanh") == pytest.approx(0.5)
+    relu_out = torch.tensor([[0.0, 1.0, 0.0], [0.0, 2.0, 3.0]])  # unit 0 dead
+    assert saturation(relu_out, "relu") == pytest.approx(1 / 3)
+    conv_out = torch.zeros(2, 4, 3, 3)
+    conv_out[1, 2, 0, 0] = 1.0  # only channel 2 alive
+    assert saturation(conv_out, "relu") == pytest.approx(3 / 4)
+
+
+def test_probe_refuses_models_without_layers():
+    with pytest.raises(ValueError, match="no Linear/Conv"):
+        Probe(nn.Sequential(nn.ReLU()))
