@@ -155,6 +155,10 @@ def errors(cfg: RunConfig, train_size: int | None = None) -> dict[str, str]:
          f"unknown optimizer {cfg.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
     need(cfg.norm_position in NORM_POSITIONS, "norm_position",
          f"unknown norm_position {cfg.norm_position!r}; choose before or after")
+    spatial = cfg.dataset in ("digits", "mnist1d") or cfg.dataset.startswith("idx:")
+    need(cfg.model != "cnn" or spatial, "model",
+         f"a CNN needs image or signal data (digits, mnist1d, idx:FOLDER); {cfg.dataset!r} "
+         "has none: use model 'mlp'")
     need(cfg.norm in NORMS, "norm", f"unknown norm {cfg.norm!r}; choose one of {', '.join(NORMS)}")
     if cfg.norm in NORMS and cfg.model in MODELS and cfg.norm not in norms_for(cfg.model):
         e["norm"] = (f"{cfg.norm!r} needs a CNN: it normalizes each channel over spatial "

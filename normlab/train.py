@@ -84,8 +84,10 @@ class Trainer:
         self.model.train()
         return loss, acc
 
-    def batches(self, flush_seconds: float = 1.0) -> Iterator[RecordBatch]:
-        """Train, yielding the records at least every ``flush_seconds`` and at the end.
+    def batches(self, flush_seconds: float = 1.0,
+                first_flush_after: int | None = None) -> Iterator[RecordBatch]:
+        """Train, yielding the records at least every ``flush_seconds`` and at the end
+        (and once after ``first_flush_after`` steps, so a live chart starts at once).
 
         Step ``s`` records the model as it is *before* update ``s + 1`` is applied (so step 0
         is the initial model); validation runs at steps divisible by ``eval_interval`` and
@@ -122,7 +124,8 @@ class Trainer:
                     probe.after_update({("model", "train", "loss"): loss_value,
                                         ("model", "train", "acc"): acc})
                 self.outcome.step = step + 1
-                if time.monotonic() - last_flush >= flush_seconds:
+                if (time.monotonic() - last_flush >= flush_seconds
+                        or step + 1 == first_flush_after):
                     yield self._collect(pending_val)
                     pending_val, last_flush = [], time.monotonic()
             else:

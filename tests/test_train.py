@@ -101,9 +101,11 @@ def test_every_method_trains(norm, model):
                     eval_interval=60, lr=0.1, optimizer="momentum", activation="relu")
     batch, outcome = train(cfg)
     frame = batch.to_frame()
-    val = frame[(frame.site == "val") & (frame.metric == "loss")].value.to_numpy()
+    loss = frame[(frame.site == "train") & (frame.metric == "loss")].value.to_numpy()
     assert outcome.status == "done"
-    assert val[-1] < val[0]  # it learns something in 60 steps
+    assert loss[-10:].mean() < 0.8 * loss[:10].mean()  # it learns something in 60 steps
+    # (validation is not asserted: e.g. whitening's running matrix can lag badly early on,
+    # which is a finding the dashboard should show, not hide)
     assert np.isfinite(frame.value).all()
 
 

@@ -1,0 +1,284 @@
+"""``python -m normlab``: run comparisons and manage the run store from a terminal.
+
+Commands: ``run``, ``list``, ``show``, ``export``, ``import``, ``delete``, ``cancel``,
+``pause``, ``resume``, ``tag``, ``annotate``, ``engine``. ``run`` takes every
+:class:`~normlab.config.RunConfig` field as a flag of the same name and default; a
+comma-separated value (``--norms batch,layer --seeds 0,1 --lr 0.1,0.01``) makes a
+comparison over every combination.
+
+Bad input (an unknown norm, a negative lr, a bad id, a missing file) prints one line on
+stderr naming the value and what is allowed, exits with code 2, and writes nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+
+from normlab.config import DEFAULTS, FIELD_TYPES, ConfigError, RunConfig
+
+EXIT_USAGE = 2
+PLURALS = {"norm": "norms", "seed": "seeds"}  # the flags users type for the common lists
+
+
+class UsageError(Exception):
+    """Bad command-line input: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line instead of argparse's usage block
+        raise UsageError(f"{self.prog}: {message} (see --help)")
+
+
+def _store_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", metavar="PATH", default=None,
+                   help="the SQLite run store (default: $NORMLAB_STORE or ~/.normlab/normlab.sqlite)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="normlab", description="Compare normalization methods on small "
+                     "PyTorch runs; results go to a SQLite run store the dashboard reads.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run a comparison (base config x lists of values)",
+                         description="Every config field is a flag; comma-separated values "
+                         "make a comparison over every combination.")
+    for f in fields(RunConfig):
+        flag = PLURALS.get(f.name, f.name)
+        names = [f"--{flag}"] + ([f"--{f.name}"] if flag != f.name else [])
+        if "_" in flag:
+            names.append(f"--{flag.replace('_', '-')}")
+        run.add_argument(*names, dest=f.name, default=None, metavar=FIELD_TYPES[f.name].upper(),
+                         help=f"default: {getattr(DEFAULTS, f.name)}")
+    run.add_argument("--name", help="a name for the comparison")
+    run.add_argument("--workers", type=int, default=None,
+                     help="worker processes if the engine has to be started (default: CPU cores)")
+    run.add_argument("--no-wait", action="store_true",
+                     help="submit and return; the engine keeps running the comparison")
+    _store_arg(run)
+
+    lst = sub.add_parser("list", help="one line per run")
+    lst.add_argument("--status", help="only runs with this status")
+    lst.add_argument("--comparison", help="only the runs of this comparison")
+    _store_arg(lst)
+
+    show = sub.add_parser("show", help="config, status and final metrics of a run or comparison")
+    show.add_argument("id")
+    _store_arg(show)
+
+    exp = sub.add_parser("export", help="write a run or comparison to a file")
+    exp.add_argument("id")
+    exp.add_argument("--format", choices=("csv", "parquet", "json"), default=None,
+                     help="default: from the file name's suffix")
+    exp.add_argument("-o", "--output", required=True, metavar="PATH")
+    _store_arg(exp)
+
+    imp = sub.add_parser("import", help="load an exported file into the store")
+    imp.add_argument("path")
+    _store_arg(imp)
+
+    for name, text in (("delete", "delete a run or comparison with its metrics"),
+                       ("cancel", "cancel a run or every unfinished run of a comparison"),
+                       ("pause", "pause a run or comparison (resume continues it)"),
+                       ("resume", "resume a paused run or comparison")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("id")
+        _store_arg(p)
+
+    tag = sub.add_parser("tag", help="set the tags of a run or comparison")
+    tag.add_argument("id")
+    tag.add_argument("tags", nargs="*")
+    _store_arg(tag)
+    note = sub.add_parser("annotate", help="set the notes of a run or comparison")
+    note.add_argument("id")
+    note.add_argument("notes")
+    _store_arg(note)
+
+    eng = sub.add_parser("engine", help="run the engine in the foreground (or --stop/--status)")
+    eng.add_argument("--workers", type=int, default=None)
+    eng.add_argument("--idle-exit", type=float, default=900.0,
+                     help="seconds with nothing to do before the engine exits")
+    eng.add_argument("--stop", action="store_true", help="stop the running engine")
+    eng.add_argument("--status", action="store_true", help="print the engine's pid, if any")
+    _store_arg(eng)
+    return parser
+
+
+def _grid(args: argparse.Namespace) -> tuple[RunConfig, dict[str, list[str]]]:
+    """The base config (single values) and the grid (comma-separated values)."""
+    single, grid = {}, {}
+    for f in fields(RunConfig):
+        raw = getattr(args, f.name)
+        if raw is None:
+            continue
+        parts = [p.strip() for p in str(raw).split(",")]
+        if f.name == "dataset" and str(raw).startswith(("idx:", "csv:")):
+            parts = [str(raw)]  # a path may hold commas
+        if any(p == "" for p in parts):
+            raise UsageError(f"normlab run: --{PLURALS.get(f.name, f.name)} {raw!r} has an "
+                             "empty item; give comma-separated values like a,b")
+        if len(parts) == 1:
+            single[f.name] = parts[0]
+        else:
+            grid[f.name] = parts
+    return RunConfig.from_dict(single), grid
+
+
+def cmd_run(args, store) -> int:
+    from normlab.compare import expand, submit, wait_for
+
+    base, grid = _grid(args)
+    configs = expand(base, grid)
+    cid, run_ids = submit(configs, name=args.name, base=base, grid=grid or None, store=store,
+                          workers=args.workers)
+    print(f"comparison {cid}: {len(run_ids)} run(s) {' '.join(run_ids)}")
+    if args.no_wait:
+        return 0
+    bars = _ProgressBars(run_ids, configs, grid)
+    try:
+        statuses = wait_for(cid, store=store, on_progress=bars.update)
+    except KeyboardInterrupt:
+        bars.close()
+        print(f"stopped watching; the runs go on (cancel with: python -m normlab cancel {cid})")
+        return 130
+    bars.close()
+    for rid, status in statuses.items():
+        run = store.run(rid)
+        extra = f" ({run['error']})" if run.get("error") else ""
+        print(f"{rid}  {run['norm']:<12} seed {run['seed']}  {status}{extra}")
+    return 0 if all(s in ("done", "diverged") for s in statuses.values()) else 1
+
+
+class _ProgressBars:
+    """One tqdm bar per run, fed from the store's progress columns."""
+
+    def __init__(self, run_ids, configs, grid):
+        from tqdm import tqdm
+
+        self.bars = {}
+        for i, (rid, cfg) in enumerate(zip(run_ids, configs)):
+            label = " ".join(f"{k}={getattr(cfg, k)}" for k in grid) or cfg.norm
+            self.bars[rid] = tqdm(total=cfg.steps, desc=f"{rid} {label}", position=i,
+                                  unit="step", leave=True, dynamic_ncols=True)
+
+    def update(self, runs) -> None:
+        for row in runs.itertuples():
+            bar = self.bars.get(row.id)
+            if bar is not None:
+                bar.n = int(row.step or 0)
+                bar.set_postfix_str(row.status, refresh=False)
+                bar.refresh()
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+def cmd_list(args, store) -> int:
+    runs = store.runs(comparison=args.comparison, status=args.status)
+    if runs.empty:
+        print("no runs")
+        return 0
+    for r in runs.itertuples():
+        print(f"{r.id}  {r.comparison_id}  {r.norm:<12} seed {r.seed:<3} {r.dataset:<10} "
+              f"{r.status:<11} {int(r.step or 0)}/{int(r.total_steps or 0)}")
+    return 0
+
+
+def final_metrics(store, run_ids: list[str]):
+    """Last train and validation loss/accuracy per run (a small DataFrame)."""
+    frame = store.metrics(run_ids, metrics=["loss", "acc"], sites=["train", "val"])
+    if frame.empty:
+        return frame
+    last = frame.sort_values("step").groupby(["run", "site", "metric"], observed=True).tail(1)
+    table = last.pivot_table(index="run", columns=["site", "metric"], values="value",
+                             observed=True)
+    table.columns = [f"{s}_{m}" for s, m in table.columns]
+    return table
+
+
+def cmd_show(args, store) -> int:
+    kind, _ = store.resolve(args.id)
+    if kind == "run":
+        run = store.run(args.id)
+        print(json.dumps({k: run[k] for k in ("id", "comparison_id", "name", "status", "step",
+                                              "total_steps", "error", "tags", "notes")},
+                         indent=2, default=str))
+        print("config:", json.dumps(run["config"], indent=2))
+        print(final_metrics(store, [args.id]).to_string())
+    else:
+        comp = store.comparison(args.id)
+        print(f"comparison {comp['id']}  {comp['name']}")
+        counts = ", ".join(f"{n} {s}" for s, n in comp["counts"].items() if n)
+        print(f"runs: {counts}")
+        runs = store.runs(comparison=args.id).set_index("id")[["norm", "seed", "status", "step"]]
+        print(runs.join(final_metrics(store, list(runs.index))).to_string())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from normlab.store import NotFound, Store
+
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command == "engine":
+            return cmd_engine(args)
+        store = Store(args.store)
+        handler = {"run": cmd_run, "list": cmd_list, "show": cmd_show}.get(args.command)
+        if handler is not None:
+            return handler(args, store)
+        return cmd_simple(args, store)
+    except UsageError as exc:
+        print(str(exc), file=sys.stderr)
+    except ConfigError as exc:
+        print(f"normlab {args.command}: " + "; ".join(f"--{PLURALS.get(k, k)}: {m}"
+              for k, m in exc.errors.items()), file=sys.stderr)
+    except NotFound as exc:
+        print(f"normlab {args.command}: {exc.args[0]}; `python -m normlab list` shows the ids",
+              file=sys.stderr)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"normlab {args.command}: {exc}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def cmd_simple(args, store) -> int:
+    if args.command == "export":
+        path = store.export(args.id, args.output, args.format)
+        print(f"wrote {path}")
+    elif args.command == "import":
+        ids = store.import_(args.path)
+        print(f"imported {len(ids)} run(s): {' '.join(ids)}")
+    elif args.command == "delete":
+        print(f"deleted {len(store.delete(args.id))} run(s)")
+    elif args.command in ("cancel", "pause", "resume"):
+        changed = store.request(args.id, args.command)
+        print(f"{args.command}: {len(changed)} run(s) {' '.join(changed)}")
+    elif args.command == "tag":
+        store.tag(args.id, args.tags)
+    elif args.command == "annotate":
+        store.annotate(args.id, args.notes)
+    return 0
+
+
+def cmd_engine(args) -> int:
+    from normlab.engine import EngineAlreadyRunning, engine_pid, serve, stop_engine
+
+    if args.status:
+        pid = engine_pid(args.store)
+        print(f"engine running, pid {pid}" if pid else "no engine running")
+        return 0
+    if args.stop:
+        print("engine stopped" if stop_engine(args.store) else "no engine running")
+        return 0
+    try:
+        serve(args.store, workers=args.workers, idle_exit=args.idle_exit)
+    except EngineAlreadyRunning as exc:
+        print(f"normlab engine: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,336 @@
+"""normlab.palette / charts / layercharts: every builder on a small synthetic tidy frame,
+checked through ``chart.to_dict()``; specs compiled by vl-convert; image export."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from normlab import palette
+from normlab.charts import metric_chart, to_image
+from normlab.layercharts import hist_at_step, hist_heatmap, layer_chart, percentile_chart
+from normlab.schema import HIST_BINS, HIST_METRICS
+
+METHODS = ("layer", "none", "batch")  # deliberately not in canonical order
+STEPS = np.arange(0, 100, 10)
+LAYERS = ("hidden2", "hidden1")
+
+
+def synthetic(methods=METHODS, seeds=(0, 1), steps=STEPS, layers=LAYERS, labels=None):
+    """Tidy rows + method/seed/label for every metric kind the builders draw."""
+    rng = np.random.default_rng(0)
+    parts = []
+
+    def add(method, label, seed, layer, site, metric, values):
+        parts.append(pd.DataFrame({
+            "run": f"{label}-{seed}", "step": steps, "layer": layer, "site": site,
+            "metric": metric, "value": values, "method": method, "seed": seed, "label": label}))
+
+    for i, method in enumerate(methods):
+        label = labels[i] if labels else method
+        for seed in seeds:
+            add(method, label, seed, "model", "train", "loss",
+                2 * np.exp(-steps / 50) + 0.1 * rng.random(len(steps)))
+            add(method, label, seed, "model", "val", "acc", 1 - np.exp(-steps / 50))
+            for layer in layers:
+                add(method, label, seed, layer, "param", "grad_norm",
+                    10 ** rng.uniform(-3, 1, len(steps)))
+                for p, q in (("p15", -1.0), ("p50", 0.0), ("p85", 1.0)):
+                    add(method, label, seed, layer, "pre_norm", p,
+                        q + 0.1 * rng.normal(size=len(steps)))
+                h = rng.random((len(steps), HIST_BINS))
+                h[:, :2] = 0.0  # empty bins
+                h /= h.sum(axis=1, keepdims=True)
+                for b, m in enumerate(HIST_METRICS):
+                    add(method, label, seed, layer, "pre_norm", m, h[:, b])
+    return pd.concat(parts, ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def df():
+    return synthetic()
+
+
+# ------------------------------------------------------------------------ spec helpers
+def views(spec):
+    """Every unit/layer view dict (those with a mark) in a spec, depth first."""
+    if isinstance(spec, dict):
+        if "mark" in spec:
+            yield spec
+        for v in spec.values():
+            yield from views(v)
+    elif isinstance(spec, list):
+        for v in spec:
+            yield from views(v)
+
+
+def mark_type(view):
+    return view["mark"] if isinstance(view["mark"], str) else view["mark"]["type"]
+
+
+def marks(spec):
+    return {mark_type(v) for v in views(spec)}
+
+
+def view_with(spec, mark):
+    return next(v for v in views(spec) if mark_type(v) == mark)
+
+
+def data_of(spec):
+    (values,) = spec["datasets"].values()
+    return pd.DataFrame(values)
+
+
+def check_color(spec, methods):
+    """Colour by method:N with the palette restricted to ``methods`` in canonical order."""
+    expect = [m for m in palette.METHOD_ORDER if m in methods]
+    colors = [v["encoding"]["color"] for v in views(spec) if "color" in v.get("encoding", {})]
+    colors += [spec["encoding"]["color"]] if "color" in spec.get("encoding", {}) else []
+    assert colors
+    for c in colors:
+        assert c["field"] == "method" and c["type"] == "nominal"
+        assert c["scale"]["domain"] == expect
+        assert c["scale"]["range"] == [palette.METHOD_COLORS[m] for m in expect]
+
+
+def check_params(spec, hover=True):
+    params = {p["name"]: p for p in spec["params"]}
+    legend = [p for p in params.values() if p.get("bind") == "legend"]
+    assert len(legend) == 1 and legend[0]["select"]["fields"] == ["method"]
+    if hover:
+        assert params["hover"]["select"]["nearest"] is True
+    return legend[0]["name"]
+
+
+def tooltip_fields(spec):
+    return {t["field"] for v in views(spec) for t in v.get("encoding", {}).get("tooltip", [])}
+
+
+def check_shared(spec):
+    assert spec["resolve"]["scale"]["x"] == "shared"
+    assert spec["resolve"]["scale"]["y"] == "shared"
+
+
+# ----------------------------------------------------------------------------- palette
+def registry_names() -> tuple[str, ...]:
+    try:
+        from normlab.registry import NORM_NAMES
+        return tuple(NORM_NAMES)
+    except ImportError:  # torch or a sibling module unavailable: read the registry's source
+        tree = ast.parse(Path(palette.__file__).with_name("registry.py").read_text())
+        return tuple(node.args[0].value for node in ast.walk(tree)
+                     if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "NormSpec")
+
+
+# Paul Tol's 'muted' qualitative scheme (https://personal.sron.nl/~pault/), the source.
+TOL_MUTED = {"#CC6677", "#332288", "#DDCC77", "#117733", "#88CCEE", "#882255", "#44AA99",
+             "#999933", "#AA4499"}
+
+
+def test_palette_covers_registry_in_canonical_order():
+    assert palette.METHOD_ORDER == registry_names()
+    assert list(palette.METHOD_COLORS) == list(palette.METHOD_ORDER)
+    colors = list(palette.METHOD_COLORS.values())
+    assert len(set(colors)) == len(colors)
+    assert set(colors) - {palette.METHOD_COLORS["none"]} == TOL_MUTED
+    assert all(len(c) == 7 and c.startswith("#") for c in colors)
+
+
+def test_color_scale_subset_keeps_order_and_colors():
+    scale = palette.color_scale(["whiten", "batch", "none", "batch"]).to_dict()
+    assert scale["domain"] == ["none", "batch", "whiten"]
+    assert scale["range"] == ["#777777", "#332288", "#AA4499"]
+    full = palette.color_scale().to_dict()
+    assert full["domain"] == list(palette.METHOD_ORDER)
+
+
+def test_color_scale_unknown_name_gets_stable_fallback():
+    a = palette.color_scale(["batch", "my_norm"]).to_dict()
+    b = palette.color_scale(["my_norm", "layer"]).to_dict()
+    assert a["domain"][-1] == "my_norm" and b["domain"][-1] == "my_norm"
+    assert a["range"][-1] == b["range"][-1] in palette.FALLBACK_COLORS
+
+
+# ------------------------------------------------------------------------- metric_chart
+def test_metric_chart_overlay(df):
+    spec = metric_chart(df, "loss", "train", band="minmax", title="Train loss").to_dict()
+    assert marks(spec) == {"area", "line", "point"}
+    line = view_with(spec, "line")
+    x, y = line["encoding"]["x"], line["encoding"]["y"]
+    assert (x["field"], x["type"]) == ("step", "quantitative")
+    assert (y["field"], y["type"]) == ("value", "quantitative")
+    assert line["encoding"]["y"]["scale"] == {"zero": False}
+    area = view_with(spec, "area")
+    assert area["encoding"]["y"]["field"] == "lo" and area["encoding"]["y2"]["field"] == "hi"
+    check_color(spec, METHODS)
+    pick = check_params(spec)
+    cond = line["encoding"]["opacity"]["condition"]
+    assert [c["param"] for c in (cond if isinstance(cond, list) else [cond])] == [pick]
+    assert {"step", "method", "value", "lo", "hi", "n_seeds"} <= tooltip_fields(spec)
+    assert spec["title"] == "Train loss" and spec["width"] > 0
+    # the drawn data is the mean over the two seeds, min/max band
+    data = data_of(spec)
+    rows = df[(df["metric"] == "loss") & (df["site"] == "train")]
+    ref = rows.groupby(["method", "step"])["value"].agg(["mean", "min", "max"])
+    got = data.set_index(["method", "step"]).loc[ref.index]
+    np.testing.assert_allclose(got["value"], ref["mean"])
+    np.testing.assert_allclose(got["lo"], ref["min"])
+    np.testing.assert_allclose(got["hi"], ref["max"])
+    assert (data["n_seeds"] == 2).all()
+
+
+def test_metric_chart_side_log(df):
+    spec = metric_chart(df, "loss", "train", layout="side", log=True, columns=2).to_dict()
+    assert spec["facet"]["field"] == "method" and spec["facet"]["type"] == "nominal"
+    assert spec["facet"]["sort"] == ["none", "batch", "layer"]
+    assert spec["columns"] == 2
+    check_shared(spec)
+    assert marks(spec) == {"line", "point"}  # band=None: no area
+    assert view_with(spec, "line")["encoding"]["y"]["scale"]["type"] == "log"
+    check_color(spec, METHODS)
+    check_params(spec)
+
+
+def test_metric_chart_downsamples_and_validates():
+    big = synthetic(methods=("batch", "rms"), seeds=(0,), steps=np.arange(5000), layers=())
+    spec = metric_chart(big, "loss", "train", max_points=200).to_dict()
+    counts = data_of(spec).groupby("method").size()
+    assert (counts <= 200).all() and (counts >= 100).all()
+    with pytest.raises(ValueError, match="layer_chart"):
+        metric_chart(synthetic(), "grad_norm", "param")
+    with pytest.raises(ValueError, match="layout"):
+        metric_chart(big, "loss", "train", layout="grid")
+    with pytest.raises(ValueError, match="band"):
+        metric_chart(big, "loss", "train", band="iqr")
+
+
+def test_metric_chart_log_drops_non_positive():
+    frame = synthetic(methods=("batch",), seeds=(0,), layers=())
+    frame.loc[(frame["metric"] == "loss") & (frame["step"] == 20), "value"] = 0.0
+    data = data_of(metric_chart(frame, "loss", "train", log=True).to_dict())
+    assert 20 not in set(data["step"]) and (data["value"] > 0).all()
+
+
+def test_labels_separate_runs_of_one_method():
+    frame = synthetic(methods=("batch", "batch", "layer"),
+                      labels=("batch · A", "batch · B", "layer"))
+    spec = metric_chart(frame, "loss", "train").to_dict()
+    line = view_with(spec, "line")
+    assert line["encoding"]["strokeDash"]["field"] == "label"
+    check_color(spec, ("batch", "layer"))
+    pct = percentile_chart(frame, "pre_norm").to_dict()
+    assert pct["facet"]["column"]["field"] == "label"
+
+
+# -------------------------------------------------------------------------- layer_chart
+def test_layer_chart_side_and_overlay(df):
+    side = layer_chart(df, "grad_norm", "param", layout="side", log=True, band="std").to_dict()
+    assert side["facet"]["row"]["field"] == "layer"
+    assert side["facet"]["row"]["sort"] == ["hidden1", "hidden2"]
+    assert side["facet"]["column"]["field"] == "method"
+    check_shared(side)
+    assert marks(side) == {"area", "line", "point"}
+    assert view_with(side, "line")["encoding"]["y"]["scale"]["type"] == "log"
+    check_color(side, METHODS)
+    check_params(side)
+    assert {"layer", "step", "method", "value"} <= tooltip_fields(side)
+
+    over = layer_chart(df, "grad_norm", "param").to_dict()
+    assert over["facet"]["field"] == "layer" and over["columns"] == 2
+    check_shared(over)
+    assert "type" not in view_with(over, "line")["encoding"]["y"].get("scale", {})
+
+
+# --------------------------------------------------------------------- percentile_chart
+def test_percentile_chart(df):
+    spec = percentile_chart(df, "pre_norm").to_dict()
+    assert marks(spec) == {"area", "line", "point"}
+    area, line = view_with(spec, "area"), view_with(spec, "line")
+    assert area["encoding"]["y"]["field"] == "p15" and area["encoding"]["y2"]["field"] == "p85"
+    assert line["encoding"]["y"]["field"] == "p50"
+    assert line["encoding"]["x"] == {"field": "step", "title": "step", "type": "quantitative"}
+    assert spec["facet"]["row"]["field"] == "layer"
+    assert spec["facet"]["column"]["field"] == "method"
+    check_shared(spec)
+    check_color(spec, METHODS)
+    check_params(spec)
+    assert {"p15", "p50", "p85", "step", "method"} <= tooltip_fields(spec)
+
+
+# -------------------------------------------------------------------------- histograms
+def test_hist_heatmap(df):
+    spec = hist_heatmap(df, "pre_norm").to_dict()
+    rect = view_with(spec, "rect")
+    enc = rect["encoding"]
+    assert enc["x"]["field"] == "step" and enc["x2"]["field"] == "step_end"
+    assert enc["y"]["field"] == "lo" and enc["y2"]["field"] == "hi"
+    assert enc["y"]["scale"]["domain"] == [-8.0, 8.0]
+    assert enc["color"]["field"] == "fraction" and enc["color"]["type"] == "quantitative"
+    assert enc["color"]["scale"]["type"] == "log" and enc["color"]["scale"]["clamp"] is True
+    assert spec["facet"]["row"]["field"] == "layer"
+    assert spec["facet"]["column"]["field"] == "method"
+    check_shared(spec)
+    data = data_of(spec)
+    assert (data["fraction"] > 0).all()  # empty bins are left blank (log scale)
+    assert data["lo"].min() > -8.0  # the two empty bins of the synthetic data are gone
+    assert {"step", "method", "fraction"} <= tooltip_fields(spec)
+
+
+def test_hist_at_step(df):
+    spec = hist_at_step(df, "pre_norm", 47).to_dict()
+    assert marks(spec) == {"line", "point"}
+    line = view_with(spec, "line")
+    assert line["mark"]["interpolate"] == "step-after"
+    assert line["encoding"]["y"]["field"] == "fraction"
+    assert spec["facet"]["field"] == "layer"
+    check_shared(spec)
+    check_color(spec, METHODS)
+    check_params(spec)
+    data = data_of(spec)
+    assert set(data["step"]) == {50}  # nearest measured step
+    # each outline: HIST_BINS bins + the closing edge
+    assert (data.groupby(["method", "layer"]).size() == HIST_BINS + 1).all()
+    log = hist_at_step(df, "pre_norm", 47, log=True).to_dict()
+    assert view_with(log, "line")["encoding"]["y"]["scale"]["type"] == "log"
+    assert (data_of(log)["fraction"] >= 1e-4).all()
+
+
+# ------------------------------------------------------------------------------ export
+def test_to_image_png_and_svg(df):
+    chart = metric_chart(df, "loss", "train", band="std")
+    png = to_image(chart, "png")
+    assert png.startswith(b"\x89PNG")
+    svg = to_image(chart, "svg").decode("utf-8")
+    assert svg.lstrip().startswith("<svg") and "</svg>" in svg
+    with pytest.raises(ValueError, match="fmt"):
+        to_image(chart, "pdf")
+
+
+@pytest.mark.parametrize("build", [
+    lambda d: metric_chart(d, "acc", "val", layout="side", band="minmax"),
+    lambda d: layer_chart(d, "grad_norm", "param", layout="side", log=True, band="minmax"),
+    lambda d: percentile_chart(d, "pre_norm"),
+    lambda d: hist_heatmap(d, "pre_norm"),
+    lambda d: hist_at_step(d, "pre_norm", 0, log=True),
+])
+def test_every_builder_compiles_to_svg(df, build):
+    """vl-convert compiles the full Vega-Lite spec: a malformed spec fails here."""
+    svg = to_image(build(df), "svg").decode("utf-8")
+    assert "<svg" in svg and svg.count("<path") + svg.count("<rect") > 10
+
+
+@pytest.mark.parametrize("build", [
+    lambda d: metric_chart(d, "loss", "train", band="minmax", smoothing=0.5),
+    lambda d: layer_chart(d, "grad_norm", "param", band="std"),
+    lambda d: percentile_chart(d, "pre_norm"),
+    lambda d: hist_heatmap(d, "pre_norm"),
+    lambda d: hist_at_step(d, "pre_norm", 30),
+])
+def test_store_categoricals_give_the_same_data(df, build):
+    """The store returns run/layer/site/metric as categoricals: same chart data."""
+    cat = df.astype({c: "category" for c in ("run", "layer", "site", "metric")})
+    plain, got = data_of(build(df).to_dict()), data_of(build(cat).to_dict())
+    pd.testing.assert_frame_equal(got, plain)
