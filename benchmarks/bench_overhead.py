@@ -17,28 +17,10 @@ import time
 import torch
 import torch.nn.functional as F
 
+from common import bare
 from normlab.config import RunConfig
 from normlab.models import build_model
 from normlab.train import Trainer, load_for, make_optimizer
-
-
-def bare(cfg: RunConfig, data) -> float:
-    """The loop a person would write: no measurement at all."""
-    torch.manual_seed(cfg.seed)
-    x_train = data.view(data.x_train, cfg.model)
-    model = build_model(cfg, tuple(data.input_shape), data.num_classes)
-    opt = make_optimizer(cfg, model.parameters())
-    gen = torch.Generator().manual_seed(cfg.seed)
-    n = len(data.y_train)
-    start = time.perf_counter()
-    for _ in range(cfg.steps):
-        idx = torch.randint(0, n, (cfg.batch_size,), generator=gen)
-        loss = F.cross_entropy(model(x_train[idx]), data.y_train[idx])
-        opt.zero_grad(set_to_none=False)
-        loss.backward()
-        opt.step()
-        loss.item()  # a person watches the loss too
-    return time.perf_counter() - start
 
 
 def tensorboard_style(cfg: RunConfig, data) -> float:

@@ -40,6 +40,10 @@ NORM_TYPES = (norms.NoNorm, norms.BatchNorm, norms.LayerNorm, norms.InstanceNorm
 ACT_TYPES = {nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.ReLU: "relu", nn.GELU: "gelu",
              nn.LeakyReLU: "relu", nn.ELU: "relu", nn.SiLU: "gelu"}
 SATURATED_THRESHOLD = 0.05  # "saturated": derivative below 5% of the activation's maximum
+# sigmoid'(x) = y(1-y) < 5% of 1/4  <=>  y outside [a, 1-a]; tanh' = 1 - y² < 5%  <=>  |y| > b
+_SIG_A = (1 - (1 - SATURATED_THRESHOLD) ** 0.5) / 2
+_SATURATION_BOUNDS = {"sigmoid": (_SIG_A, 1 - _SIG_A),
+                      "tanh": (-(1 - SATURATED_THRESHOLD) ** 0.5, (1 - SATURATED_THRESHOLD) ** 0.5)}
 _ACT_STATS = ("mean", "var") + tuple(f"p{q}" for q in PERCENTILES) + HIST_METRICS
 
 
@@ -163,9 +167,6 @@ class Probe:
         activation = layer.activation if site == "post_act" else None
         self._slots.append((layer.name, site, activation))
         self._edges.append(hist_edges(site, activation))
-        self._ranges = np.array([[e[0], e[-1]] for e in self._edges])  # (slots, 2)
-        inner = (np.arange(1, HIST_BINS) / HIST_BINS)[None, :]  # normalized inner edges
-        self._inner_edges = inner + 2.0 * np.arange(len(self._edges))[:, None]
         if activation is not None:
             self._sat_slots.append(len(self._slots) - 1)
         self._captured.append(None)
@@ -255,16 +256,15 @@ class Probe:
             if t is not None:
                 groups.setdefault(t.numel(), []).append(i)
         for n, idx in groups.items():
-            X = torch.stack([self._captured[i].reshape(-1) for i in idx]).float()  # (R, N)
+            X = torch.stack([self._captured[i].reshape(-1) for i in idx])  # (R, N)
             mean = X.sum(1) / n  # (R,)
             var = (X - mean[:, None]).square_().sum(1) / n  # biased, over all values
             S = X if self.sample is None or n <= self.sample else X.index_select(1, self._sample_of(n))
-            S = S.numpy().copy()  # (R, n_sample)
-            S.sort(axis=1)  # percentiles and histogram both read the sorted sample
-            out[idx, 0], out[idx, 1] = mean.numpy(), var.numpy()
-            out[idx, 2:2 + len(PERCENTILES)] = _sorted_percentiles(S)
-            out[idx, 2 + len(PERCENTILES):] = self._histograms(S, idx)
-            self._saturation(X.numpy(), idx, sat)
+            S = S.numpy().copy()  # (R, m)
+            S.sort(axis=1)  # percentiles, histogram and saturation all read the sorted sample
+            out[idx] = np.concatenate([torch.stack([mean, var], 1).numpy(),
+                                       _sorted_percentiles(S), self._histograms(S, idx)], axis=1)
+            self._saturation(S, idx, sat)
         return np.concatenate([out.reshape(-1), sat[self._sat_slots]])
 
     def _sample_of(self, n: int) -> torch.Tensor:
@@ -274,27 +274,26 @@ class Probe:
 
     def _histograms(self, S: np.ndarray, idx: list[int]) -> np.ndarray:
         """Fraction of each row of the row-sorted ``S`` per fixed bin; the end bins also
-        catch values outside the range. Rows are mapped to disjoint intervals [2r, 2r + 1]
-        so one ``searchsorted`` cuts them all."""
+        catch values outside the range. Sorted rows need only a binary search per edge."""
         R, m = S.shape
-        lo, hi = self._ranges[idx, :1], self._ranges[idx, 1:]  # (R, 1) each
-        U = np.clip((S - lo) / (hi - lo), 0.0, 1.0) + 2.0 * np.arange(R)[:, None]  # (R, m)
-        cuts = np.searchsorted(U.reshape(-1), self._inner_edges[:R].reshape(-1))  # (R*(B-1),)
-        cuts = cuts.reshape(R, HIST_BINS - 1) - (m * np.arange(R))[:, None]
-        bounds = np.concatenate([np.zeros((R, 1)), cuts, np.full((R, 1), m)], axis=1)
+        bounds = np.empty((R, HIST_BINS + 1), dtype=np.int64)
+        bounds[:, 0], bounds[:, -1] = 0, m
+        for r, i in enumerate(idx):
+            bounds[r, 1:-1] = np.searchsorted(S[r], self._edges[i][1:-1])
         return np.diff(bounds, axis=1) / m  # (R, HIST_BINS)
 
-    def _saturation(self, X: np.ndarray, idx: list[int], sat: np.ndarray) -> None:
-        """Fill ``sat`` for the post_act slots among ``idx`` (rows of ``X``)."""
-        for activation in ("sigmoid", "tanh"):
-            rows = [r for r, i in enumerate(idx) if self._slots[i][2] == activation]
-            if rows:
-                y = X[rows]  # (k, N)
-                deriv = y * (1 - y) / 0.25 if activation == "sigmoid" else 1 - y * y
-                sat[[idx[r] for r in rows]] = (deriv < SATURATED_THRESHOLD).mean(1)
-        for i in idx:
-            if self._slots[i][2] in ("relu", "gelu"):
-                sat[i] = saturation(self._captured[i], self._slots[i][2])
+    def _saturation(self, S: np.ndarray, idx: list[int], sat: np.ndarray) -> None:
+        """Fill ``sat`` for the post_act slots among ``idx``: sigmoid/tanh from the sorted
+        sample (values beyond the saturation thresholds), dead units from the whole tensor."""
+        for r, i in enumerate(idx):
+            activation = self._slots[i][2]
+            if activation in _SATURATION_BOUNDS:
+                low, high = _SATURATION_BOUNDS[activation]
+                below = np.searchsorted(S[r], low, side="left")
+                above = S.shape[1] - np.searchsorted(S[r], high, side="right")
+                sat[i] = (below + above) / S.shape[1]
+            elif activation is not None:
+                sat[i] = saturation(self._captured[i], activation)
 
     # -- output ------------------------------------------------------------------------
     def keys(self) -> list[tuple[str, str, str]]:

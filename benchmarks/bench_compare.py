@@ -1,0 +1,92 @@
+"""Engine throughput: a comparison through the engine against bare sequential PyTorch.
+
+(a) 8 methods × 1,000 steps (digits, MLP 3×100 sigmoid, batch 64, every probe at record
+    interval 1) submitted to the engine, timed from submission until every run is done
+    and stored — the engine already up (the dashboard starts it when it starts), so this
+    includes each run's start-up in a worker (data, model, store writes) but not the
+    one-off engine boot, which is reported separately;
+(b) the same 8 runs one after another in one process: a bare PyTorch loop, no probes,
+    no store, model building included.
+
+Also printed: time from submission to the first stored point, store write throughput
+and the engine's cold boot. The last line is ``engine/bare-sequential X.XXx``.
+
+Usage: python benchmarks/bench_compare.py [--steps 1000] [--workers N]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from common import bare
+from normlab.compare import submit
+from normlab.config import RunConfig
+from normlab.engine import engine_pid, ensure_engine, stop_engine
+from normlab.store import Store
+from normlab.train import load_for
+
+METHODS = ["none", "batch", "layer", "group", "rms", "batch_renorm", "weight", "cosine"]
+
+
+def wait_until(predicate, timeout=300.0, poll=0.01):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return time.monotonic()
+        time.sleep(poll)
+    raise TimeoutError("benchmark condition not met")
+
+
+def through_engine(store: Store, configs: list[RunConfig]) -> dict[str, float]:
+    t0 = time.monotonic()
+    cid, run_ids = submit(configs, store=store)
+    first = wait_until(lambda: store.metrics_since(run_ids, 0, metrics=["loss"])[0].shape[0] > 0)
+    done = wait_until(lambda: store.runs(comparison=cid).status.isin(["done"]).all())
+    runs = store.runs(comparison=cid)
+    values = len(store.metrics(comparison=cid))
+    busy = (runs.finished_at - runs.started_at).sum()
+    return {"wall": done - t0, "first": first - t0, "values": values, "busy": busy}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    args = parser.parse_args()
+    base = RunConfig(dataset="digits", model="mlp", depth=3, width=100, activation="sigmoid",
+                     batch_size=64, steps=args.steps, record_interval=1, eval_interval=100)
+    configs = [base.replace(norm=m) for m in METHODS]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bench.sqlite"
+        store = Store(path)
+        t0 = time.monotonic()
+        ensure_engine(path, workers=args.workers)
+        warm = through_engine(store, [base.replace(steps=5)] * args.workers)  # boot + warm-up
+        boot = time.monotonic() - t0
+        engine = through_engine(store, configs)
+        assert engine_pid(path) is not None
+        stop_engine(path)
+
+    torch.set_num_threads(1)
+    data = load_for(base)
+    start = time.perf_counter()
+    for cfg in configs:
+        bare(cfg, data)
+    sequential = time.perf_counter() - start
+
+    print(f"engine cold boot (start + warm-up + {args.workers} tiny runs): {boot:.2f}s "
+          f"(first tiny run's point after {warm['first']:.2f}s)")
+    print(f"(a) engine, {len(configs)} methods x {args.steps} steps, {args.workers} workers: "
+          f"{engine['wall']:.2f}s wall; first point after {engine['first']:.2f}s")
+    print(f"    stored {engine['values']:,} values: {engine['values'] / engine['wall']:,.0f} values/s")
+    print(f"(b) bare sequential, single process: {sequential:.2f}s")
+    print(f"engine/bare-sequential {engine['wall'] / sequential:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""Shared by the benchmarks: the bare PyTorch loop every speed target is measured against."""
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+
+from normlab.config import RunConfig
+from normlab.models import build_model
+from normlab.train import make_optimizer
+
+
+def bare(cfg: RunConfig, data) -> float:
+    """The loop a person would write: no measurement at all."""
+    torch.manual_seed(cfg.seed)
+    x_train = data.view(data.x_train, cfg.model)
+    model = build_model(cfg, tuple(data.input_shape), data.num_classes)
+    opt = make_optimizer(cfg, model.parameters())
+    gen = torch.Generator().manual_seed(cfg.seed)
+    n = len(data.y_train)
+    start = time.perf_counter()
+    for _ in range(cfg.steps):
+        idx = torch.randint(0, n, (cfg.batch_size,), generator=gen)
+        loss = F.cross_entropy(model(x_train[idx]), data.y_train[idx])
+        opt.zero_grad(set_to_none=False)
+        loss.backward()
+        opt.step()
+        loss.item()  # a person watches the loss too
+    return time.perf_counter() - start
