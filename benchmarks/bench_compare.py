@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from common import bare
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
+from common import bare  # noqa: E402
 from normlab.compare import submit
 from normlab.config import RunConfig
 from normlab.engine import engine_pid, ensure_engine, stop_engine

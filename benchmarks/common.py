@@ -11,20 +11,24 @@ from normlab.models import build_model
 from normlab.train import make_optimizer
 
 
-def bare(cfg: RunConfig, data) -> float:
-    """The loop a person would write: no measurement at all."""
+def bare(cfg: RunConfig, data, setup=None) -> float:
+    """The loop a person would write: no measurement at all. ``setup(model)``, if given,
+    returns a per-step callback ``(step, loss_value)`` (used to time alternatives)."""
     torch.manual_seed(cfg.seed)
     x_train = data.view(data.x_train, cfg.model)
     model = build_model(cfg, tuple(data.input_shape), data.num_classes)
     opt = make_optimizer(cfg, model.parameters())
     gen = torch.Generator().manual_seed(cfg.seed)
+    on_step = setup(model) if setup else None
     n = len(data.y_train)
     start = time.perf_counter()
-    for _ in range(cfg.steps):
+    for step in range(cfg.steps):
         idx = torch.randint(0, n, (cfg.batch_size,), generator=gen)
         loss = F.cross_entropy(model(x_train[idx]), data.y_train[idx])
         opt.zero_grad(set_to_none=False)
         loss.backward()
         opt.step()
-        loss.item()  # a person watches the loss too
+        value = loss.item()  # a person watches the loss too
+        if on_step is not None:
+            on_step(step, value)
     return time.perf_counter() - start
