@@ -39,7 +39,7 @@ class RunConfig:
     norm_position: str = "before"  # before | after the activation
     eps: float = 1e-5  # added to the variance before the square root
     momentum: float = 0.1  # running-statistics update rate (batch, batch_renorm, whiten)
-    num_groups: int = 0  # group: channel groups; 0 = auto (largest divisor of width <= 32)
+    num_groups: int = 0  # group: channel groups; 0 = auto (see auto_groups)
     group_size: int = 0  # whiten: features whitened together; 0 = auto (divisor of width <= 16)
     rmax: float = 3.0  # batch_renorm: r is clipped to [1/rmax, rmax]
     dmax: float = 5.0  # batch_renorm: d is clipped to [-dmax, dmax]
@@ -76,7 +76,7 @@ class RunConfig:
         """Options handed to :func:`normlab.build_norm` (each method picks what it uses)."""
         return {
             "eps": self.eps, "momentum": self.momentum,
-            "num_groups": self.num_groups or largest_divisor(self.width, 32),
+            "num_groups": self.num_groups or auto_groups(self.width, self.model),
             "group_size": self.group_size or largest_divisor(self.width, 16),
             "rmax": self.rmax, "dmax": self.dmax,
             "mean_only_bn": self.mean_only_bn, "scale": self.cosine_scale,
@@ -194,6 +194,9 @@ def errors(cfg: RunConfig, train_size: int | None = None) -> dict[str, str]:
         need(cfg.width % groups == 0, "num_groups",
              f"num_groups ({groups}) must divide width ({cfg.width}); try "
              f"{largest_divisor(cfg.width, groups)}, or 0 for auto")
+        need(cfg.model != "mlp" or cfg.width // groups >= 2, "num_groups",
+             f"num_groups ({groups}) puts one feature in each group of this MLP, which "
+             "normalizes every value to 0; use fewer groups, or 0 for auto")
     if cfg.norm == "whiten" and cfg.width >= 1 and cfg.group_size >= 1:
         size = min(cfg.group_size, cfg.width)
         need(cfg.width % size == 0, "group_size",
@@ -203,6 +206,13 @@ def errors(cfg: RunConfig, train_size: int | None = None) -> dict[str, str]:
         e.setdefault("batch_size", f"batch_size ({cfg.batch_size}) is larger than the training "
                                    f"set ({train_size} examples); use at most {train_size}")
     return e
+
+
+def auto_groups(width: int, model: str = "cnn") -> int:
+    """GroupNorm's default groups: the largest divisor of ``width`` that is at most 32 (Wu &
+    He's default) — and, on an MLP, where a group's only values are its features, that
+    leaves at least 8 features per group (a group of 2 values normalizes to ±1)."""
+    return largest_divisor(width, 32 if model != "mlp" else min(32, max(1, width // 8)))
 
 
 def largest_divisor(n: int, at_most: int) -> int:

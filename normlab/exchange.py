@@ -38,11 +38,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from normlab.schema import COLUMNS
-from normlab.store import (
-    ACTIVE, COMPARISON_FIELDS, INSERT_CHUNK, MAX_STEP, RUN_FIELDS, STATUSES, STEP_DTYPE,
-    VALUE_DTYPE, MetricQuery, Store, _new_id, _record, metrics_frame,
+from normlab.chunks import (
+    INSERT_CHUNK, MAX_STEP, STEP_DTYPE, VALUE_DTYPE, MetricQuery, metrics_frame,
 )
+from normlab.schema import COLUMNS
+from normlab.store import Store
+from normlab.storedb import ACTIVE, COMPARISON_FIELDS, RUN_FIELDS, STATUSES, _new_id, _record
 
 FORMATS = ("json", "parquet", "csv")
 FORMAT_NAME = "normlab"
