@@ -150,8 +150,7 @@ def serve(store_path: str | os.PathLike | None = None, workers: int | None = Non
                 if done:
                     del pool[pid]
                     store.mark_interrupted()  # its run, if any, becomes 'interrupted'
-            busy = store.runs(status=["queued", "running", "paused"])
-            if len(busy):
+            if store.unfinished():
                 idle_since = time.monotonic()
             elif time.monotonic() - idle_since > idle_exit:
                 break

@@ -284,6 +284,11 @@ class Store(Database):
         out["counts"] = {s: sum(r[1] == s for r in runs) for s in STATUSES}
         return out
 
+    def unfinished(self) -> int:
+        """How many runs are queued, running or paused (a cheap poll for the engine)."""
+        return self._conn().execute("SELECT count(*) FROM runs WHERE status IN "
+                                    "('queued', 'running', 'paused')").fetchone()[0]
+
     def runs(self, comparison: str | None = None, ids: str | Iterable[str] | None = None,
              status: str | Iterable[str] | None = None) -> pd.DataFrame:
         """One row per run (RUN_FIELDS; ``config`` a dict), by comparison age then position."""

@@ -759,3 +759,18 @@ def test_kill_9_of_a_writer_loses_no_committed_batch(store):
         rec = after.run(rid)
         assert rec["status"] == "interrupted"
         assert rec["error"] == f"worker process {proc.pid} died at step {rec['step']}"
+
+
+def test_unfinished_counts_queued_running_paused(tmp_path):
+    from normlab.config import RunConfig
+    from normlab.store import Store
+
+    store = Store(tmp_path / "u.sqlite")
+    assert store.unfinished() == 0
+    cid, (a, b, c) = store.create_comparison([RunConfig().to_dict()] * 3)
+    assert store.unfinished() == 3
+    rid, _ = store.claim_run(1)
+    store.finish(rid, "done", 10)
+    assert store.unfinished() == 2
+    store.request(cid, "cancel")
+    assert store.unfinished() == 0
