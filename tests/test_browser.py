@@ -1,0 +1,192 @@
+"""The main flow in a real browser: streamlit serves dashboard.py with its engine, Debian's
+chromium (driven by playwright, never ``playwright install``) clicks the quick start on
+Home, watches the live charts fill with every method, switches layout and chart tab,
+reopens the finished comparison from its link, and opens Layer dynamics.
+
+Screenshots go to ``artifacts/`` (ignored by git); the final Compare screenshot is also
+copied to ``docs/compare.png`` for the README. Timings go to ``artifacts/timings.json``.
+Without /usr/bin/chromium the test is skipped, unless NORMLAB_REQUIRE_BROWSER=1 (CI).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from normlab.engine import stop_engine
+from normlab.registry import norms_for
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+EXCEPTION = '[data-testid="stException"]'
+CURVE = ".vega-embed svg .mark-line path"
+METHODS = norms_for("mlp")
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as r:
+            return r.read().strip() == b"ok"
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("NORMLAB_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"{CHROMIUM} is missing and NORMLAB_REQUIRE_BROWSER=1: "
+                        "apt-get install chromium")
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+    pytest.importorskip("playwright.sync_api")
+    folder = tmp_path_factory.mktemp("browser")
+    store, port = folder / "runs.sqlite", _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = open(folder / "streamlit.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "dashboard.py", "--server.headless", "true",
+         "--server.port", str(port), "--server.address", "127.0.0.1",
+         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+        cwd=ROOT, env={**os.environ, "NORMLAB_STORE": str(store)}, stdout=log,
+        stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 40
+        while not _healthy(url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("streamlit did not start:\n"
+                            + (folder / "streamlit.log").read_text()[-3000:])
+            time.sleep(0.2)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+        stop_engine(store)
+
+
+def _no_exception(page) -> None:
+    boxes = page.locator(EXCEPTION)
+    assert boxes.count() == 0, boxes.all_inner_texts()
+
+
+def _legend_has_every_method(page) -> bool:
+    text = page.locator(".vega-embed").first.inner_text()
+    return all(m in text.split("\n") for m in METHODS)
+
+
+def _wait(predicate, timeout: float, what: str, page=None) -> float:
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            if page is not None:
+                page.screenshot(path=str(ARTIFACTS / "failure.png"))
+            raise AssertionError(f"{what}: not within {timeout}s")
+        time.sleep(0.1)
+    return time.monotonic() - start
+
+
+def test_quick_start_live_charts_layout_link_and_layers(server):
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "failure.png").unlink(missing_ok=True)
+    timings = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        try:
+            page.goto(server + "/")
+            quick = page.get_by_role("button", name="Compare all methods on digits")
+            quick.wait_for(timeout=30_000)
+            page.get_by_text("Ioffe & Szegedy 2015").wait_for(timeout=20_000)  # the table
+            _no_exception(page)
+            page.screenshot(path=str(ARTIFACTS / "home.png"), full_page=True)
+
+            start = time.monotonic()
+            quick.click()
+            page.wait_for_url("**/compare?**", timeout=20_000)
+            assert "comparison=c" in page.url and "methods=none" in page.url
+            page.locator(CURVE).first.wait_for(timeout=30_000)
+            timings["quick_start_to_first_curve_s"] = round(time.monotonic() - start, 2)
+            _no_exception(page)
+            page.screenshot(path=str(ARTIFACTS / "compare_live.png"))
+
+            # every method gets its curve while the runs train; no exception meanwhile
+            _wait(lambda: _legend_has_every_method(page), 75, "every method in the legend",
+                  page)
+            page.get_by_text(f"{len(METHODS)} of {len(METHODS)} runs finished").wait_for(
+                timeout=60_000)
+            timings["quick_start_to_all_done_s"] = round(time.monotonic() - start, 2)
+            _no_exception(page)
+            time.sleep(1.0)
+            page.screenshot(path=str(ARTIFACTS / "compare.png"))
+            (ROOT / "docs").mkdir(exist_ok=True)
+            shutil.copy(ARTIFACTS / "compare.png", ROOT / "docs" / "compare.png")
+
+            # side by side: one panel per method, each titled by its method
+            page.get_by_text("Side by side", exact=True).click()
+            page.wait_for_url("**layout=side**", timeout=20_000)
+            first = page.locator(".vega-embed").first
+            _wait(lambda: first.locator("g.cell").count() > 0  # a faceted chart
+                  and first.locator("g.view_1_pathgroup").count() >= len(METHODS),
+                  20, "one panel per method", page)
+            page.get_by_role("tab", name="Gradients").click()
+            _wait(lambda: "Global gradient norm" in first.inner_text(), 20, "the gradients tab",
+                  page)
+            _no_exception(page)
+            page.screenshot(path=str(ARTIFACTS / "compare_side_gradients.png"))
+            main = page.get_by_test_id("stMainBlockContainer")
+            main.get_by_text("Presenter", exact=True).click()
+            page.wait_for_url("**present=1**", timeout=20_000)
+            _wait(lambda: page.get_by_test_id("stSidebarUserContent")
+                  .get_by_text("Presenter mode").count() == 1, 20, "presenter mode", page)
+            _no_exception(page)
+            page.screenshot(path=str(ARTIFACTS / "compare_presenter.png"))
+            main.get_by_text("Presenter", exact=True).click()
+            page.wait_for_url(lambda url: "present=1" not in url, timeout=20_000)
+
+            # the link alone brings the stored results back, without training
+            link = page.url
+            again = browser.new_page(viewport={"width": 1600, "height": 1000})
+            start = time.monotonic()
+            again.goto(link)
+            again.locator(CURVE).first.wait_for(timeout=20_000)
+            timings["stored_link_to_first_curve_s"] = round(time.monotonic() - start, 2)
+            again.get_by_text(f"{len(METHODS)} of {len(METHODS)} runs finished").wait_for()
+            _no_exception(again)
+            again.close()
+
+            # Layer dynamics, through the navigation
+            page.get_by_test_id("stSidebarNav").get_by_text("Layer dynamics").click()
+            page.wait_for_url("**/layers**", timeout=20_000)
+            page.get_by_role("heading", name="Layer dynamics").wait_for(timeout=20_000)
+            time.sleep(3)
+            _no_exception(page)
+            page.screenshot(path=str(ARTIFACTS / "layers.png"))
+        finally:
+            (ARTIFACTS / "timings.json").write_text(json.dumps(timings, indent=1))
+            browser.close()
+    assert timings["quick_start_to_first_curve_s"] < 30

@@ -1,0 +1,293 @@
+"""normlab.views: what the pages show, checked without Streamlit on real (tiny) runs.
+
+Oracles: the registry for the methods table, config.errors for form messages,
+frames.with_methods over Store.metrics for the joined frame, the store's own run
+records for progress."""
+from __future__ import annotations
+
+import altair as alt
+import numpy as np
+import pandas as pd
+import pytest
+
+import normlab.compare
+from normlab import views
+from normlab.config import RunConfig
+from normlab.frames import with_methods
+from normlab.registry import NORMS, norms_for
+from normlab.schema import RecordBatch
+from normlab.store import Store
+from normlab.train import train
+from normlab.urlstate import View
+
+TINY = RunConfig(steps=40, width=8, depth=2, eval_interval=10, record_interval=1,
+                 batch_size=32)
+METHODS = ("none", "batch", "layer")
+SEEDS = (0, 1)
+
+
+def fill(store: Store, base: RunConfig, methods, seeds) -> tuple[str, list[str]]:
+    """A finished comparison of really trained runs (no engine)."""
+    configs = views.configs_for(base, methods, seeds)
+    cid, ids = store.create_comparison([c.to_dict() for c in configs], base=base.to_dict(),
+                                       grid={"norm": list(methods), "seed": list(seeds)})
+    for rid, cfg in zip(ids, configs):
+        batch, outcome = train(cfg)
+        store.append(rid, batch)
+        store.finish(rid, outcome.status, outcome.step)
+    return cid, ids
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    store = Store(tmp_path_factory.mktemp("views") / "runs.sqlite")
+    cid, ids = fill(store, TINY, METHODS, SEEDS)
+    relu, _ = fill(store, TINY.replace(activation="relu"), ("batch",), (0,))
+    yield store, cid, ids, relu
+    store.close()
+
+
+@pytest.fixture
+def no_engine(monkeypatch):
+    monkeypatch.setattr(normlab.compare, "ensure_engine", lambda *a, **k: None)
+
+
+# --------------------------------------------------------------------------- home
+def test_methods_table_is_the_registry():
+    table = views.methods_table()
+    assert list(table["name"]) == list(NORMS)
+    for col in ("method", "μ (shift)", "σ (scale)", "reduction axes", "learnable",
+                "train vs eval", "paper"):
+        assert table[col].map(bool).all(), col
+    row = table.set_index("name").loc["batch"]
+    assert row["method"] == "BatchNorm" and "Ioffe" in row["paper"]
+    assert table.set_index("name").loc["instance", "applies to"] == "CNN"
+
+
+def test_quick_start_is_valid_and_uses_every_mlp_method():
+    assert views.form_errors(views.QUICK_START, norms_for("mlp"), views.QUICK_SEEDS) == {}
+    assert views.QUICK_START.dataset == "digits" and views.QUICK_START.model == "mlp"
+
+
+# --------------------------------------------------------------------------- form
+def test_form_errors_valid_is_empty():
+    assert views.form_errors(TINY, METHODS, SEEDS) == {}
+
+
+def test_form_errors_name_each_field():
+    errs = views.form_errors(RunConfig(batch_size=1), ["batch", "instance", "layer"], [0])
+    assert "at least 2" in errs["batch_size"] and "'batch'" in errs["batch_size"]
+    assert "'instance' needs a CNN" in errs["methods"]
+    errs = views.form_errors(RunConfig(model="cnn", dataset="moons"), ["batch"], [0])
+    assert "CNN needs image or signal data" in errs["model"]
+    errs = views.form_errors(RunConfig(batch_size=5000), ["layer"], [0])
+    assert "larger than the training set" in errs["batch_size"]
+    errs = views.form_errors(RunConfig(dataset="csv:/no/such/file.csv"), ["layer"], [0])
+    assert "/no/such/file.csv" in errs["dataset"]
+    assert views.form_errors(TINY, [], [0])["methods"] == "pick at least one method"
+    assert "seed" in views.form_errors(TINY, ["batch"], [])["seeds"]
+
+
+def test_form_errors_name_every_bad_method():
+    errs = views.form_errors(RunConfig(model="mlp"), ["instance", "batch"], [0])
+    assert "instance" in errs["methods"] and "batch" not in errs["methods"]
+
+
+def test_configs_for_varies_methods_slowest():
+    configs = views.configs_for(TINY, ["a", "b"], [0, 1])
+    assert [(c.norm, c.seed) for c in configs] == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
+
+
+def test_launch_queues_one_run_per_method_and_seed(tmp_path, no_engine):
+    store = Store(tmp_path / "s.sqlite")
+    cid, errors = views.launch(store, TINY, ["batch", "layer"], [0, 3])
+    assert errors == {}
+    runs = store.runs(comparison=cid)
+    assert list(zip(runs["norm"], runs["seed"])) == [("batch", 0), ("batch", 3), ("layer", 0),
+                                                     ("layer", 3)]
+    assert (runs["status"] == "queued").all()
+    record = store.comparison(cid)
+    assert record["base"] == TINY.to_dict()
+    assert record["grid"] == {"norm": ["batch", "layer"], "seed": [0, 3]}
+    assert "digits" in record["name"] and "2 methods" not in record["name"]
+
+
+def test_launch_refuses_bad_settings_and_stores_nothing(tmp_path, no_engine):
+    store = Store(tmp_path / "s.sqlite")
+    cid, errors = views.launch(store, TINY.replace(batch_size=1), ["batch"], [0])
+    assert cid is None and "batch_size" in errors
+    assert store.comparisons().empty
+
+
+# ---------------------------------------------------------------------- progress
+def test_progress_table_and_summary(tmp_path, no_engine):
+    store = Store(tmp_path / "s.sqlite")
+    cid, ids = store.create_comparison([TINY.replace(norm=m, steps=100).to_dict()
+                                        for m in ("none", "batch", "layer", "rms")])
+    run, _ = store.claim_run(1)  # the first: running at step 40, 20 steps/s
+    store.progress(run, 40, 20.0)
+    store.append(run, RecordBatch(np.array([0, 20]), [("model", "val", "acc")],
+                                  np.array([[0.1], [0.5]])))
+    done, _ = store.claim_run(1)
+    store.finish(done, "diverged", 30, "diverged at step 30")
+    store.request(ids[3], "pause")  # queued, held
+    table = views.progress_table(store, store.runs(comparison=cid))
+    assert list(table["method"]) == ["none", "batch", "layer", "rms"]
+    assert list(table["status"]) == ["running", "diverged", "queued", "queued"]
+    assert table["done"].tolist() == pytest.approx([0.4, 0.3, 0.0, 0.0])
+    assert table.loc[0, "eta"] == "3 s" and table.loc[0, "steps_per_sec"] == "20"
+    assert table.loc[0, "val_acc"] == "0.500" and table.loc[2, "val_acc"] == ""
+    assert table.loc[1, "eta"] == "—" and "diverged" in table.loc[1, "message"]
+    assert table.loc[2, "eta"] == "waiting for a worker"
+    assert views.progress_table(store, ids).equals(table)  # run ids work too
+    summary = views.progress_summary(store.runs(comparison=cid))
+    # the diverged run counts as complete: (40 + 100) / 400 steps
+    assert summary["fraction"] == pytest.approx(0.35)
+    assert not summary["finished"]
+    assert "1 of 4 runs finished" in summary["text"] and "1 running" in summary["text"]
+    assert "2 queued" in summary["text"] and "1 diverged" in summary["text"]
+    assert "left" in summary["text"]
+
+
+def test_progress_of_finished_runs(trained):
+    store, cid, ids, _ = trained
+    runs = store.runs(comparison=cid)
+    summary = views.progress_summary(runs)
+    assert summary == {"fraction": 1.0, "finished": True,
+                       "text": f"{len(ids)} of {len(ids)} runs finished"}
+    table = views.progress_table(store, runs)
+    assert (table["done"] == 1).all() and (table["eta"] == "—").all()
+    assert table["val_acc"].str.match(r"^0\.\d{3}$|^1\.000$").all()
+    assert views.finished(runs) and views.finished(runs.iloc[:0])
+
+
+def test_labels_and_choices(trained):
+    store, cid, ids, relu = trained
+    labels = views.run_label(store.runs(comparison=cid))
+    assert labels[ids[0]] == "none · seed 0" and labels[ids[3]] == "batch · seed 1"
+    assert views.run_label(store.runs(comparison=relu)) == {
+        store.comparison(relu)["runs"][0]: "batch"}
+    choices = views.comparison_choices(store)
+    assert list(choices) == [relu, cid]  # newest first
+    assert "6 runs" in choices[cid] and cid in choices[cid]
+    assert views.comparison_record(store, "cnope") is None
+
+
+# ------------------------------------------------------------------------ frames
+@pytest.mark.parametrize("total, ri, every", [(1000, 1, 1), (2000, 1, 1), (10_000, 1, 5),
+                                              (10_000, 3, 6), (500, 5, 1), (100_000, 7, 56)])
+def test_load_every(total, ri, every):
+    assert views.load_every(total, ri) == every
+    assert every % ri == 0 or every == 1
+    assert total / every <= views.LOAD_POINTS * 1.01 or every == 1
+
+
+def test_comparison_frame_equals_with_methods(trained):
+    store, cid, ids, _ = trained
+    metrics, sites = ["loss", "acc", "grad_norm"], ["train", "val"]
+    got = views.comparison_frame(store, ids, metrics, sites)
+    want = with_methods(store.metrics(ids, metrics=metrics, sites=sites),
+                        store.runs(comparison=cid))
+    assert len(got) == len(want) > 0
+    for col in ("run", "step", "layer", "site", "metric", "method", "label"):
+        assert got[col].astype(str).tolist() == want[col].astype(str).tolist(), col
+    assert got["seed"].tolist() == want["seed"].tolist()
+    assert np.array_equal(got["value"].to_numpy(), want["value"].to_numpy())
+
+
+def test_comparison_frame_thins_all_but_validation(trained):
+    store, cid, ids, _ = trained
+    full = views.comparison_frame(store, ids, ["loss"], ["train", "val"])
+    thin = views.comparison_frame(store, ids, ["loss"], ["train", "val"], every=4)
+    assert (thin.loc[thin["site"] == "train", "step"] % 4 == 0).all()
+    val = lambda f: f[f["site"] == "val"].sort_values(["run", "step"])["value"].tolist()  # noqa
+    assert val(thin) == val(full)  # every validation point kept
+    assert set(thin["method"].astype(str)) == set(METHODS)
+    everything = views.comparison_frame(store, ids[:1], every=4)
+    assert set(everything["site"].astype(str)) >= {"train", "val", "param", "post_act"}
+    empty = views.comparison_frame(store, [], ["loss"], ["train"])
+    assert empty.empty and {"method", "seed", "label"} <= set(empty.columns)
+
+
+# ------------------------------------------------------------------------ charts
+def _sizes(chart):
+    spec = chart.to_dict()
+    inner = spec.get("spec", spec)
+    return spec, inner.get("width"), inner.get("height")
+
+
+@pytest.mark.parametrize("layout", ["overlay", "side"])
+@pytest.mark.parametrize("present", [False, True])
+def test_every_chart_builds_from_the_frame_it_asks_for(trained, layout, present):
+    store, cid, ids, _ = trained
+    for group, specs in views.CHART_GROUPS.items():
+        view = View(layout=layout, present=present, log=True, band="std", smooth=0.5,
+                    site="pre_norm")
+        metrics, sites = views.group_request(group, view)
+        frame = views.comparison_frame(store, ids, metrics, sites)
+        for spec in specs:
+            chart = views.build_chart(frame, spec, view, n_seeds=len(SEEDS), width=1000)
+            assert chart is not None, spec.key
+            d, w, h = _sizes(chart)
+            if spec.per_layer or layout == "side":
+                assert "facet" in d
+                n_cols = len(METHODS) if spec.per_layer and layout == "side" else (
+                    d.get("columns") or 1)
+                assert n_cols * w <= 1000, (spec.key, n_cols, w)
+            if present:
+                assert d["config"]["axis"]["labelFontSize"] > 12
+
+
+def test_chart_options_reach_the_spec(trained):
+    store, cid, ids, _ = trained
+    frame = views.comparison_frame(store, ids, ["loss"], ["train"])
+    spec = views.CHART_SPECS["train_loss"]
+    log = views.build_chart(frame, spec, View(log=True), n_seeds=2).to_dict()
+    lin = views.build_chart(frame, spec, View(log=False), n_seeds=2).to_dict()
+    assert '"type": "log"' in str(log).replace("'", '"')
+    assert '"type": "log"' not in str(lin).replace("'", '"')
+    acc = views.build_chart(views.comparison_frame(store, ids, ["acc"], ["val"]),
+                            views.CHART_SPECS["val_acc"], View(log=True), n_seeds=2)
+    assert "log" not in str(acc.to_dict())  # accuracy ignores the log toggle
+    band = views.build_chart(frame, spec, View(band="minmax"), n_seeds=2).to_dict()
+    single = views.build_chart(frame, spec, View(band="minmax"), n_seeds=1).to_dict()
+    assert "area" in str(band) and "area" not in str(single)
+
+
+def test_saturation_picks_saturated_or_dead(trained):
+    store, cid, ids, relu = trained
+    spec = views.CHART_SPECS["saturation"]
+    sig = views.comparison_frame(store, ids, ["saturated", "dead"], ["post_act"])
+    assert "saturated" in str(views.build_chart(sig, spec, View()).to_dict())
+    relu_ids = store.comparison(relu)["runs"]
+    rel = views.comparison_frame(store, relu_ids, ["saturated", "dead"], ["post_act"])
+    assert "dead" in str(views.build_chart(rel, spec, View()).to_dict())
+
+
+def test_no_rows_no_chart(trained):
+    store, cid, ids, _ = trained
+    frame = views.comparison_frame(store, ids, ["loss"], ["train"])
+    assert views.build_chart(frame, views.CHART_SPECS["val_acc"], View()) is None
+
+
+def test_fit_narrows_wide_grids_and_keeps_small_ones():
+    df = pd.DataFrame({"run": "r", "step": [0, 1], "layer": "h1", "site": "param",
+                       "metric": "grad_norm", "value": [1.0, 2.0]})
+    frames = [df.assign(method=m, seed=0, label=m, run=m) for m in ("batch", "layer")]
+    from normlab.layercharts import layer_chart
+    chart = layer_chart(pd.concat(frames), "grad_norm", "param", layout="side")
+    wide = views.fit(chart.copy(deep=True), 2, 2000)
+    assert isinstance(wide, alt.FacetChart) and wide.spec.width == chart.spec.width
+    narrow = views.fit(chart.copy(deep=True), 12, 1000)
+    assert narrow.spec.width == views.PANEL_MIN
+    big = views.fit(chart.copy(deep=True), 2, 2000, 1.4)
+    assert big.spec.width == int(chart.spec.width * 1.4)
+    assert big.to_dict()["config"]["title"]["fontSize"] == round(16 * 1.4)
+
+
+def test_relevant_view_drops_options_a_chart_ignores():
+    view = View(layout="side", log=True, smooth=0.3, band="std", site="pre_norm")
+    acc = views.relevant_view(views.CHART_SPECS["val_acc"], view, n_seeds=1)
+    assert acc == View(layout="side", log=False, smooth=0.3, band="none", site="post_act")
+    var = views.relevant_view(views.CHART_SPECS["act_var"], view, n_seeds=3)
+    assert var == view
