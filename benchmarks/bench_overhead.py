@@ -63,10 +63,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--record-interval", type=int, default=1,
+                        help="probes measure every this many steps (the target is set at 1)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cfg = RunConfig(dataset="digits", model="mlp", depth=3, width=100, activation="sigmoid",
-                    norm="batch", batch_size=64, steps=args.steps, record_interval=1,
+                    norm="batch", batch_size=64, steps=args.steps, record_interval=args.record_interval,
                     eval_interval=args.steps, seed=0)
     data = load_for(cfg)
     instrumented(cfg.replace(steps=50), data)  # warm-up: torch's lazy imports, allocator
