@@ -2,7 +2,7 @@
 method by method (the BatchNorm paper's Figure 1 view, and the full histograms)."""
 import streamlit as st
 
-from normlab import layercharts, layerview
+from normlab import layercharts, layerview, views
 from normlab.schema import ACT_SITES, hist_range
 from normlab.store import FINISHED
 from app_pages import picker
@@ -40,6 +40,7 @@ if not layers:
     st.info("Pick at least one layer.")
     st.stop()
 live = not runs["status"].isin(FINISHED).all()
+PAGE_WIDTH = 1000  # px the small multiples must fit in, all methods side by side
 refresh = 3 if live else None  # unfinished runs: the charts poll the store
 activation, drawn, note = layerview.hist_activation(runs, site)
 if note:
@@ -56,8 +57,9 @@ def over_time() -> None:
     rows = picker.site_rows(store, runs, site, "percentiles", names=names) if live else pct
     st.subheader("Percentiles over training")
     st.caption("Line: the median (50th percentile); band: 15th to 85th percentile.")
-    chart = layercharts.percentile_chart(rows[rows["layer"].isin(layers)], site,
-                                         title=f"{site}: 15/50/85th percentiles")
+    chart = views.fit(layercharts.percentile_chart(rows[rows["layer"].isin(layers)], site,
+                                                   title=f"{site}: 15/50/85th percentiles"),
+                      len(runs), PAGE_WIDTH)
     st.altair_chart(chart, width="content")
     picker.chart_downloads(chart, f"normlab-percentiles-{site}", key="dl_pct")
 
@@ -69,9 +71,9 @@ def over_time() -> None:
     st.caption("Each column: the share of values per bin at that step (log colour; blank = "
                "none). Values %s to %s shown; the end bins of the full range (%s to %s) also "
                "hold the values beyond it." % (*value_range, *hist_range(site, activation)))
-    heat = layerview.zoom(layercharts.hist_heatmap(rows, site, activation=activation,
-                                                   title=f"{site} histogram over time"),
-                          "y", *value_range)
+    heat = layerview.zoom(views.fit(layercharts.hist_heatmap(
+        rows, site, activation=activation, title=f"{site} histogram over time"),
+        len(hist_runs), PAGE_WIDTH), "y", *value_range)
     st.altair_chart(heat, width="content")
     picker.chart_downloads(heat, f"normlab-heatmap-{site}", key="dl_heat")
 

@@ -137,7 +137,7 @@ def errors(cfg: RunConfig, train_size: int | None = None) -> dict[str, str]:
 
     ``train_size`` (number of training examples), when known, also checks the batch size.
     """
-    from normlab.registry import NORMS, norms_for
+    from normlab.normspecs import NORMS, norms_for
 
     e: dict[str, str] = {}
 

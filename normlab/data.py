@@ -35,10 +35,12 @@ import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 from normlab.datafiles import DatasetError, encode_labels, idx_signature, read_csv, read_idx_folder
 
@@ -125,6 +127,8 @@ def load_dataset(name: str, *, seed: int = 0, val_fraction: float = 0.2,
     each feature is shifted and scaled by the training split's mean and std (both splits);
     without it inputs stay raw. Raises DatasetError for unknown names and bad files.
     """
+    import torch  # here, not at the top: validating a config needs no torch
+
     pool = _pool(name, seed=seed, n_samples=n_samples, noise=noise)
     train_idx, val_idx = split_indices(len(pool.y), val_fraction, seed)
     x_train, x_val = _to_float(pool, train_idx), _to_float(pool, val_idx)

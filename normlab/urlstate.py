@@ -89,7 +89,7 @@ class State:
 
 def default_methods(model: str) -> tuple[str, ...]:
     """Every method that applies to ``model`` (MLP when the model is unknown)."""
-    from normlab.registry import norms_for  # lazy: the registry imports torch
+    from normlab.normspecs import norms_for
 
     return tuple(norms_for(model if model in MODELS else "mlp"))
 

@@ -48,7 +48,7 @@ LOAD_POINTS = 2000  # points per series loaded for a chart (builders then draw <
 
 def methods_table() -> pd.DataFrame:
     """One row per normalization method of the registry, in the framework's terms."""
-    from normlab.registry import NORMS  # lazy: imports torch
+    from normlab.normspecs import NORMS
 
     rows = [{"method": s.title, "name": s.name, "μ (shift)": s.mu, "σ (scale)": s.sigma,
              "reduction axes": s.axes, "learnable": s.learnable, "train vs eval": s.train_eval,
