@@ -215,6 +215,18 @@ def auto_groups(width: int, model: str = "cnn") -> int:
     return largest_divisor(width, 32 if model != "mlp" else min(32, max(1, width // 8)))
 
 
+def clipped_divisor(name: str, value: int, num_features: int) -> int:
+    """``value`` clipped to ``num_features``; ValueError unless it is a positive divisor.
+    The shared rule of GroupNorm's ``num_groups`` and whitening's ``group_size``."""
+    if not (isinstance(value, int) and value >= 1):
+        raise ValueError(f"{name} must be a positive integer (got {value!r})")
+    clipped = min(value, num_features)
+    if num_features % clipped:
+        raise ValueError(f"{name} ({clipped}) must divide num_features ({num_features}); "
+                         f"try {largest_divisor(num_features, clipped)}")
+    return clipped
+
+
 def largest_divisor(n: int, at_most: int) -> int:
     """The largest divisor of ``n`` that is at most ``at_most`` (the auto group rule)."""
     return max(d for d in range(1, min(n, at_most) + 1) if n % d == 0)

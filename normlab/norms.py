@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from normlab.config import largest_divisor
+from normlab.config import clipped_divisor
 
 
 def _moments(x: Tensor, dims: tuple[int, ...], center: bool = True) -> tuple[Tensor, Tensor]:
@@ -220,13 +220,7 @@ class GroupNorm(_Norm):
     def __init__(self, num_features: int, num_groups: int = 32, eps: float = 1e-5,
                  affine: bool = True):
         super().__init__(num_features, eps, affine)
-        if not (isinstance(num_groups, int) and num_groups >= 1):
-            raise ValueError(f"num_groups must be a positive integer (got {num_groups!r})")
-        groups = min(num_groups, num_features)
-        if num_features % groups:
-            raise ValueError(f"num_groups ({groups}) must divide num_features ({num_features}); "
-                             f"try {largest_divisor(num_features, groups)}")
-        self.num_groups = groups
+        self.num_groups = clipped_divisor("num_groups", num_groups, num_features)
 
     def forward(self, x: Tensor) -> Tensor:
         shape = self._shape(x)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from normlab.config import largest_divisor
+from normlab.config import clipped_divisor
 from normlab.norms import _check_config
 
 
@@ -68,12 +68,7 @@ class BatchWhitening(nn.Module):
                  momentum: float = 0.1, affine: bool = True):
         super().__init__()
         _check_config(num_features, eps, momentum)
-        if not (isinstance(group_size, int) and group_size >= 1):
-            raise ValueError(f"group_size must be a positive integer (got {group_size!r})")
-        size = min(group_size, num_features)
-        if num_features % size:
-            raise ValueError(f"group_size ({size}) must divide num_features ({num_features}); "
-                             f"try {largest_divisor(num_features, size)}")
+        size = clipped_divisor("group_size", group_size, num_features)
         self.num_features, self.group_size = num_features, size
         self.num_groups = num_features // size
         self.eps, self.momentum, self.affine = eps, momentum, affine
