@@ -226,8 +226,9 @@ class Probe:
         flat = torch.cat(norms).double().numpy()  # one transfer for every parameter norm
         P = len(params)
         w = self._by_layer(flat[:P])
-        ratio = (self._by_layer(flat[P:2 * P]) / np.maximum(w, 1e-12) if self._snapshot is not None
-                 else np.full(len(self.layers), np.nan))
+        with np.errstate(invalid="ignore"):  # a diverging run's NaN weights stay NaN
+            ratio = (self._by_layer(flat[P:2 * P]) / np.maximum(w, 1e-12)
+                     if self._snapshot is not None else np.full(len(self.layers), np.nan))
         g_all = flat[-len(self._all_params):]
         total = np.sqrt(np.square(g_all).sum())
         g_layer = self._by_layer(g_all[self._layer_in_all])
