@@ -146,15 +146,15 @@ def _single(step: int, keys, values) -> RecordBatch:
 
 
 def _merge_steps(batch: RecordBatch) -> RecordBatch:
-    """Rows of the same step (probe row + validation row) merged into one."""
-    steps, inverse = np.unique(batch.steps, return_inverse=True)
-    if len(steps) == len(batch.steps):
-        order = np.argsort(batch.steps, kind="stable")
-        return RecordBatch(batch.steps[order], batch.keys, batch.values[order])
-    values = np.full((len(steps), len(batch.keys)), np.nan)
-    for row, target in enumerate(inverse):
-        mask = ~np.isnan(batch.values[row])
-        values[target, mask] = batch.values[row, mask]
+    """Rows of the same step (probe row + validation row) merged into one, sorted by step.
+
+    Each series is measured at most once per step, so a NaN-ignoring max merges them."""
+    order = np.argsort(batch.steps, kind="stable")
+    steps, starts = np.unique(batch.steps[order], return_index=True)
+    if len(steps) == 0:
+        return RecordBatch(steps.astype(np.int64), batch.keys, batch.values[order])
+    with np.errstate(invalid="ignore"):
+        values = np.fmax.reduceat(batch.values[order], starts, axis=0)
     return RecordBatch(steps.astype(np.int64), batch.keys, values)
 
 
