@@ -218,9 +218,9 @@ class Probe:
             return
         self._armed = False
         params = [p.detach() for p in self._layer_params]
-        norms = [torch.stack(torch._foreach_norm(params))]  # (P,) weight norms
-        if self._snapshot is not None:
-            norms.append(torch.stack(torch._foreach_norm(torch._foreach_sub(params, self._snapshot))))
+        deltas = (list(torch._foreach_sub(params, self._snapshot))
+                  if self._snapshot is not None else [])
+        norms = [torch.stack(torch._foreach_norm(params + deltas))]  # (P [+ P],) w and Δw
         norms.append(self._grad_norms if self._grad_norms is not None
                      else torch.full((len(self._all_params),), float("nan")))
         flat = torch.cat(norms).double().numpy()  # one transfer for every parameter norm
@@ -323,6 +323,8 @@ def _sorted_percentiles(S: np.ndarray) -> np.ndarray:
     """PERCENTILES of each row of the row-sorted ``S`` (linear interpolation, as numpy)."""
     pos = np.asarray(PERCENTILES) / 100 * (S.shape[1] - 1)  # (3,)
     lo = np.floor(pos).astype(np.int64)
+    if (pos == lo).all():  # e.g. the default sample of 1,021: exact order statistics
+        return S[:, lo]
     hi = np.minimum(lo + 1, S.shape[1] - 1)
     return S[:, lo] + (S[:, hi] - S[:, lo]) * (pos - lo)  # (R, 3)
 
