@@ -6,9 +6,11 @@ and what is shown live in the URL: copy the link to share or replay it.
 """
 import streamlit as st
 
-from app_pages.common import (apply_url, comparison_picker, config_form, current_view,
-                          form_values, get_store, launch_button, live_runs, presenter_toggle,
-                          show_url_problems, shown_runs, sync_url, view_controls)
+from app_pages.common import (apply_url, comparison_picker, get_store, show_url_problems,
+                              shown_runs, sync_url)
+from app_pages.form import (config_form, current_view, form_values, launch_button,
+                            presenter_toggle, view_controls)
+from app_pages.live import live_runs
 
 apply_url()  # a shared link (or the Home quick start) sets the form and what is shown
 title, toggle = st.columns([6, 1], vertical_alignment="bottom")

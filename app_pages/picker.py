@@ -21,13 +21,7 @@ from streamlit.errors import StreamlitAPIException
 
 from normlab import layerview, runtable
 from normlab.store import FINISHED, NotFound, Store
-from app_pages.common import get_store
-
-try:  # the comparison the Compare page shows, when that page offers it
-    from app_pages.common import current_comparison
-except ImportError:  # pragma: no cover - common.py without it
-    def current_comparison() -> str | None:
-        return None
+from app_pages.common import current_comparison, get_store
 
 ss = st.session_state
 EMPTY_STORE = "No runs yet — launch one from Compare or Home (or import an export on Runs)."
