@@ -12,13 +12,18 @@ norm module records the weight layer's output as ``pre_norm``. A layer is named 
 block holding it when that block holds only one weight layer (``hidden1``), else after
 the weight layer itself (``0``, ``features.3``).
 
-Cost: a recorded step stacks each same-sized group of captured activations into one
-matrix and reduces it with a handful of ops (sums for mean/var, one foreach norm for all
-gradients); percentiles and histograms are computed from a fixed random sample of at most
-``sample`` positions per activation tensor (default 1,021, so the 15/50/85th
-percentiles fall exactly on sample points; ``sample=None`` uses every
-value), mean/var/saturation from all values. Each recorded step becomes one float64 row;
-:meth:`Probe.flush` turns the rows into one :class:`~normlab.schema.RecordBatch`.
+What a step measures: the model as it is *before* that step's update — the forward
+pass's activations, the backward pass's gradients, the weights the optimizer is about to
+change — plus the size of the update (‖Δw‖/‖w‖, relative to those weights).
+
+Cost: the arithmetic runs in compiled kernels (:mod:`normlab.kernels`) that read the
+tensors in place, one call after the forward pass (every activation tensor), one after
+the backward pass (every gradient, a copy of the layer weights) and one after the update,
+writing into a preallocated block of float64 rows; :meth:`Probe.flush` turns the rows
+into one :class:`~normlab.schema.RecordBatch`. Mean, variance and saturation use every
+value; percentiles and histograms use a fixed random sample of at most ``sample``
+positions per activation tensor (default 1,021, so the 15/50/85th percentiles fall
+exactly on sample points; ``sample=None`` uses every value).
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from normlab import norms, weightnorm, whitening
+from normlab import kernels, norms, weightnorm, whitening
 from normlab.schema import HIST_BINS, HIST_METRICS, PERCENTILES, RecordBatch, hist_edges
 
 WEIGHT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, weightnorm.WeightNorm,
@@ -84,11 +89,79 @@ def find_layers(model: nn.Module) -> list[LayerSites]:
     return layers
 
 
-def _sample_index(n: int, size: int) -> torch.Tensor:
-    """A fixed random subset of ``size`` positions out of ``n`` (own generator: the training
-    RNG is never touched, so probing does not change a run)."""
+def _sample_index(n: int, size: int | None) -> np.ndarray:
+    """A fixed random subset of ``size`` positions out of ``n`` (all of them when ``size``
+    is None or at least ``n``), drawn from its own generator: the training RNG is never
+    touched, so probing does not change a run."""
+    if size is None or n <= size:
+        return np.arange(n, dtype=np.int64)
     gen = torch.Generator().manual_seed(n)
-    return torch.randperm(n, generator=gen)[:size].sort().values
+    return torch.randperm(n, generator=gen)[:size].sort().values.numpy()
+
+
+def addresses(tensors: list[torch.Tensor | None], keep: list) -> np.ndarray:
+    """The data address of each tensor for :mod:`normlab.kernels` (0 for None). A tensor
+    that is not contiguous float32 on the CPU is copied into one first; the copy goes in
+    ``keep``, which the caller holds until the kernel has run."""
+    return _addresses_and_shapes(tensors, keep)[0]
+
+
+def _addresses_and_shapes(tensors: list[torch.Tensor | None], keep: list
+                          ) -> tuple[np.ndarray, tuple]:
+    """:func:`addresses`, and the tensors' shapes (None for None), in one pass."""
+    pointers, shapes = [], []
+    f32 = torch.float32
+    for t in tensors:
+        if t is None:
+            pointers.append(0)
+            shapes.append(None)
+            continue
+        if not (t.dtype is f32 and t.is_cpu and t.is_contiguous()):
+            t = t.detach().to("cpu", f32).contiguous()
+            keep.append(t)
+        pointers.append(t.data_ptr())
+        shapes.append(t.shape)
+    return np.array(pointers, dtype=np.int64), tuple(shapes)
+
+
+class _Addresses:
+    """:func:`addresses` of the parameters or their gradients, re-checked only when a
+    data address changes (torch keeps a parameter's gradient at the parameter's shape,
+    dtype and layout, so the same address means the same checked memory)."""
+
+    def __init__(self):
+        self._pointers: list = []
+        self._keep: list = []
+        self.addresses = np.zeros(0, dtype=np.int64)
+        self.sizes = np.zeros(0, dtype=np.int64)
+
+    def update(self, tensors: list[torch.Tensor | None]) -> np.ndarray:
+        pointers = [None if t is None else t.data_ptr() for t in tensors]
+        if pointers != self._pointers or self._keep:  # copies are snapshots: redone
+            self._keep = []
+            self.addresses = addresses(tensors, self._keep)
+            self.sizes = np.array([0 if t is None else t.numel() for t in tensors],
+                                  dtype=np.int64)
+            self._pointers = pointers
+        return self.addresses
+
+
+def _units(shape: torch.Size) -> tuple[int, int, int]:
+    """(outer, units, inner) of an activation: (B, C, H·W) for (B, C, H, W); the units
+    are dimension 1 (features, or a conv's channels)."""
+    if len(shape) < 2:
+        return 1, (shape[0] if shape else 1), 1
+    outer, units = shape[0], shape[1]
+    return outer, units, (shape.numel() // (outer * units) if outer * units else 0)
+
+
+@dataclass
+class _Layout:
+    """What the activation kernel needs for one set of activation shapes."""
+
+    shapes: np.ndarray  # (S, 3) int64: (outer, units, inner)
+    samples: np.ndarray  # (S, 2) int64: (start, length) of each slot's sample positions
+    sample_index: np.ndarray  # int32: the sample positions of each tensor size, concatenated
 
 
 class Probe:
@@ -99,12 +172,13 @@ class Probe:
         with Probe(model, every=1) as probe:
             for step in range(steps):
                 probe.arm(step)                 # capture activations if step is recorded
-                loss = loss_fn(model(x), y)
+                out = model(x)
+                probe.after_forward()           # activation statistics (optional: else
+                loss = loss_fn(out, y)          #   after_update does them)
                 loss.backward()
-                probe.after_backward()          # gradient norms
-                probe.before_update()           # snapshot weights
+                probe.after_backward()          # gradient and weight norms, weight copy
                 opt.step()
-                probe.after_update(extra={...}) # update ratio, weight norms, the row
+                probe.after_update(extra={...}) # update ratio; the row is complete
             batch = probe.flush()               # RecordBatch of the recorded steps
     """
 
@@ -112,6 +186,8 @@ class Probe:
                  activation_sites: bool = True):
         if every < 1:
             raise ValueError(f"every must be at least 1 (got {every})")
+        if sample is not None and sample < 1:
+            raise ValueError(f"sample must be at least 1 or None for every value (got {sample})")
         self.model, self.every, self.sample = model, every, sample
         self.activation_sites = activation_sites
         self.layers = find_layers(model)
@@ -123,20 +199,31 @@ class Probe:
         self._captured: list[torch.Tensor | None] = []
         self._armed = False
         self._step = -1
-        self._rows: list[np.ndarray] = []
+        self._block: np.ndarray | None = None  # recorded rows, first len(_steps) in use
         self._steps: list[int] = []
+        self._extras: list[list[float]] = []  # per recorded row: the extra values
+        self._activations_done = False  # after_forward ran this step
         self._extra_keys: list[tuple[str, str, str]] | None = None
-        self._samples: dict[int, torch.Tensor] = {}
+        self._layouts: dict[tuple, _Layout] = {}
         self._all_params = [p for p in model.parameters() if p.requires_grad]
         self._layer_params = [p for layer in self.layers for p in layer.params]
+        self._layer_sizes = np.array([p.numel() for p in self._layer_params], dtype=np.int64)
         self._param_owner = np.repeat(np.arange(len(self.layers)),
                                       [len(layer.params) for layer in self.layers])
         self._layer_in_all = np.array([next(j for j, q in enumerate(self._all_params) if q is p)
                                        for p in self._layer_params], dtype=np.int64)
-        self._snapshot: list[torch.Tensor] | None = None
-        self._grad_norms: torch.Tensor | None = None
+        self._snapshot = np.empty(int(self._layer_sizes.sum()), dtype=np.float32)
+        self._stepped = False  # after_backward ran this step: _grad2, _snapshot are current
+        self._grad2 = np.zeros(len(self._all_params))  # squared gradient norms
+        self._weight2 = np.zeros(len(self._layer_params))  # squared weight norms, before
+        self._grads, self._weights = _Addresses(), _Addresses()
         self._edges: list[np.ndarray] = []  # per slot: histogram bin edges
         self._sat_slots: list[int] = []  # slots at post_act with a known activation
+        self._kinds = np.zeros(0, dtype=np.int64)
+        self._bounds = np.zeros((0, 2))
+        self._edge_matrix = np.zeros((0, HIST_BINS + 1))
+        self._act_base = 1 + 3 * len(self.layers)
+        self._saturation_at = np.zeros(0, dtype=np.int64)
 
     # -- hooks -------------------------------------------------------------------------
     def __enter__(self) -> "Probe":
@@ -155,6 +242,14 @@ class Probe:
             if layer.act is not None:
                 act = self._add_slot(layer, "post_act")
                 self._handles.append(layer.act.register_forward_hook(self._io_hook(None, act)))
+        self._kinds = np.array([_saturation_kind(a) for _, _, a in self._slots], dtype=np.int64)
+        self._bounds = np.array([_SATURATION_BOUNDS.get(a, (np.nan, np.nan))
+                                 for _, _, a in self._slots]).reshape(-1, 2)
+        self._edge_matrix = np.array(self._edges).reshape(-1, HIST_BINS + 1)
+        self._act_base = 1 + 3 * len(self.layers)
+        after = self._act_base + len(self._slots) * len(_ACT_STATS)
+        self._saturation_at = np.full(len(self._slots), -1, dtype=np.int64)
+        self._saturation_at[self._sat_slots] = after + np.arange(len(self._sat_slots))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -173,11 +268,13 @@ class Probe:
         return len(self._slots) - 1
 
     def _io_hook(self, in_slot: int | None, out_slot: int):
+        # holds the step's tensors only until after_update reduces them (no detach: the
+        # kernels read memory, and dropping the reference frees nothing autograd needs)
         def hook(module, inputs, output):
             if self._armed:
                 if in_slot is not None:
-                    self._captured[in_slot] = inputs[0].detach()
-                self._captured[out_slot] = output.detach()
+                    self._captured[in_slot] = inputs[0]
+                self._captured[out_slot] = output
         return hook
 
     # -- the training-loop protocol ----------------------------------------------------
@@ -192,113 +289,93 @@ class Probe:
         return self._armed
 
     def after_backward(self) -> None:
-        """Gradient norms of every parameter (per-layer and global norms come from them)."""
+        """Call after the backward pass, before the optimizer step: gradient norms of
+        every parameter (a missing gradient counts as 0), and a snapshot of the layer
+        weights so :meth:`after_update` can measure the step taken."""
         if not self._armed:
             return
-        grads = [p.grad if p.grad is not None else torch.zeros(()) for p in self._all_params]
-        self._grad_norms = torch.stack(torch._foreach_norm(grads))  # (P_all,)
+        grads, weights = self._grads, self._weights
+        grads.update([p.grad for p in self._all_params])
+        weights.update(self._layer_params)
+        kernels.before_step(grads.addresses, grads.sizes, self._grad2, weights.addresses,
+                            weights.sizes, self._snapshot, self._weight2)
+        self._stepped = True
 
-    def before_update(self) -> None:
-        """Snapshot the layer weights so :meth:`after_update` can measure the step taken."""
-        if not self._armed:
+    def after_forward(self) -> None:
+        """Call after the forward pass: activation statistics, while the activations are
+        still in the CPU's cache (:meth:`after_update` does it otherwise)."""
+        if not self._armed or self._activations_done:
             return
-        params = [p.detach() for p in self._layer_params]
-        if self._snapshot is None:
-            self._snapshot = [p.clone() for p in params]
-        else:
-            torch._foreach_copy_(self._snapshot, params)
+        captured, keep = self._captured, []
+        pointers, shapes = _addresses_and_shapes(captured, keep)
+        layout = self._layout(shapes)
+        kernels.activation_stats(pointers, layout.shapes, layout.samples, layout.sample_index,
+                                 self._edge_matrix, self._kinds, self._bounds, _QUANTILES,
+                                 self._row(), self._act_base, self._saturation_at)
+        self._activations_done = True
+        self._captured = [None] * len(captured)
 
     def after_update(self, extra: dict[tuple[str, str, str], float] | None = None) -> None:
-        """Weight norms, update ratios and activation statistics; appends the step's row.
+        """Weight norms, update ratios (and activation statistics, if :meth:`after_forward`
+        was not called); appends the step's row.
 
         ``extra`` adds model-level values (loss, accuracy...) keyed (layer, site, metric);
         the key set must be the same at every recorded step.
         """
         if not self._armed:
             return
+        self.after_forward()
         self._armed = False
-        params = [p.detach() for p in self._layer_params]
-        deltas = (list(torch._foreach_sub(params, self._snapshot))
-                  if self._snapshot is not None else [])
-        norms = [torch.stack(torch._foreach_norm(params + deltas))]  # (P [+ P],) w and Δw
-        norms.append(self._grad_norms if self._grad_norms is not None
-                     else torch.full((len(self._all_params),), float("nan")))
-        flat = torch.cat(norms).double().numpy()  # one transfer for every parameter norm
-        P = len(params)
-        w = self._by_layer(flat[:P])
-        with np.errstate(invalid="ignore"):  # a diverging run's NaN weights stay NaN
-            ratio = (self._by_layer(flat[P:2 * P]) / np.maximum(w, 1e-12)
-                     if self._snapshot is not None else np.full(len(self.layers), np.nan))
-        g_all = flat[-len(self._all_params):]
-        total = np.sqrt(np.square(g_all).sum())
-        g_layer = self._by_layer(g_all[self._layer_in_all])
+        row = self._row()
+        weights = self._weights
+        kernels.parameter_stats(weights.update(self._layer_params), weights.sizes,
+                                self._snapshot, self._stepped, self._grad2, self._weight2,
+                                self._layer_in_all, self._param_owner, row)
         extra = extra or {}
         if self._extra_keys is None:
             self._extra_keys = list(extra)
-        row = np.concatenate([[total], g_layer, w, ratio, self._activation_stats(),
-                              [extra.get(k, np.nan) for k in self._extra_keys]])
-        self._rows.append(row)
+        self._extras.append([extra.get(key, np.nan) for key in self._extra_keys])
         self._steps.append(self._step)
-        self._grad_norms = None
-        self._captured = [None] * len(self._captured)
+        self._stepped = self._activations_done = False
 
-    def _by_layer(self, param_norms: np.ndarray) -> np.ndarray:
-        """L2 norm over each layer's parameters, from the norms of its parameters."""
-        return np.sqrt(np.bincount(self._param_owner, np.square(param_norms),
-                                   minlength=len(self.layers)))
+    def _row(self) -> np.ndarray:
+        """The row of the step being recorded, in the block of rows (grown by doubling)."""
+        n = len(self._steps)
+        if self._block is None or n == len(self._block):
+            block = np.empty((max(16, 2 * n), len(self._measured_keys())))
+            if n:
+                block[:n] = self._block[:n]
+            self._block = block
+        return self._block[n]
 
     # -- activation statistics ---------------------------------------------------------
-    def _activation_stats(self) -> np.ndarray:
-        """Per slot: mean, var, percentiles, histogram; then saturation/dead per post_act."""
-        out = np.full((len(self._slots), len(_ACT_STATS)), np.nan)
-        sat = np.full(len(self._slots), np.nan)
-        groups: dict[int, list[int]] = {}
-        for i, t in enumerate(self._captured):
-            if t is not None:
-                groups.setdefault(t.numel(), []).append(i)
-        for n, idx in groups.items():
-            X = torch.stack([self._captured[i].reshape(-1) for i in idx])  # (R, N)
-            mean = X.sum(1) / n  # (R,)
-            var = (X - mean[:, None]).square_().sum(1) / n  # biased, over all values
-            S = X if self.sample is None or n <= self.sample else X.index_select(1, self._sample_of(n))
-            S = S.numpy().copy()  # (R, m)
-            S.sort(axis=1)  # percentiles, histogram and saturation all read the sorted sample
-            out[idx] = np.concatenate([torch.stack([mean, var], 1).numpy(),
-                                       _sorted_percentiles(S), self._histograms(S, idx)], axis=1)
-            self._saturation(S, idx, sat)
-        return np.concatenate([out.reshape(-1), sat[self._sat_slots]])
+    def _layout(self, shapes: tuple) -> _Layout:
+        if shapes not in self._layouts:
+            units = np.array([_units(s) if s is not None else (0, 0, 0) for s in shapes],
+                             dtype=np.int64).reshape(-1, 3)
+            index: dict[int, tuple[int, np.ndarray]] = {}  # one sample per tensor size
+            at = 0
+            for n in units.prod(axis=1):
+                if int(n) not in index:
+                    positions = _sample_index(int(n), self.sample)
+                    index[int(n)] = (at, positions)
+                    at += len(positions)
+            samples = np.array([(index[int(n)][0], len(index[int(n)][1]))
+                                for n in units.prod(axis=1)], dtype=np.int64).reshape(-1, 2)
+            self._layouts[shapes] = _Layout(units, samples, np.concatenate(
+                [p for _, p in index.values()] + [np.zeros(0, np.int64)]).astype(np.int32))
+        return self._layouts[shapes]
 
-    def _sample_of(self, n: int) -> torch.Tensor:
-        if n not in self._samples:
-            self._samples[n] = _sample_index(n, self.sample)
-        return self._samples[n]
-
-    def _histograms(self, S: np.ndarray, idx: list[int]) -> np.ndarray:
-        """Fraction of each row of the row-sorted ``S`` per fixed bin; the end bins also
-        catch values outside the range. Sorted rows need only a binary search per edge."""
-        R, m = S.shape
-        bounds = np.empty((R, HIST_BINS + 1), dtype=np.int64)
-        bounds[:, 0], bounds[:, -1] = 0, m
-        for r, i in enumerate(idx):
-            bounds[r, 1:-1] = np.searchsorted(S[r], self._edges[i][1:-1])
-        return np.diff(bounds, axis=1) / m  # (R, HIST_BINS)
-
-    def _saturation(self, S: np.ndarray, idx: list[int], sat: np.ndarray) -> None:
-        """Fill ``sat`` for the post_act slots among ``idx``: sigmoid/tanh from the sorted
-        sample (values beyond the saturation thresholds), dead units from the whole tensor."""
-        for r, i in enumerate(idx):
-            activation = self._slots[i][2]
-            if activation in _SATURATION_BOUNDS:
-                low, high = _SATURATION_BOUNDS[activation]
-                below = np.searchsorted(S[r], low, side="left")
-                above = S.shape[1] - np.searchsorted(S[r], high, side="right")
-                sat[i] = (below + above) / S.shape[1]
-            elif activation is not None:
-                sat[i] = saturation(self._captured[i], activation)
+    def _sample_of(self, n: int) -> np.ndarray:
+        """The sample positions used for an activation of ``n`` values."""
+        return _sample_index(n, self.sample)
 
     # -- output ------------------------------------------------------------------------
     def keys(self) -> list[tuple[str, str, str]]:
         """The (layer, site, metric) key of each column of a recorded row."""
+        return self._measured_keys() + list(self._extra_keys or [])
+
+    def _measured_keys(self) -> list[tuple[str, str, str]]:
         keys = [("model", "train", "grad_norm")]
         keys += [(layer.name, "param", "grad_norm") for layer in self.layers]
         keys += [(layer.name, "param", "weight_norm") for layer in self.layers]
@@ -307,35 +384,51 @@ class Probe:
         keys += [(self._slots[i][0], "post_act",
                   "saturated" if self._slots[i][2] in ("sigmoid", "tanh") else "dead")
                  for i in self._sat_slots]
-        return keys + list(self._extra_keys or [])
+        return keys
 
     def flush(self) -> RecordBatch | None:
         """The rows recorded since the last flush as one batch (None if there are none)."""
-        if not self._rows:
+        if not self._steps:
             return None
-        batch = RecordBatch(np.asarray(self._steps, dtype=np.int64), self.keys(),
-                            np.stack(self._rows))
-        self._rows, self._steps = [], []
+        n = len(self._steps)
+        values = np.concatenate([self._block[:n], np.array(self._extras).reshape(n, -1)], axis=1)
+        batch = RecordBatch(np.asarray(self._steps, dtype=np.int64), self.keys(), values)
+        self._steps, self._extras = [], []
         return batch
 
 
-def _sorted_percentiles(S: np.ndarray) -> np.ndarray:
-    """PERCENTILES of each row of the row-sorted ``S`` (linear interpolation, as numpy)."""
-    pos = np.asarray(PERCENTILES) / 100 * (S.shape[1] - 1)  # (3,)
-    lo = np.floor(pos).astype(np.int64)
-    if (pos == lo).all():  # e.g. the default sample of 1,021: exact order statistics
-        return S[:, lo]
-    hi = np.minimum(lo + 1, S.shape[1] - 1)
-    return S[:, lo] + (S[:, hi] - S[:, lo]) * (pos - lo)  # (R, 3)
+_QUANTILES = np.asarray(PERCENTILES, dtype=np.float64) / 100
+
+
+def _saturation_kind(activation: str | None) -> int:
+    if activation in _SATURATION_BOUNDS:
+        return kernels.KIND_BOUNDS
+    return kernels.KIND_NONE if activation is None else kernels.KIND_DEAD
 
 
 def saturation(y: torch.Tensor, activation: str) -> float:
-    """Sigmoid/tanh: fraction of values whose derivative is below 5% of its maximum.
+    """What the probe records at ``post_act`` for one activation output ``y``.
+
+    Sigmoid/tanh: fraction of values whose derivative is below 5% of its maximum.
     ReLU/GELU: fraction of *units* (features, or channels of a conv) that are <= 0 for
     every example (and position) of the batch — dead units."""
-    if activation == "sigmoid":  # σ' = y(1 − y) ≤ 0.25
-        return float((y * (1 - y) < SATURATED_THRESHOLD * 0.25).float().mean())
-    if activation == "tanh":  # tanh' = 1 − y² ≤ 1
-        return float((1 - y * y < SATURATED_THRESHOLD).float().mean())
-    alive = (y > 0).transpose(0, 1).reshape(y.shape[1], -1).any(1)  # (C,)
-    return float(1.0 - alive.float().mean())
+    keep: list = []
+    n = y.numel()
+    row = np.empty(len(_ACT_STATS) + 1)
+    kernels.activation_stats(addresses([y], keep), np.array([_units(y.shape)], dtype=np.int64),
+                             np.array([[0, n]], dtype=np.int64), np.arange(n, dtype=np.int32),
+                             hist_edges("post_act", activation)[None],
+                             np.array([_saturation_kind(activation)], dtype=np.int64),
+                             np.array([_SATURATION_BOUNDS.get(activation, (np.nan, np.nan))]),
+                             _QUANTILES, row, 0, np.array([len(_ACT_STATS)], dtype=np.int64))
+    return float(row[-1])
+
+
+def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """Fraction of rows of ``logits`` (N, classes) whose argmax is the target (one
+    compiled pass instead of four tensor operations and a sync)."""
+    if (logits.dtype is torch.float32 and logits.is_cpu and logits.is_contiguous()
+            and logits.dim() == 2 and targets.dtype is torch.int64 and targets.is_cpu):
+        rows, cols = logits.shape
+        return kernels.accuracy(logits.data_ptr(), rows, cols, targets.numpy())
+    return (logits.argmax(1) == targets).float().mean().item()

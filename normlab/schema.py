@@ -3,7 +3,8 @@
 Every measurement NormLab makes is a *tidy row*::
 
     run     str    run id (added by the store; absent in a trainer's own batches)
-    step    int    optimizer steps taken when measured (0 = before the first update)
+    step    int    optimizer steps taken when measured (0 = before the first update);
+                   everything at step s describes the model before update s + 1
     layer   str    "hidden1", "hidden2", ... / "conv1", ...; "out" for the head;
                    "model" for whole-model metrics (loss, accuracy, global gradient norm)
     site    str    where in the layer: "pre_norm" (input of the normalization),
@@ -25,8 +26,8 @@ post_act       ``saturated`` (sigmoid/tanh: fraction of values where the activat
                derivative is below 5% of its maximum) or ``dead`` (relu/gelu: fraction of
                units that are <= 0 for every example of the batch)
 param          ``grad_norm`` (L2 norm of the gradient of the layer's weight parameters),
-               ``weight_norm`` (their L2 norm), ``update_ratio`` (||Δw|| / ||w|| of the last
-               optimizer step: the effective learning rate)
+               ``weight_norm`` (their L2 norm), ``update_ratio`` (||Δw|| / ||w|| of the
+               optimizer step taken from there: the effective learning rate)
 train          ``loss``, ``acc`` (on the training batch), ``grad_norm`` (global, all params)
 val            ``loss``, ``acc`` (whole validation split), every ``eval_interval`` steps
 =============  ==========================================================================

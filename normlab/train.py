@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from normlab.config import RunConfig, validate
 from normlab.data import Dataset, load_dataset
 from normlab.models import build_model
-from normlab.probes import Probe
+from normlab.probes import Probe, accuracy
 from normlab.schema import RecordBatch
 
 
@@ -107,6 +107,7 @@ class Trainer:
                 if step % cfg.eval_interval == 0:
                     pending_val.append(_single(step, val_keys, self._evaluate()))
                 logits = model(x)
+                probe.after_forward()
                 loss = F.cross_entropy(logits, y)
                 loss_value = loss.item()
                 if not math.isfinite(loss_value):
@@ -117,12 +118,10 @@ class Trainer:
                 opt.zero_grad(set_to_none=False)
                 loss.backward()
                 probe.after_backward()
-                probe.before_update()
                 opt.step()
                 if recorded:
-                    acc = (logits.argmax(1) == y).float().mean().item()
                     probe.after_update({("model", "train", "loss"): loss_value,
-                                        ("model", "train", "acc"): acc})
+                                        ("model", "train", "acc"): accuracy(logits, y)})
                 self.outcome.step = step + 1
                 if (time.monotonic() - last_flush >= flush_seconds
                         or step + 1 == first_flush_after):

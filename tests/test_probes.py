@@ -19,7 +19,6 @@ def one_step(model, probe, x, y, lr=0.1, extra=None):
     opt.zero_grad()
     loss.backward()
     probe.after_backward()
-    probe.before_update()
     opt.step()
     probe.after_update(extra)
     return probe.flush().to_frame()
@@ -98,8 +97,8 @@ def test_gradient_weight_norms_and_sgd_update_ratio(mlp):
         probe.arm(0)
         F.cross_entropy(mlp(x), y).backward()
         grads = {n: p.grad.clone() for n, p in mlp.named_parameters()}
+        w1 = mlp.hidden1.layer.weight.double().norm().item()  # the model as it was measured
         probe.after_backward()
-        probe.before_update()
         opt.step()
         probe.after_update()
         got = probe.flush().to_frame().set_index(["layer", "site", "metric"])["value"]
@@ -107,8 +106,8 @@ def test_gradient_weight_norms_and_sgd_update_ratio(mlp):
     assert got["model", "train", "grad_norm"] == pytest.approx(total, rel=1e-6)
     g1 = grads["hidden1.layer.weight"].double().norm().item()
     assert got["hidden1", "param", "grad_norm"] == pytest.approx(g1, rel=1e-6)
-    w1 = mlp.hidden1.layer.weight.double().norm().item()
     assert got["hidden1", "param", "weight_norm"] == pytest.approx(w1, rel=1e-6)
+    assert mlp.hidden1.layer.weight.double().norm().item() != pytest.approx(w1, rel=1e-9)
     # plain SGD: Δw = −lr·g, so update_ratio · ‖w‖ = lr · ‖g‖ (closed form)
     assert got["hidden1", "param", "update_ratio"] * w1 == pytest.approx(lr * g1, rel=1e-5)
 
@@ -121,7 +120,6 @@ def test_only_recorded_steps_produce_rows(mlp):
             probe.arm(step)
             F.cross_entropy(mlp(x), y).backward()
             probe.after_backward()
-            probe.before_update()
             opt.step()
             opt.zero_grad()
             probe.after_update()

@@ -1,0 +1,393 @@
+"""Compiled statistics kernels for the probes (numba, CPU, float32 tensors read in place).
+
+Why compiled: a recorded step reduces ~9 activation tensors and every parameter, gradient
+and update. As eager torch/numpy calls that is ~60 small operations of 5-30 µs each in
+the middle of a training loop whose whole step takes ~1.3 ms; one compiled pass per group
+(gradients, weights, activations) does the same arithmetic in a few tens of µs. The
+kernels read the tensors' memory in place (an int64 address per tensor, so one call
+covers any number of tensors without copying them); :func:`normlab.probes.addresses`
+makes those addresses safe: a tensor that is not a contiguous float32 CPU tensor is first
+copied into one, and the copy is kept alive for the call.
+
+Determinism: float64 sums are split over vector lanes in an order fixed when the kernel
+is compiled ("reassoc"; no run-time alignment peeling on x86), so a run's metrics are
+bit-identical in a fresh process on the same machine (not bit-equal to numpy's pairwise
+sums). Kernels are cached on disk by numba (``cache=True``): the first process on a
+machine compiles them (~10 s), later ones load them in a fraction of a second.
+
+Definitions (the contract in :mod:`normlab.schema`):
+
+* mean and biased variance over every value, in one float64 pass of sums of ``x - c``
+  and ``(x - c)²`` around the tensor's first value ``c`` (no cancellation for the
+  values activations take);
+* percentiles of a fixed sample of positions, linearly interpolated between order
+  statistics as ``numpy.percentile`` does. The sample is bucketed into ``FINE`` buckets
+  per histogram bin; a wanted rank's bucket is gathered and sorted (or, if large,
+  bucketed again over its own range). Bucketing is monotone, so this is exact;
+* the histogram of the same sample over fixed equal-width edges: value ``v`` falls in
+  bin ``floor((v - low) · bins / (high - low))``, i.e. ``[edge i, edge i+1)`` up to float
+  rounding at an edge (exact for the schema's ranges, whose widths are powers of two,
+  and for the ReLU range's 4.5 with bins of 9/64); the end bins also catch values
+  outside. A tensor holding NaN or inf gets NaN mean/var, and percentiles from its
+  whole sorted sample (NaN if the sample holds a NaN, as numpy);
+* sigmoid/tanh saturation over every value: the fraction outside ``[low, high]``;
+  ReLU/GELU dead units over every value: the fraction of units (dimension 1) that are
+  ``<= 0`` for every example and position.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+FINE = 8  # select buckets per histogram bin
+SMALL = 64  # a bucket this small is insertion-sorted; a larger one bucketed again
+UNWANTED = 8  # region of a bucket holding no wanted rank (at most 8 ranks)
+KIND_NONE, KIND_BOUNDS, KIND_DEAD = 0, 1, 2  # what saturation a slot measures
+
+_jit = njit(cache=True, nogil=True)
+_sums = njit(cache=True, nogil=True, fastmath={"reassoc"})  # see "Determinism"
+
+
+@intrinsic
+def _pointer(typingctx, address):
+    """An int64 address as a void pointer (for ``numba.carray``)."""
+    if not isinstance(address, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], cgutils.voidptr_t)
+    return types.voidptr(address), codegen
+
+
+@_jit
+def _view(address, n):
+    """The ``n`` float32 values at ``address``."""
+    return numba.carray(_pointer(address), (n,), np.float32)
+
+
+# -- sums (one pass each, vectorized) --------------------------------------------------
+@_sums
+def _squares(x):
+    total = 0.0
+    for i in range(x.shape[0]):
+        v = np.float64(x[i])
+        total += v * v
+    return total
+
+
+@_sums
+def _shifted_sums(x, c):
+    """Sums of ``x - c`` and ``(x - c)²``."""
+    s1 = s2 = 0.0
+    for i in range(x.shape[0]):
+        d = np.float64(x[i]) - c
+        s1 += d
+        s2 += d * d
+    return s1, s2
+
+
+@_sums
+def _outside(x, low, high):
+    """How many values of ``x`` lie outside ``[low, high]``."""
+    count = 0
+    for i in range(x.shape[0]):
+        count += (x[i] < low) | (x[i] > high)
+    return count
+
+
+# -- parameters ------------------------------------------------------------------------
+@_jit
+def squared_norms(addresses, sizes, out):
+    """``out[i]`` = sum of squares of tensor ``i`` (a size of 0 gives 0)."""
+    for i in range(addresses.shape[0]):
+        out[i] = _squares(_view(addresses[i], sizes[i])) if sizes[i] else 0.0
+
+
+@_sums
+def _copy_squares(x, out):
+    """Copy ``x`` into ``out``; the sum of its squares."""
+    total = 0.0
+    for i in range(x.shape[0]):
+        v = x[i]
+        out[i] = v
+        total += np.float64(v) * np.float64(v)
+    return total
+
+
+@_sums
+def _squared_steps(x, before):
+    """Sum of ``(x - before)²``: the squared length of the step a parameter took."""
+    total = 0.0
+    for i in range(x.shape[0]):
+        d = np.float64(x[i]) - np.float64(before[i])
+        total += d * d
+    return total
+
+
+@_jit
+def before_step(grad_addresses, grad_sizes, grad2, weight_addresses, weight_sizes, buffer,
+                weight2):
+    """After the backward pass, before the optimizer step: squared gradient norms of every
+    parameter into ``grad2``; the layer weights copied one after another into ``buffer``
+    (float32, their total size) and their squared norms into ``weight2``."""
+    squared_norms(grad_addresses, grad_sizes, grad2)
+    at = 0
+    for i in range(weight_addresses.shape[0]):
+        n = weight_sizes[i]
+        weight2[i] = _copy_squares(_view(weight_addresses[i], n), buffer[at:at + n])
+        at += n
+
+
+@_jit
+def parameter_stats(addresses, sizes, buffer, stepped, grad2, weight2, layer_in_all, owner,
+                    row):
+    """The parameter part of a recorded row, for L layers owning the P weight tensors at
+    ``addresses`` (``owner[i]`` is tensor i's layer, ``layer_in_all[i]`` its position in
+    ``grad2``). ``grad2``, ``weight2`` and ``buffer`` are what :func:`before_step` left,
+    if it ran this step (``stepped``). Writes ``row[0]``, the global gradient norm, then
+    per layer: gradient norms, weight norms (before the step) and ‖Δw‖/‖w‖. Without
+    ``stepped`` only the weight norms are measured (of the weights as they are now)."""
+    L = 0
+    for i in range(owner.shape[0]):
+        L = max(L, owner[i] + 1)
+    grads, weights, steps = np.zeros(L), np.zeros(L), np.zeros(L)
+    at = 0
+    for i in range(addresses.shape[0]):
+        x = _view(addresses[i], sizes[i])
+        if stepped:
+            steps[owner[i]] += _squared_steps(x, buffer[at:at + sizes[i]])
+            grads[owner[i]] += grad2[layer_in_all[i]]
+            weights[owner[i]] += weight2[i]
+        else:
+            weights[owner[i]] += _squares(x)
+        at += sizes[i]
+    row[0] = np.sqrt(grad2.sum()) if stepped else np.nan
+    for layer in range(L):
+        w = np.sqrt(weights[layer])
+        row[1 + layer] = np.sqrt(grads[layer]) if stepped else np.nan
+        row[1 + L + layer] = w
+        row[1 + 2 * L + layer] = np.sqrt(steps[layer]) / max(w, 1e-12) if stepped else np.nan
+
+
+@_jit
+def accuracy(address, rows, cols, labels):
+    """Fraction of rows of the (rows, cols) float32 logits whose first maximum (NaN counts
+    as the maximum, as ``torch.argmax``) is at ``labels[row]``."""
+    logits = _view(address, rows * cols)
+    hits = 0
+    for r in range(rows):
+        best, at = logits[r * cols], 0
+        if best == best:
+            for c in range(1, cols):
+                v = logits[r * cols + c]
+                if v != v:
+                    at = c
+                    break
+                if v > best:
+                    best, at = v, c
+        hits += at == labels[r]
+    return hits / rows
+
+
+# -- order statistics ------------------------------------------------------------------
+@_jit
+def _insertion_sort(a):
+    for i in range(1, a.shape[0]):
+        v, j = a[i], i - 1
+        while j >= 0 and a[j] > v:
+            a[j + 1] = a[j]
+            j -= 1
+        a[j + 1] = v
+
+
+@_jit
+def _bucket(v, low, scale, nb):
+    """Bucket of ``v`` among ``nb`` equal buckets from ``low`` (monotone in v; values
+    outside go to the end buckets)."""
+    f = (np.float64(v) - low) * scale
+    return (int(f) if f < nb - 1.0 else nb - 1) if f >= 1.0 else 0
+
+
+@_jit
+def _select(values, bucket_of, counts, ranks, out, pick, region_of, work):
+    """``out[j]`` = the ``ranks[j]``-th smallest of ``values``, given
+    each value's bucket (``bucket_of``, monotone in the value) and the bucket ``counts``.
+
+    Only the buckets holding a wanted rank are gathered (into ``pick``, one region
+    each); a region of at most SMALL values is insertion-sorted, a larger one is
+    bucketed again over its own range (:func:`_select_within`). ``region_of`` must be all
+    ``UNWANTED`` and is left so."""
+    R = ranks.shape[0]
+    rank_bucket = np.empty(R, np.int64)
+    rank_below = np.empty(R, np.int64)  # values in the buckets before the rank's bucket
+    starts = np.empty(R + 1, np.int64)
+    fill = np.empty(R, np.int64)
+    below, b, regions = 0, 0, 0
+    starts[0] = 0
+    for j in range(R):
+        if ranks[j] < below:  # ranks may repeat (tiny samples): scan again from the start
+            below, b = 0, 0
+        while below + counts[b] <= ranks[j]:
+            below += counts[b]
+            b += 1
+        rank_bucket[j], rank_below[j] = b, below
+        if region_of[b] == UNWANTED:
+            region_of[b] = regions
+            fill[regions] = starts[regions]
+            starts[regions + 1] = starts[regions] + counts[b]
+            regions += 1
+    for i in range(values.shape[0]):
+        t = region_of[bucket_of[i]]
+        if t != UNWANTED:
+            pick[fill[t]] = values[i]
+            fill[t] += 1
+    is_sorted = np.zeros(R, np.bool_)
+    for j in range(R):
+        t = region_of[rank_bucket[j]]
+        region = pick[starts[t]:starts[t + 1]]
+        if region.shape[0] <= SMALL:
+            if not is_sorted[t]:
+                _insertion_sort(region)
+                is_sorted[t] = True
+            out[j] = region[ranks[j] - rank_below[j]]
+        else:  # on a copy: the region serves the next ranks too
+            out[j] = _select_within(region.copy(), ranks[j] - rank_below[j], work)
+    for j in range(R):
+        region_of[rank_bucket[j]] = UNWANTED
+
+
+@_jit
+def _select_within(values, rank, work):
+    """The ``rank``-th smallest of finite ``values``: bucket them over their own range
+    until the rank's bucket is small, then sort it. Reorders ``values``."""
+    m = values.shape[0]
+    nb = work.shape[0]
+    while m > SMALL:
+        low = high = values[0]
+        for i in range(1, m):
+            low = min(low, values[i])
+            high = max(high, values[i])
+        if low == high:
+            return values[0]
+        scale = nb / (np.float64(high) - np.float64(low))
+        work[:] = 0
+        for i in range(m):
+            work[_bucket(values[i], low, scale, nb)] += 1
+        b = 0
+        while work[b] <= rank:
+            rank -= work[b]
+            b += 1
+        kept = 0  # move the rank's bucket to the front (kept <= i: in place)
+        for i in range(m):
+            if _bucket(values[i], low, scale, nb) == b:
+                values[kept] = values[i]
+                kept += 1
+        m = kept
+    _insertion_sort(values[:m])
+    return values[rank]
+
+
+# -- activations -----------------------------------------------------------------------
+@_jit
+def activation_stats(addresses, shapes, samples, sample_index, edges, kinds, bounds,
+                     quantiles, row, base, saturation_at):
+    """Statistics of S activation tensors, read in place, written into ``row``.
+
+    addresses (S,) int64     data of each float32 contiguous tensor (0: not captured)
+    shapes (S, 3) int64      (outer, units, inner): (B, C, H·W) of a (B, C, H, W) tensor
+    samples (S, 2) int64     tensor s's sample is sample_index[start:start + length]
+    edges (S, BINS + 1)      its histogram's bin edges (equal width)
+    kinds (S,), bounds (S, 2)  what saturation to measure (KIND_*), sigmoid/tanh bounds
+    quantiles (P,)           the percentiles as fractions (0.15, 0.5, 0.85)
+    row, base                tensor s's mean, var, P percentiles and BINS histogram
+                             fractions go to row[base + s·(2 + P + BINS) + ...]
+    saturation_at (S,)       where its saturated/dead fraction goes (-1: not measured)
+    """
+    S = addresses.shape[0]
+    bins = edges.shape[1] - 1
+    nb = bins * FINE
+    P = quantiles.shape[0]
+    width = 2 + P + bins
+    m_max = 1
+    for s in range(S):
+        m_max = max(m_max, samples[s, 1])
+    sample = np.empty(m_max, np.float32)
+    pick = np.empty(m_max, np.float32)
+    bucket_of = np.empty(m_max, np.int32)
+    counts = np.empty(nb, np.int64)
+    region_of = np.full(nb, UNWANTED, np.int64)
+    work = np.empty(256, np.int64)
+    ranks = np.empty(2 * P, np.int64)
+    ordered = np.empty(2 * P)
+    for s in range(S):
+        out = row[base + s * width:base + (s + 1) * width]
+        outer, units, inner = shapes[s, 0], shapes[s, 1], shapes[s, 2]
+        n = outer * units * inner
+        first, m = samples[s, 0], samples[s, 1]
+        if addresses[s] == 0 or n == 0 or m == 0:
+            out[:] = np.nan
+            if saturation_at[s] >= 0:
+                row[saturation_at[s]] = np.nan
+            continue
+        x = _view(addresses[s], n)
+        c = np.float64(x[0])
+        s1, s2 = _shifted_sums(x, c)
+        out[0] = c + s1 / n
+        out[1] = max(s2 / n - (s1 / n) ** 2, 0.0)
+        # the sample: fine buckets over the histogram's range, summed into its bins
+        low, scale = edges[s, 0], nb / (edges[s, bins] - edges[s, 0])
+        finite = np.isfinite(s2)
+        for j in range(m):
+            sample[j] = x[sample_index[first + j]]
+        if finite:  # three simple loops: the middle one vectorizes
+            for j in range(m):
+                f = (np.float64(sample[j]) - low) * scale
+                bucket_of[j] = int(min(max(f, 0.0), nb - 1.0))
+        else:  # NaN-safe (NaN goes to bucket 0)
+            for j in range(m):
+                bucket_of[j] = _bucket(sample[j], low, scale, nb)
+        counts[:] = 0
+        for j in range(m):
+            counts[bucket_of[j]] += 1
+        for k in range(bins):
+            out[2 + P + k] = counts[k * FINE:(k + 1) * FINE].sum() / m
+        for p in range(P):  # linear interpolation between order statistics, as numpy
+            position = quantiles[p] * (m - 1)
+            ranks[2 * p] = int(np.floor(position))
+            ranks[2 * p + 1] = min(ranks[2 * p] + 1, m - 1)
+        if finite:
+            _select(sample[:m], bucket_of, counts, ranks, ordered, pick, region_of, work)
+        else:  # NaN or inf somewhere (a diverging run): sort the whole sample;
+            whole = np.sort(sample[:m])  # NaN sorts last: any NaN makes them NaN, as numpy
+            for j in range(2 * P):
+                ordered[j] = whole[ranks[j]] if whole[m - 1] == whole[m - 1] else np.nan
+        for p in range(P):
+            a, b = ordered[2 * p], ordered[2 * p + 1]
+            out[2 + p] = a + (b - a) * (quantiles[p] * (m - 1) - ranks[2 * p])
+        if saturation_at[s] >= 0:  # over every value
+            row[saturation_at[s]] = _saturation(x, kinds[s], bounds[s, 0], bounds[s, 1],
+                                                outer, units, inner)
+
+
+@_jit
+def _saturation(x, kind, low, high, outer, units, inner):
+    if kind == KIND_BOUNDS:
+        return _outside(x, low, high) / x.shape[0]
+    if kind == KIND_DEAD:
+        alive = 0
+        for c in range(units):
+            for b in range(outer):
+                start = (b * units + c) * inner
+                found = False
+                for i in range(start, start + inner):
+                    if x[i] > 0:
+                        found = True
+                        break
+                if found:
+                    alive += 1
+                    break
+        return 1.0 - alive / units
+    return np.nan

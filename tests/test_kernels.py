@@ -1,0 +1,137 @@
+"""The compiled statistics kernels against numpy and torch: exact order statistics of the
+sample whatever its distribution (narrow, outliers, ties, a single value, NaN), the
+histogram against a binary search over the sorted sample, moments, saturation and dead
+units, parameter norms, accuracy, and tensors that are not contiguous float32."""
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from normlab import kernels
+from normlab.probes import _ACT_STATS, _QUANTILES, accuracy, addresses, saturation
+from normlab.schema import hist_edges
+
+WIDTH = len(_ACT_STATS)  # mean, var, p15, p50, p85, histogram
+
+
+def stats(t: torch.Tensor, sample: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """The kernel's row for one tensor, with the given sample positions."""
+    keep: list = []
+    row = np.full(WIDTH + 1, -7.0)
+    shape = (t.shape[0], t.shape[1], t[0, 0].numel()) if t.dim() >= 2 else (1, t.numel(), 1)
+    kernels.activation_stats(addresses([t], keep), np.array([shape], dtype=np.int64),
+                             np.array([[0, len(sample)]], dtype=np.int64),
+                             sample.astype(np.int32), edges[None],
+                             np.array([kernels.KIND_NONE]), np.full((1, 2), np.nan),
+                             _QUANTILES, row, 0, np.array([-1]))
+    assert row[-1] == -7.0  # nothing written outside the tensor's columns
+    return row[:WIDTH]
+
+
+def reference(t: torch.Tensor, sample: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    x = t.detach().float().contiguous().numpy().ravel()
+    s = np.sort(x[sample])
+    inner = np.searchsorted(s, edges[1:-1], side="left")  # bin i is [edge i, edge i+1)
+    hist = np.diff(np.concatenate([[0], inner, [len(s)]])) / len(s)
+    with np.errstate(invalid="ignore", over="ignore"):
+        moments = [x.astype(np.float64).mean(), x.astype(np.float64).var()]
+    return np.concatenate([moments, np.percentile(s.astype(np.float64), [15, 50, 85]), hist])
+
+
+values = st.one_of(  # distributions that stress the select: wide, narrow, far outliers, ties
+    st.builds(lambda seed, scale, shift: torch.randn(64, 40, generator=torch.Generator().manual_seed(seed)) * scale + shift,
+              st.integers(0, 10_000), st.sampled_from([1e-4, 0.05, 1.0, 30.0]), st.sampled_from([0.0, 3.0, -50.0])),
+    st.builds(lambda seed: torch.randint(0, 3, (64, 40), generator=torch.Generator().manual_seed(seed)).float(),
+              st.integers(0, 10_000)),
+    st.builds(lambda seed: torch.cat([torch.randn(64, 39, generator=torch.Generator().manual_seed(seed)),
+                                      torch.full((64, 1), 1e6)], 1), st.integers(0, 10_000)),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(t=values, size=st.sampled_from([1, 2, 21, 101, 1021, 2560]),
+       site=st.sampled_from(["pre_norm", "post_norm", "post_act"]))
+def test_activation_stats_match_numpy(t, size, site):
+    rng = np.random.default_rng(size)
+    sample = np.sort(rng.choice(t.numel(), size=size, replace=False))
+    edges = hist_edges(site)
+    got, want = stats(t, sample, edges), reference(t, sample, edges)
+    np.testing.assert_allclose(got[:2], want[:2], rtol=1e-9, atol=1e-9 * max(1, abs(want[0])))
+    np.testing.assert_allclose(got[2:5], want[2:5], rtol=1e-12, atol=0)  # exact order statistics
+    np.testing.assert_array_equal(got[5:], want[5:])  # the schema's edges are exact in binary
+
+
+def test_non_finite_values_give_nan_moments_and_numpys_percentiles():
+    t = torch.randn(8, 16, generator=torch.Generator().manual_seed(0))
+    t[0, 0], t[3, 5] = float("nan"), float("inf")
+    sample = np.arange(t.numel())
+    got = stats(t, sample, hist_edges("pre_norm"))
+    assert np.isnan(got[0]) and np.isnan(got[1])
+    assert np.isnan(got[2:5]).all()  # as numpy: a NaN in the sample makes them NaN
+    t[0, 0] = 0.0  # inf alone: percentiles of the sorted sample
+    got = stats(t, sample, hist_edges("pre_norm"))
+    np.testing.assert_allclose(got[2:5], np.percentile(t.numpy().astype(np.float64), [15, 50, 85]),
+                               rtol=1e-12)
+
+
+def test_not_contiguous_or_not_float32_tensors_are_copied_first():
+    base = torch.randn(40, 64, dtype=torch.float64)
+    t = base.t()  # (64, 40), float64, not contiguous
+    sample = np.arange(t.numel())
+    np.testing.assert_allclose(stats(t, sample, hist_edges("pre_norm")),
+                               reference(t, sample, hist_edges("pre_norm")), rtol=1e-6, atol=1e-7)
+
+
+def test_same_input_gives_bit_identical_output():
+    t = torch.randn(64, 100) * 3
+    sample = np.sort(np.random.default_rng(0).choice(6400, 1021, replace=False))
+    a, b = stats(t, sample, hist_edges("pre_norm")), stats(t.clone(), sample, hist_edges("pre_norm"))
+    assert a.tobytes() == b.tobytes()
+
+
+def test_saturation_and_dead_units():
+    y = torch.sigmoid(torch.randn(64, 50) * 4)
+    ref = ((y * (1 - y)) < 0.05 * 0.25).double().mean().item()
+    assert saturation(y, "sigmoid") == pytest.approx(ref, abs=1e-12)
+    conv = torch.relu(torch.randn(8, 6, 5, 5))
+    conv[:, [1, 4]] = 0  # two dead channels
+    assert saturation(conv, "relu") == pytest.approx(2 / 6)
+
+
+def test_parameter_norms_snapshot_and_step():
+    params = [torch.randn(30, 20), torch.randn(7), torch.randn(20, 5)]
+    keep: list = []
+    sizes = np.array([p.numel() for p in params], dtype=np.int64)
+    grad2, weight2 = np.empty(3), np.empty(3)
+    buffer = np.empty(int(sizes.sum()), dtype=np.float32)
+    grads = [torch.randn_like(p) for p in params]
+    kernels.before_step(addresses(grads, keep), sizes, grad2, addresses(params, keep), sizes,
+                        buffer, weight2)
+    np.testing.assert_allclose(grad2, [g.double().square().sum().item() for g in grads], rtol=1e-12)
+    np.testing.assert_allclose(weight2, [p.double().square().sum().item() for p in params], rtol=1e-12)
+    before = [p.clone() for p in params]
+    for p, g in zip(params, grads):
+        p.sub_(0.1 * g)
+    row = np.empty(1 + 3 * 2)
+    owner, in_all = np.array([0, 0, 1]), np.array([0, 1, 2])
+    kernels.parameter_stats(addresses(params, keep), sizes, buffer, True, grad2, weight2,
+                            in_all, owner, row)
+    w = [np.sqrt(sum(b.double().square().sum().item() for b in before[:2])), before[2].double().norm().item()]
+    d = [np.sqrt(sum((p - b).double().square().sum().item() for p, b in zip(params[:2], before[:2]))),
+         (params[2] - before[2]).double().norm().item()]
+    np.testing.assert_allclose(row[0], np.sqrt(grad2.sum()), rtol=1e-12)
+    np.testing.assert_allclose(row[3:5], w, rtol=1e-12)
+    np.testing.assert_allclose(row[5:7], np.array(d) / w, rtol=1e-5)
+
+
+@given(st.integers(0, 1000))
+@settings(max_examples=30, deadline=None)
+def test_accuracy_matches_torch_argmax_ties_included(seed):
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randint(0, 3, (50, 10), generator=gen).float()  # many ties: first max wins
+    targets = torch.randint(0, 10, (50,), generator=gen)
+    hits = (logits.argmax(1) == targets).sum().item()
+    assert accuracy(logits, targets) * 50 == pytest.approx(hits, abs=1e-9)
+    assert accuracy(logits.double(), targets) * 50 == pytest.approx(hits, abs=1e-5)  # torch path
+
