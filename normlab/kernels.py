@@ -47,8 +47,8 @@ SMALL = 64  # a bucket this small is insertion-sorted; a larger one bucketed aga
 UNWANTED = 8  # region of a bucket holding no wanted rank (at most 8 ranks)
 KIND_NONE, KIND_BOUNDS, KIND_DEAD = 0, 1, 2  # what saturation a slot measures
 
-_jit = njit(cache=True, nogil=True)
-_sums = njit(cache=True, nogil=True, fastmath={"reassoc"})  # see "Determinism"
+_jit = njit(cache=True)  # holding the GIL: releasing it costs ~3 µs a call in a training loop
+_sums = njit(cache=True, fastmath={"reassoc"})  # see "Determinism"
 
 
 @intrinsic
@@ -173,10 +173,11 @@ def parameter_stats(addresses, sizes, buffer, stepped, grad2, weight2, layer_in_
 
 
 @_jit
-def accuracy(address, rows, cols, labels):
+def accuracy(address, rows, cols, labels_address):
     """Fraction of rows of the (rows, cols) float32 logits whose first maximum (NaN counts
-    as the maximum, as ``torch.argmax``) is at ``labels[row]``."""
+    as the maximum, as ``torch.argmax``) is at the row's int64 label."""
     logits = _view(address, rows * cols)
+    labels = numba.carray(_pointer(labels_address), (rows,), np.int64)
     hits = 0
     for r in range(rows):
         best, at = logits[r * cols], 0
@@ -212,7 +213,7 @@ def _bucket(v, low, scale, nb):
 
 
 @_jit
-def _select(values, bucket_of, counts, ranks, out, pick, region_of, work):
+def _select(values, bucket_of, counts, ranks, out, pick, region_of, work, scratch):
     """``out[j]`` = the ``ranks[j]``-th smallest of ``values``, given
     each value's bucket (``bucket_of``, monotone in the value) and the bucket ``counts``.
 
@@ -221,10 +222,9 @@ def _select(values, bucket_of, counts, ranks, out, pick, region_of, work):
     bucketed again over its own range (:func:`_select_within`). ``region_of`` must be all
     ``UNWANTED`` and is left so."""
     R = ranks.shape[0]
-    rank_bucket = np.empty(R, np.int64)
-    rank_below = np.empty(R, np.int64)  # values in the buckets before the rank's bucket
-    starts = np.empty(R + 1, np.int64)
-    fill = np.empty(R, np.int64)
+    # scratch (5, R + 1): each rank's bucket, the values in the buckets before it, each
+    # region's start and fill, whether it is sorted (no allocation per call)
+    rank_bucket, rank_below, starts, fill, is_sorted = scratch
     below, b, regions = 0, 0, 0
     starts[0] = 0
     for j in range(R):
@@ -244,14 +244,14 @@ def _select(values, bucket_of, counts, ranks, out, pick, region_of, work):
         if t != UNWANTED:
             pick[fill[t]] = values[i]
             fill[t] += 1
-    is_sorted = np.zeros(R, np.bool_)
+    is_sorted[:] = 0
     for j in range(R):
         t = region_of[rank_bucket[j]]
         region = pick[starts[t]:starts[t + 1]]
         if region.shape[0] <= SMALL:
             if not is_sorted[t]:
                 _insertion_sort(region)
-                is_sorted[t] = True
+                is_sorted[t] = 1
             out[j] = region[ranks[j] - rank_below[j]]
         else:  # on a copy: the region serves the next ranks too
             out[j] = _select_within(region.copy(), ranks[j] - rank_below[j], work)
@@ -293,7 +293,7 @@ def _select_within(values, rank, work):
 # -- activations -----------------------------------------------------------------------
 @_jit
 def activation_stats(addresses, shapes, samples, sample_index, edges, kinds, bounds,
-                     quantiles, row, base, saturation_at):
+                     quantiles, row, base, saturation_at, work32, work64):
     """Statistics of S activation tensors, read in place, written into ``row``.
 
     addresses (S,) int64     data of each float32 contiguous tensor (0: not captured)
@@ -305,21 +305,24 @@ def activation_stats(addresses, shapes, samples, sample_index, edges, kinds, bou
     row, base                tensor s's mean, var, P percentiles and BINS histogram
                              fractions go to row[base + s·(2 + P + BINS) + ...]
     saturation_at (S,)       where its saturated/dead fraction goes (-1: not measured)
+    work32, work64           scratch (float32, int64), at least :func:`workspace` long
+                             (passed in: no allocation per call)
     """
     S = addresses.shape[0]
     bins = edges.shape[1] - 1
     nb = bins * FINE
     P = quantiles.shape[0]
     width = 2 + P + bins
-    m_max = 1
+    m = 1
     for s in range(S):
-        m_max = max(m_max, samples[s, 1])
-    sample = np.empty(m_max, np.float32)
-    pick = np.empty(m_max, np.float32)
-    bucket_of = np.empty(m_max, np.int32)
-    counts = np.empty(nb, np.int64)
-    region_of = np.full(nb, UNWANTED, np.int64)
-    work = np.empty(256, np.int64)
+        m = max(m, samples[s, 1])
+    sample, pick = work32[:m], work32[m:2 * m]
+    bucket_of = work64[:m]
+    counts = work64[m:m + nb]
+    region_of = work64[m + nb:m + 2 * nb]
+    work = work64[m + 2 * nb:m + 2 * nb + 256]
+    scratch = work64[m + 2 * nb + 256:m + 2 * nb + 256 + 5 * (2 * P + 1)].reshape(5, 2 * P + 1)
+    region_of[:] = UNWANTED
     ranks = np.empty(2 * P, np.int64)
     ordered = np.empty(2 * P)
     for s in range(S):
@@ -359,7 +362,7 @@ def activation_stats(addresses, shapes, samples, sample_index, edges, kinds, bou
             ranks[2 * p] = int(np.floor(position))
             ranks[2 * p + 1] = min(ranks[2 * p] + 1, m - 1)
         if finite:
-            _select(sample[:m], bucket_of, counts, ranks, ordered, pick, region_of, work)
+            _select(sample[:m], bucket_of, counts, ranks, ordered, pick, region_of, work, scratch)
         else:  # NaN or inf somewhere (a diverging run): sort the whole sample;
             whole = np.sort(sample[:m])  # NaN sorts last: any NaN makes them NaN, as numpy
             for j in range(2 * P):
@@ -370,6 +373,11 @@ def activation_stats(addresses, shapes, samples, sample_index, edges, kinds, bou
         if saturation_at[s] >= 0:  # over every value
             row[saturation_at[s]] = _saturation(x, kinds[s], bounds[s, 0], bounds[s, 1],
                                                 outer, units, inner)
+
+
+def workspace(sample_size: int, bins: int, percentiles: int) -> tuple[int, int]:
+    """The float32 and int64 scratch lengths :func:`activation_stats` needs."""
+    return 2 * sample_size, sample_size + 2 * bins * FINE + 256 + 5 * (2 * percentiles + 1)
 
 
 @_jit

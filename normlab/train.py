@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from normlab.config import RunConfig, validate
 from normlab.data import Dataset, load_dataset
 from normlab.models import build_model
-from normlab.probes import Probe, accuracy
+from normlab.probes import SAMPLE, Probe, accuracy
 from normlab.schema import RecordBatch
 
 
@@ -61,7 +61,7 @@ class Trainer:
     before any training happens.
     """
 
-    def __init__(self, cfg: RunConfig, data: Dataset | None = None, *, probe_sample: int | None = 1021):
+    def __init__(self, cfg: RunConfig, data: Dataset | None = None, *, probe_sample: int | None = SAMPLE):
         validate(cfg)
         self.cfg = cfg
         self.data = data if data is not None else load_for(cfg)

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from normlab import kernels
-from normlab.probes import _ACT_STATS, _QUANTILES, accuracy, addresses, saturation
+from normlab.probes import _ACT_STATS, accuracy, activation_row, addresses, saturation
 from normlab.schema import hist_edges
 
 WIDTH = len(_ACT_STATS)  # mean, var, p15, p50, p85, histogram
@@ -17,15 +17,8 @@ WIDTH = len(_ACT_STATS)  # mean, var, p15, p50, p85, histogram
 
 def stats(t: torch.Tensor, sample: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """The kernel's row for one tensor, with the given sample positions."""
-    keep: list = []
-    row = np.full(WIDTH + 1, -7.0)
-    shape = (t.shape[0], t.shape[1], t[0, 0].numel()) if t.dim() >= 2 else (1, t.numel(), 1)
-    kernels.activation_stats(addresses([t], keep), np.array([shape], dtype=np.int64),
-                             np.array([[0, len(sample)]], dtype=np.int64),
-                             sample.astype(np.int32), edges[None],
-                             np.array([kernels.KIND_NONE]), np.full((1, 2), np.nan),
-                             _QUANTILES, row, 0, np.array([-1]))
-    assert row[-1] == -7.0  # nothing written outside the tensor's columns
+    row = activation_row(t, sample, edges)
+    assert np.isnan(row[-1])  # no activation: no saturation
     return row[:WIDTH]
 
 

@@ -1,5 +1,7 @@
 """Probes against references: torch's own norms of the same tensors, numpy's percentiles
 and histograms, the SGD closed form of the update ratio, and hook hygiene."""
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -42,12 +44,21 @@ def test_layer_names_mlp_cnn_and_user_model():
     assert found[0].norm is user[1] and found[0].act is user[2] and found[0].activation == "relu"
 
 
-def test_hooks_always_removed(mlp):
+def test_capture_is_always_undone_and_survives_a_deepcopy(mlp):
+    x = torch.randn(8, 12)
+    mlp.eval()
+    want = mlp(x)
     with pytest.raises(RuntimeError):
-        with Probe(mlp):
-            assert any(m._forward_hooks for m in mlp.modules())
+        with Probe(mlp) as probe:
+            wrapped = [m for m in mlp.modules() if "forward" in m.__dict__]
+            assert len(wrapped) == 2 * 2  # norm and activation of both hidden layers
+            twin = copy.deepcopy(mlp)  # e.g. keeping the best model: runs its own layers
+            probe.arm(0)
+            torch.testing.assert_close(twin(x), want)
+            assert all(t is None for t in probe._captured)  # the copy feeds nothing
             raise RuntimeError("boom")
-    assert not any(m._forward_hooks for m in mlp.modules())
+    assert not any("forward" in m.__dict__ or m._forward_hooks for m in mlp.modules())
+    torch.testing.assert_close(mlp(x), want)
 
 
 def test_activation_stats_match_reference(mlp):
