@@ -39,10 +39,17 @@ def chunk_rows(run_id: str, batch: RecordBatch) -> Iterator[tuple]:
     if not np.array_equal(steps32, steps):
         raise ValueError("RecordBatch steps must be whole numbers")
     measured = ~np.isnan(values)
+    full = measured.all(axis=0)  # most series: measured at every step of the batch
+    if full.any():
+        every = (int(steps32.min()), int(steps32.max()), len(steps32), steps32.tobytes())
+        columns = iter(np.ascontiguousarray(values[:, full].T, dtype=VALUE_DTYPE))
     for j in np.flatnonzero(measured.any(axis=0)):
+        layer, site, metric = batch.keys[j]
+        if full[j]:
+            yield (run_id, layer, site, metric, *every, next(columns).tobytes())
+            continue
         keep = measured[:, j]
         s, v = steps32[keep], values[keep, j]
-        layer, site, metric = batch.keys[j]
         yield (run_id, layer, site, metric, int(s.min()), int(s.max()), len(s),
                s.tobytes(), v.astype(VALUE_DTYPE).tobytes())
 

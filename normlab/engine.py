@@ -150,6 +150,7 @@ def serve(store_path: str | os.PathLike | None = None, workers: int | None = Non
                 if done:
                     del pool[pid]
                     store.mark_interrupted()  # its run, if any, becomes 'interrupted'
+            store.checkpoint()  # the workers' log into the file (they never wait for it)
             if store.unfinished():
                 idle_since = time.monotonic()
             elif time.monotonic() - idle_since > idle_exit:
@@ -202,8 +203,9 @@ def _fork_worker(path: Path) -> int:
 
 
 def worker_loop(path: Path, parent: int | None = None, max_runs: int | None = None) -> None:
-    """Claim and train runs until the parent dies (or ``max_runs`` are done)."""
-    store = Store(path)
+    """Claim and train runs until the parent dies (or ``max_runs`` are done). Its writes
+    leave checkpointing to the engine (``parent``), off the training's critical path."""
+    store = Store(path, autocheckpoint=parent is None)
     done = 0
     while max_runs is None or done < max_runs:
         if parent is not None and os.getppid() != parent:

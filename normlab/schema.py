@@ -125,7 +125,10 @@ class RecordBatch:
         values = np.full((len(steps), len(keys)), np.nan)
         row = 0
         for b in batches:
-            cols = [index[k] for k in b.keys]
-            values[row : row + len(b), cols] = b.values
+            first = index[b.keys[0]] if b.keys else 0
+            if b.keys == keys[first:first + len(b.keys)]:  # a run of columns: a slice
+                values[row : row + len(b), first:first + len(b.keys)] = b.values
+            else:
+                values[row : row + len(b), [index[k] for k in b.keys]] = b.values
             row += len(b)
         return RecordBatch(steps.astype(np.int64), keys, values)

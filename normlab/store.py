@@ -71,8 +71,8 @@ class Store(Database):
     processes at once; a Store inherited through ``fork`` opens fresh connections.
     """
 
-    def __init__(self, path: str | os.PathLike | None = None):
-        super().__init__(path)
+    def __init__(self, path: str | os.PathLike | None = None, *, autocheckpoint: bool = True):
+        super().__init__(path, autocheckpoint=autocheckpoint)
         # normlab.store.MIGRATIONS, looked up on each open: tests extend it by monkeypatch
         migrate(self._conn(), self.path, MIGRATIONS)
 

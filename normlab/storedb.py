@@ -155,8 +155,12 @@ class _Connection(sqlite3.Connection):
 _INHERITED: list[sqlite3.Connection] = []
 
 
-def connect(path: Path | str) -> sqlite3.Connection:
-    """A connection in autocommit mode (transactions are explicit) with the store's pragmas."""
+def connect(path: Path | str, autocheckpoint: bool = True) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit) with the store's pragmas.
+
+    Without ``autocheckpoint`` its commits never copy the write-ahead log into the file
+    (SQLite's default does, with an fsync, every ~4 MB): the engine's workers write that
+    way and the engine checkpoints for them (:meth:`Database.checkpoint`)."""
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                            check_same_thread=False, factory=_Connection)
     try:
@@ -167,6 +171,8 @@ def connect(path: Path | str) -> sqlite3.Connection:
                              "store on a local disk, not a network share")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
+        if not autocheckpoint:
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
         conn.row_factory = sqlite3.Row
     except sqlite3.DatabaseError as e:
         conn.close()
@@ -181,17 +187,23 @@ class Database:
     """The store file open in this process: one connection per thread, explicit
     transactions. A ``Database`` inherited through ``fork`` opens fresh connections."""
 
-    def __init__(self, path: str | os.PathLike | None = None):
+    def __init__(self, path: str | os.PathLike | None = None, *, autocheckpoint: bool = True):
         path = Path(path).expanduser() if path is not None else default_store_path()
         if str(path) == ":memory:":
             raise ValueError("the store must be a file that workers can open too; pass a "
                              "path (e.g. in a temporary folder) instead of ':memory:'")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.autocheckpoint = autocheckpoint
         self._local = threading.local()
         self._lock = threading.Lock()
         self._conns: weakref.WeakSet[sqlite3.Connection] = weakref.WeakSet()
         self._pid = os.getpid()
+
+    def checkpoint(self) -> None:
+        """Copy the write-ahead log into the file as far as no reader needs it (PASSIVE:
+        never waits for, nor blocks, the writers)."""
+        self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def close(self) -> None:
         """Close every connection this Store opened in this process."""
@@ -211,7 +223,7 @@ class Database:
                 self._conns, self._pid = weakref.WeakSet(), os.getpid()
             if getattr(local, "conn", None) is not None:
                 _INHERITED.append(local.conn)
-            local.conn = connect(self.path)
+            local.conn = connect(self.path, self.autocheckpoint)
             local.pid = os.getpid()
             with self._lock:
                 self._conns.add(local.conn)  # weak: a finished thread's connection closes

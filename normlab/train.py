@@ -88,6 +88,8 @@ class Trainer:
                 first_flush_after: int | None = None) -> Iterator[RecordBatch]:
         """Train, yielding the records at least every ``flush_seconds`` and at the end
         (and once after ``first_flush_after`` steps, so a live chart starts at once).
+        A batch holds the probe's rows then the validation rows, so a step can appear
+        twice, each series at most once (:func:`train` merges them into one row a step).
 
         Step ``s`` records the model as it is *before* update ``s + 1`` is applied (so step 0
         is the initial model); validation runs at steps divisible by ``eval_interval`` and
@@ -135,8 +137,10 @@ class Trainer:
             yield batch
 
     def _collect(self, pending_val: list[RecordBatch]) -> RecordBatch:
+        """The probe's rows, then the validation rows (a step can have one of each: every
+        series is measured at most once per step, so nothing needs merging to store)."""
         parts = [b for b in [self.probe.flush(), *pending_val] if b is not None]
-        return _merge_steps(RecordBatch.concat(parts))
+        return RecordBatch.concat(parts)
 
 
 def _single(step: int, keys, values) -> RecordBatch:
@@ -147,18 +151,26 @@ def _single(step: int, keys, values) -> RecordBatch:
 def _merge_steps(batch: RecordBatch) -> RecordBatch:
     """Rows of the same step (probe row + validation row) merged into one, sorted by step.
 
-    Each series is measured at most once per step, so a NaN-ignoring max merges them."""
-    order = np.argsort(batch.steps, kind="stable")
-    steps, starts = np.unique(batch.steps[order], return_index=True)
-    if len(steps) == 0:
-        return RecordBatch(steps.astype(np.int64), batch.keys, batch.values[order])
+    Each series is measured at most once per step, so a NaN-ignoring max merges them;
+    only the few steps with more than one row need it."""
+    steps, values = batch.steps, batch.values
+    if len(steps) and (steps[1:] < steps[:-1]).any():
+        order = np.argsort(steps, kind="stable")
+        steps, values = steps[order], values[order]
+    starts = (np.flatnonzero(np.r_[True, steps[1:] != steps[:-1]]) if len(steps)
+              else np.zeros(0, dtype=np.int64))
+    if len(starts) == len(steps):
+        return RecordBatch(steps.astype(np.int64), batch.keys, values)
+    ends = np.r_[starts[1:], len(steps)]
+    merged = values[starts]
     with np.errstate(invalid="ignore"):
-        values = np.fmax.reduceat(batch.values[order], starts, axis=0)
-    return RecordBatch(steps.astype(np.int64), batch.keys, values)
+        for g in np.flatnonzero(ends - starts > 1):
+            merged[g] = np.fmax.reduce(values[starts[g]:ends[g]], axis=0)
+    return RecordBatch(steps[starts].astype(np.int64), batch.keys, merged)
 
 
 def train(cfg: RunConfig, data: Dataset | None = None) -> tuple[RecordBatch, Outcome]:
     """Run ``cfg`` to the end: all its records as one batch, and how it ended."""
     trainer = Trainer(cfg, data)
     batches = list(trainer.batches(flush_seconds=float("inf")))
-    return RecordBatch.concat(batches), trainer.outcome
+    return _merge_steps(RecordBatch.concat(batches)), trainer.outcome

@@ -84,6 +84,26 @@ def test_pragmas(store):
     assert store._conn().execute("PRAGMA busy_timeout").fetchone()[0] >= 1000
 
 
+def test_a_writer_without_autocheckpoint_leaves_the_log_to_checkpoint(tmp_path):
+    """The engine's workers: their commits stay in the write-ahead log (no fsync on the
+    training's path) until the engine's checkpoint copies them into the file."""
+    path = tmp_path / "store.sqlite"
+    worker, engine = Store(path, autocheckpoint=False), Store(path)
+    assert worker._conn().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    assert engine._conn().execute("PRAGMA wal_autocheckpoint").fetchone()[0] > 0
+    _, (run,) = worker.create_comparison(configs("batch"))
+    keys = [("l", "s", f"m{i}") for i in range(300)]
+    for i in range(12):  # ~8 MB of log: past SQLite's 1,000-page autocheckpoint
+        worker.append(run, RecordBatch(np.arange(i * 300, (i + 1) * 300), keys,
+                                       np.random.default_rng(i).normal(size=(300, 300))))
+    size = path.stat().st_size
+    assert (tmp_path / "store.sqlite-wal").stat().st_size > 4 * 2**20
+    engine.checkpoint()
+    assert path.stat().st_size > size + 4 * 2**20  # now in the file itself
+    assert len(Store(path).metrics(run)) == 12 * 300 * 300
+    worker.close(), engine.close()
+
+
 def test_statuses():
     assert set(FINISHED) == {"done", "diverged", "failed", "cancelled", "interrupted"}
     assert set(FINISHED) < set(STATUSES) and len(STATUSES) == 8
