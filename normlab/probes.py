@@ -1,8 +1,8 @@
 """Probes: per-layer activation, gradient and weight statistics of any ``nn.Module``.
 
-Modelled on fastai's ``callback/hook.py`` (``ActivationStats``): hooks live in a context
-manager that always removes them, and store scalar summaries and small histograms, never
-raw activations. The metric names and sites are defined once, in :mod:`normlab.schema`.
+Modelled on fastai's ``callback/hook.py`` (``ActivationStats``): the capture lives in a
+context manager that always undoes it, and stores scalar summaries and small histograms,
+never raw activations. The metric names and sites are defined once, in :mod:`normlab.schema`.
 
 How layers are found (works on a user's own model too): walking ``named_modules()`` in
 order, every weight layer (Linear, Conv1d/2d, or a weight-space wrapper) opens a layer; the
@@ -237,7 +237,7 @@ class Probe:
         self._act_base = 1 + 3 * len(self.layers)
         self._saturation_at = np.zeros(0, dtype=np.int64)
 
-    # -- hooks -------------------------------------------------------------------------
+    # -- capture -----------------------------------------------------------------------
     def __enter__(self) -> "Probe":
         if not self.activation_sites:
             return self
