@@ -13,7 +13,7 @@ Determinism: float64 sums are split over vector lanes in an order fixed when the
 is compiled ("reassoc"; no run-time alignment peeling on x86), so a run's metrics are
 bit-identical in a fresh process on the same machine (not bit-equal to numpy's pairwise
 sums). Kernels are cached on disk by numba (``cache=True``): the first process on a
-machine compiles them (~10 s), later ones load them in a fraction of a second.
+machine compiles them (a few seconds), later ones load them in a fraction of a second.
 
 Definitions (the contract in :mod:`normlab.schema`):
 
@@ -29,7 +29,7 @@ Definitions (the contract in :mod:`normlab.schema`):
   rounding at an edge (exact for the schema's ranges, whose widths are powers of two,
   and for the ReLU range's 4.5 with bins of 9/64); the end bins also catch values
   outside. A tensor holding NaN or inf gets NaN mean/var, and percentiles from its
-  whole sorted sample (NaN if the sample holds a NaN, as numpy);
+  whole sorted sample (NaN if the sample holds a NaN, as numpy's);
 * sigmoid/tanh saturation over every value: the fraction outside ``[low, high]``;
   ReLU/GELU dead units over every value: the fraction of units (dimension 1) that are
   ``<= 0`` for every example and position.
@@ -205,6 +205,22 @@ def _insertion_sort(a):
 
 
 @_jit
+def _shell_sort(a):
+    """Sort ``a`` in place (no NaN); the rare whole-sample sort, small to compile."""
+    gap = 1
+    while gap < a.shape[0] // 3:
+        gap = 3 * gap + 1
+    while gap > 0:
+        for i in range(gap, a.shape[0]):
+            v, j = a[i], i
+            while j >= gap and a[j - gap] > v:
+                a[j] = a[j - gap]
+                j -= gap
+            a[j] = v
+        gap //= 3
+
+
+@_jit
 def _bucket(v, low, scale, nb):
     """Bucket of ``v`` among ``nb`` equal buckets from ``low`` (monotone in v; values
     outside go to the end buckets)."""
@@ -363,10 +379,16 @@ def activation_stats(addresses, shapes, samples, sample_index, edges, kinds, bou
             ranks[2 * p + 1] = min(ranks[2 * p] + 1, m - 1)
         if finite:
             _select(sample[:m], bucket_of, counts, ranks, ordered, pick, region_of, work, scratch)
-        else:  # NaN or inf somewhere (a diverging run): sort the whole sample;
-            whole = np.sort(sample[:m])  # NaN sorts last: any NaN makes them NaN, as numpy
+        else:  # NaN or inf somewhere (a diverging run): a NaN in the sample makes the
+            whole = pick[:m]  # percentiles NaN, as numpy; else sort the sample whole
+            whole[:] = sample[:m]
+            has_nan = False
+            for j in range(m):
+                has_nan |= whole[j] != whole[j]
+            if not has_nan:
+                _shell_sort(whole)
             for j in range(2 * P):
-                ordered[j] = whole[ranks[j]] if whole[m - 1] == whole[m - 1] else np.nan
+                ordered[j] = np.nan if has_nan else whole[ranks[j]]
         for p in range(P):
             a, b = ordered[2 * p], ordered[2 * p + 1]
             out[2 + p] = a + (b - a) * (quantiles[p] * (m - 1) - ranks[2 * p])
