@@ -146,7 +146,9 @@ def test_progress_table_and_summary(tmp_path, no_engine):
     assert not summary["finished"]
     assert "1 of 4 runs finished" in summary["text"] and "1 running" in summary["text"]
     assert "2 queued" in summary["text"] and "1 diverged" in summary["text"]
-    assert "left" in summary["text"]
+    assert "left" in summary["text"] and "waiting" not in summary["text"]
+    waiting = views.progress_summary(store.runs(ids=ids[2:]))  # queued only: say why
+    assert waiting["text"].startswith("0 of 2 runs finished · 2 queued · waiting for a worker")
 
 
 def test_progress_of_finished_runs(trained):
