@@ -153,3 +153,18 @@ def test_saturation_closed_forms():
 def test_probe_refuses_models_without_layers():
     with pytest.raises(ValueError, match="no Linear/Conv"):
         Probe(nn.Sequential(nn.ReLU()))
+
+
+def test_a_float64_model_is_measured_like_its_float32_twin(mlp):
+    """Tensors that are not float32 are copied before the kernels read them."""
+    twin = copy.deepcopy(mlp).double()
+    x, y = torch.randn(32, 12), torch.randint(0, 4, (32,))
+    with Probe(mlp) as probe:
+        single = one_step(mlp, probe, x, y).set_index(["layer", "site", "metric"])["value"]
+    with Probe(twin) as probe:
+        double = one_step(twin, probe, x.double(), y).set_index(["layer", "site", "metric"])["value"]
+    assert single.index.equals(double.index)
+    close = np.isclose(single, double, rtol=1e-4, atol=1e-5)
+    hist = single.index.get_level_values("metric").str.startswith("hist_")
+    assert close[~hist].all()  # a histogram may move a value across a bin edge
+    assert close[hist].mean() > 0.97
