@@ -326,9 +326,11 @@ class Probe:
         return step % self.every == 0
 
     def arm(self, step: int) -> bool:
-        """Call before the forward pass of ``step``; returns whether it is recorded."""
+        """Call before the forward pass of ``step``; returns whether it is recorded. A step
+        armed but never completed by :meth:`after_update` (a diverged one) leaves no row."""
         self._step = step
         self._armed = step % self.every == 0
+        self._stepped = self._activations_done = False
         return self._armed
 
     def after_backward(self) -> None:

@@ -168,3 +168,24 @@ def test_a_float64_model_is_measured_like_its_float32_twin(mlp):
     hist = single.index.get_level_values("metric").str.startswith("hist_")
     assert close[~hist].all()  # a histogram may move a value across a bin edge
     assert close[hist].mean() > 0.97
+
+
+def test_a_step_left_unfinished_leaves_no_row_and_no_trace(mlp):
+    x, y = torch.randn(16, 12), torch.randint(0, 4, (16,))
+    opt = torch.optim.SGD(mlp.parameters(), lr=0.1)
+    with Probe(mlp) as probe:
+        probe.arm(0)
+        mlp(x)
+        probe.after_forward()  # e.g. the loss came out NaN: the loop skips the step
+        probe.arm(1)
+        out = mlp(x * 3)
+        probe.after_forward()
+        with torch.no_grad():  # step 1's activations (not step 0's), before the update
+            pre = mlp.hidden1.layer(x * 3)
+        F.cross_entropy(out, y).backward()
+        probe.after_backward()
+        opt.step()
+        probe.after_update()
+        frame = probe.flush().to_frame().set_index(["layer", "site", "metric"])
+    assert frame["step"].unique().tolist() == [1]
+    assert frame.loc[("hidden1", "pre_norm", "mean"), "value"] == pytest.approx(pre.double().mean().item(), abs=1e-6)
