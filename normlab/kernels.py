@@ -380,15 +380,14 @@ def activation_stats(addresses, shapes, samples, sample_index, edges, kinds, bou
         if finite:
             _select(sample[:m], bucket_of, counts, ranks, ordered, pick, region_of, work, scratch)
         else:  # NaN or inf somewhere (a diverging run): a NaN in the sample makes the
-            whole = pick[:m]  # percentiles NaN, as numpy; else sort the sample whole
-            whole[:] = sample[:m]
-            has_nan = False
-            for j in range(m):
-                has_nan |= whole[j] != whole[j]
-            if not has_nan:
-                _shell_sort(whole)
+            nans = 0  # percentiles NaN, as numpy; else sort the sample whole
+            for j in range(m):  # (element loops, not slice copies: much faster to compile)
+                pick[j] = sample[j]
+                nans += sample[j] != sample[j]
+            if nans == 0:
+                _shell_sort(pick[:m])
             for j in range(2 * P):
-                ordered[j] = np.nan if has_nan else whole[ranks[j]]
+                ordered[j] = pick[ranks[j]] if nans == 0 else np.nan
         for p in range(P):
             a, b = ordered[2 * p], ordered[2 * p + 1]
             out[2 + p] = a + (b - a) * (quantiles[p] * (m - 1) - ranks[2 * p])
