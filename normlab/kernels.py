@@ -43,7 +43,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 FINE = 8  # select buckets per histogram bin
-SMALL = 64  # a bucket this small is insertion-sorted; a larger one bucketed again
+SMALL = 64  # a bucket this small is sorted; a larger one is bucketed again
 UNWANTED = 8  # region of a bucket holding no wanted rank (at most 8 ranks)
 KIND_NONE, KIND_BOUNDS, KIND_DEAD = 0, 1, 2  # what saturation a slot measures
 
@@ -195,20 +195,11 @@ def accuracy(address, rows, cols, labels_address):
 
 # -- order statistics ------------------------------------------------------------------
 @_jit
-def _insertion_sort(a):
-    for i in range(1, a.shape[0]):
-        v, j = a[i], i - 1
-        while j >= 0 and a[j] > v:
-            a[j + 1] = a[j]
-            j -= 1
-        a[j + 1] = v
-
-
-@_jit
 def _shell_sort(a):
-    """Sort ``a`` in place (no NaN); the rare whole-sample sort, small to compile."""
+    """Sort ``a`` in place (no NaN): plain insertion sort for the few values of a bucket
+    (at most SMALL), over shrinking gaps first for a whole sample; small to compile."""
     gap = 1
-    while gap < a.shape[0] // 3:
+    while a.shape[0] > SMALL and gap < a.shape[0] // 3:
         gap = 3 * gap + 1
     while gap > 0:
         for i in range(gap, a.shape[0]):
@@ -234,7 +225,7 @@ def _select(values, bucket_of, counts, ranks, out, pick, region_of, work, scratc
     each value's bucket (``bucket_of``, monotone in the value) and the bucket ``counts``.
 
     Only the buckets holding a wanted rank are gathered (into ``pick``, one region
-    each); a region of at most SMALL values is insertion-sorted, a larger one is
+    each); a region of at most SMALL values is sorted, a larger one is
     bucketed again over its own range (:func:`_select_within`). ``region_of`` must be all
     ``UNWANTED`` and is left so."""
     R = ranks.shape[0]
@@ -266,7 +257,7 @@ def _select(values, bucket_of, counts, ranks, out, pick, region_of, work, scratc
         region = pick[starts[t]:starts[t + 1]]
         if region.shape[0] <= SMALL:
             if not is_sorted[t]:
-                _insertion_sort(region)
+                _shell_sort(region)
                 is_sorted[t] = 1
             out[j] = region[ranks[j] - rank_below[j]]
         else:  # on a copy: the region serves the next ranks too
@@ -302,7 +293,7 @@ def _select_within(values, rank, work):
                 values[kept] = values[i]
                 kept += 1
         m = kept
-    _insertion_sort(values[:m])
+    _shell_sort(values[:m])
     return values[rank]
 
 

@@ -167,8 +167,8 @@ class _Layout:
     shapes: np.ndarray  # (S, 3) int64: (outer, units, inner)
     samples: np.ndarray  # (S, 2) int64: (start, length) of each slot's sample positions
     sample_index: np.ndarray  # int32: the sample positions of each tensor size, concatenated
-    work32: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # scratch
-    work64: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    work32: np.ndarray = field(init=False)  # the kernel's scratch, sized for the samples
+    work64: np.ndarray = field(init=False)
 
     def __post_init__(self):
         longest = int(self.samples[:, 1].max()) if len(self.samples) else 1
@@ -411,10 +411,6 @@ class Probe:
             self._layouts[shapes] = _Layout(units, samples, np.concatenate(
                 [p for _, p in index.values()] + [np.zeros(0, np.int64)]).astype(np.int32))
         return self._layouts[shapes]
-
-    def _sample_of(self, n: int) -> np.ndarray:
-        """The sample positions used for an activation of ``n`` values."""
-        return _sample_index(n, self.sample)
 
     # -- output ------------------------------------------------------------------------
     def keys(self) -> list[tuple[str, str, str]]:

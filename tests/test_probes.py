@@ -10,7 +10,7 @@ from torch import nn
 
 from normlab.config import RunConfig
 from normlab.models import build_model
-from normlab.probes import Probe, find_layers, saturation
+from normlab.probes import Probe, _sample_index, find_layers, saturation
 from normlab.schema import HIST_BINS, hist_edges
 
 
@@ -90,7 +90,7 @@ def test_sampled_percentiles_are_the_samples_percentiles(mlp):
     mlp.hidden2.norm.register_forward_hook(lambda m, i, o: seen.update(pre=i[0].detach()))
     with Probe(mlp, sample=101) as probe:
         frame = one_step(mlp, probe, x, y)
-        index = probe._sample_of(64 * 32)
+        index = _sample_index(64 * 32, probe.sample)
     got = frame.set_index(["layer", "site", "metric"])["value"]
     sample = seen["pre"].reshape(-1)[index].double().numpy()
     assert len(sample) == 101
