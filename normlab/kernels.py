@@ -128,28 +128,40 @@ def _squared_steps(x, before):
 
 
 @_jit
-def before_step(grad_addresses, grad_sizes, grad2, weight_addresses, weight_sizes, buffer,
-                weight2):
-    """After the backward pass, before the optimizer step: squared gradient norms of every
-    parameter into ``grad2``; the layer weights copied one after another into ``buffer``
-    (float32, their total size) and their squared norms into ``weight2``."""
-    squared_norms(grad_addresses, grad_sizes, grad2)
+def copy_weights(addresses, sizes, buffer, weight2):
+    """The weights at ``addresses`` copied one after another into ``buffer`` (float32,
+    their total size), their squared norms into ``weight2`` (no tensors: nothing)."""
     at = 0
-    for i in range(weight_addresses.shape[0]):
-        n = weight_sizes[i]
-        weight2[i] = _copy_squares(_view(weight_addresses[i], n), buffer[at:at + n])
+    for i in range(addresses.shape[0]):
+        n = sizes[i]
+        weight2[i] = _copy_squares(_view(addresses[i], n), buffer[at:at + n])
         at += n
 
 
 @_jit
-def parameter_stats(addresses, sizes, buffer, stepped, grad2, weight2, layer_in_all, owner,
-                    row):
+def before_step(grad_addresses, grad_sizes, grad2, weight_addresses, weight_sizes, buffer,
+                weight2):
+    """After the backward pass, before the optimizer step: squared gradient norms of every
+    parameter into ``grad2``, and :func:`copy_weights` (pass no weights if they are
+    already copied)."""
+    squared_norms(grad_addresses, grad_sizes, grad2)
+    copy_weights(weight_addresses, weight_sizes, buffer, weight2)
+
+
+@_jit
+def parameter_stats(addresses, sizes, buffer, copied, grad_addresses, grad_sizes, grad2,
+                    weight2, layer_in_all, owner, row):
     """The parameter part of a recorded row, for L layers owning the P weight tensors at
     ``addresses`` (``owner[i]`` is tensor i's layer, ``layer_in_all[i]`` its position in
-    ``grad2``). ``grad2``, ``weight2`` and ``buffer`` are what :func:`before_step` left,
-    if it ran this step (``stepped``). Writes ``row[0]``, the global gradient norm, then
-    per layer: gradient norms, weight norms (before the step) and ‖Δw‖/‖w‖. Without
-    ``stepped`` only the weight norms are measured (of the weights as they are now)."""
+    ``grad2``). ``buffer`` and ``weight2`` hold the weights before the step and their
+    squared norms if :func:`copy_weights` ran this step (``copied``). ``grad2`` holds the
+    squared gradient norms of every parameter, measured first from ``grad_addresses``
+    unless that is empty (:func:`before_step` measured them). Writes ``row[0]``, the
+    global gradient norm, then per layer: gradient norms, weight norms (before the step)
+    and ‖Δw‖/‖w‖. Without ``copied`` the weight norms are of the weights as they are
+    now and there is no ‖Δw‖ (NaN)."""
+    if grad_addresses.shape[0]:
+        squared_norms(grad_addresses, grad_sizes, grad2)
     L = 0
     for i in range(owner.shape[0]):
         L = max(L, owner[i] + 1)
@@ -157,19 +169,19 @@ def parameter_stats(addresses, sizes, buffer, stepped, grad2, weight2, layer_in_
     at = 0
     for i in range(addresses.shape[0]):
         x = _view(addresses[i], sizes[i])
-        if stepped:
+        grads[owner[i]] += grad2[layer_in_all[i]]
+        if copied:
             steps[owner[i]] += _squared_steps(x, buffer[at:at + sizes[i]])
-            grads[owner[i]] += grad2[layer_in_all[i]]
             weights[owner[i]] += weight2[i]
         else:
             weights[owner[i]] += _squares(x)
         at += sizes[i]
-    row[0] = np.sqrt(grad2.sum()) if stepped else np.nan
+    row[0] = np.sqrt(grad2.sum())
     for layer in range(L):
         w = np.sqrt(weights[layer])
-        row[1 + layer] = np.sqrt(grads[layer]) if stepped else np.nan
+        row[1 + layer] = np.sqrt(grads[layer])
         row[1 + L + layer] = w
-        row[1 + 2 * L + layer] = np.sqrt(steps[layer]) / max(w, 1e-12) if stepped else np.nan
+        row[1 + 2 * L + layer] = np.sqrt(steps[layer]) / max(w, 1e-12) if copied else np.nan
 
 
 @_jit
@@ -385,6 +397,18 @@ def activation_stats(addresses, shapes, samples, sample_index, edges, kinds, bou
         if saturation_at[s] >= 0:  # over every value
             row[saturation_at[s]] = _saturation(x, kinds[s], bounds[s, 0], bounds[s, 1],
                                                 outer, units, inner)
+
+
+@_jit
+def after_forward(addresses, shapes, samples, sample_index, edges, kinds, bounds, quantiles,
+                  row, base, saturation_at, work32, work64, weight_addresses, weight_sizes,
+                  buffer, weight2):
+    """:func:`activation_stats`, then :func:`copy_weights`: what a probe measures right
+    after the forward pass, in one call (the weights are the ones the optimizer is about
+    to change, and still in the CPU's cache)."""
+    activation_stats(addresses, shapes, samples, sample_index, edges, kinds, bounds,
+                     quantiles, row, base, saturation_at, work32, work64)
+    copy_weights(weight_addresses, weight_sizes, buffer, weight2)
 
 
 def workspace(sample_size: int, bins: int, percentiles: int) -> tuple[int, int]:

@@ -17,8 +17,8 @@ pass's activations, the backward pass's gradients, the weights the optimizer is 
 change — plus the size of the update (‖Δw‖/‖w‖, relative to those weights).
 
 Cost: the arithmetic runs in compiled kernels (:mod:`normlab.kernels`) that read the
-tensors in place, one call after the forward pass (every activation tensor), one after
-the backward pass (every gradient, a copy of the layer weights) and one after the update,
+tensors in place, one call after the forward pass (every activation tensor, a copy of the
+layer weights) and one after the update (every gradient, the step the weights took),
 writing into a preallocated block of float64 rows; :meth:`Probe.flush` turns the rows
 into one :class:`~normlab.schema.RecordBatch`. Mean, variance and saturation use every
 value; percentiles and histograms use a fixed random sample of at most ``sample``
@@ -185,13 +185,18 @@ class Probe:
             for step in range(steps):
                 probe.arm(step)                 # capture activations if step is recorded
                 out = model(x)
-                probe.after_forward()           # activation statistics (optional: else
-                loss = loss_fn(out, y)          #   after_update does them)
+                probe.after_forward()           # activation statistics, weight copy
+                loss = loss_fn(out, y)
+                opt.zero_grad()
                 loss.backward()
-                probe.after_backward()          # gradient and weight norms, weight copy
+                probe.after_backward()          # gradient norms (optional, see there)
                 opt.step()
                 probe.after_update(extra={...}) # update ratio; the row is complete
             batch = probe.flush()               # RecordBatch of the recorded steps
+
+    Only :meth:`arm` and :meth:`after_update` are required: a loop that skips
+    :meth:`after_forward` gets its activation statistics at :meth:`after_update` (and
+    its weight copy at :meth:`after_backward`, without which it records no update ratio).
     """
 
     def __init__(self, model: nn.Module, *, every: int = 1, sample: int | None = SAMPLE,
@@ -225,7 +230,8 @@ class Probe:
         self._layer_in_all = np.array([next(j for j, q in enumerate(self._all_params) if q is p)
                                        for p in self._layer_params], dtype=np.int64)
         self._snapshot = np.empty(int(self._layer_sizes.sum()), dtype=np.float32)
-        self._stepped = False  # after_backward ran this step: _grad2, _snapshot are current
+        self._copied = False  # this step's weights are in _snapshot, their norms in _weight2
+        self._graded = False  # this step's squared gradient norms are in _grad2
         self._grad2 = np.zeros(len(self._all_params))  # squared gradient norms
         self._weight2 = np.zeros(len(self._layer_params))  # squared weight norms, before
         self._grads, self._weights = _Addresses(), _Addresses()
@@ -330,59 +336,77 @@ class Probe:
         armed but never completed by :meth:`after_update` (a diverged one) leaves no row."""
         self._step = step
         self._armed = step % self.every == 0
-        self._stepped = self._activations_done = False
+        self._copied = self._graded = self._activations_done = False
         return self._armed
-
-    def after_backward(self) -> None:
-        """Call after the backward pass, before the optimizer step: gradient norms of
-        every parameter (a missing gradient counts as 0), and a snapshot of the layer
-        weights so :meth:`after_update` can measure the step taken."""
-        if not self._armed:
-            return
-        grads, weights = self._grads, self._weights
-        grads.update([p.grad for p in self._all_params])
-        weights.update(self._layer_params)
-        kernels.before_step(grads.addresses, grads.sizes, self._grad2, weights.addresses,
-                            weights.sizes, self._snapshot, self._weight2)
-        self._stepped = True
 
     def after_forward(self) -> None:
         """Call after the forward pass: activation statistics, while the activations are
-        still in the CPU's cache (:meth:`after_update` does it otherwise)."""
-        if not self._armed or self._activations_done:
+        still in the CPU's cache, and a copy of the layer weights (so :meth:`after_update`
+        can measure the step the optimizer takes) with their norms."""
+        if self._armed and not self._activations_done:
+            self._activation_stats(copy_weights=not self._copied)
+
+    def after_backward(self) -> None:
+        """Call after the backward pass, before anything changes the gradients: gradient
+        norms of every parameter (a missing gradient counts as 0), and the weight copy if
+        :meth:`after_forward` did not take it.
+
+        Optional when the gradients stay as the backward pass left them until
+        :meth:`after_update` (the optimizer only reads them; the loop zeroes them before
+        the next backward pass): :meth:`after_update` then reads them itself."""
+        if not self._armed:
             return
-        captured, keep = self._captured, []
-        pointers, shapes = _addresses_and_shapes(captured, keep)
-        layout = self._layout(shapes)
-        kernels.activation_stats(pointers, layout.shapes, layout.samples, layout.sample_index,
-                                 self._edge_matrix, self._kinds, self._bounds, _QUANTILES,
-                                 self._row(), self._act_base, self._saturation_at,
-                                 layout.work32, layout.work64)
-        self._activations_done = True
-        self._captured = [None] * len(captured)
+        grads = self._grads
+        grads.update([p.grad for p in self._all_params])
+        weights = (self._weights.update(self._layer_params) if not self._copied
+                   else _NO_TENSORS)
+        kernels.before_step(grads.addresses, grads.sizes, self._grad2, weights,
+                            self._weights.sizes, self._snapshot, self._weight2)
+        self._copied = self._graded = True
 
     def after_update(self, extra: dict[tuple[str, str, str], float] | None = None) -> None:
-        """Weight norms, update ratios (and activation statistics, if :meth:`after_forward`
-        was not called); appends the step's row.
+        """Call after the optimizer step: gradient norms (unless :meth:`after_backward`
+        took them), weight norms and update ratios (activation statistics too if
+        :meth:`after_forward` was not called); appends the step's row.
 
         ``extra`` adds model-level values (loss, accuracy...) keyed (layer, site, metric);
         the key set must be the same at every recorded step.
         """
         if not self._armed:
             return
-        self.after_forward()
+        if not self._activations_done:
+            self._activation_stats(copy_weights=False)  # the weights have changed
         self._armed = False
         row = self._row()
         weights = self._weights
+        if self._graded:
+            grads = _NO_TENSORS
+        else:
+            grads = self._grads.update([p.grad for p in self._all_params])
         kernels.parameter_stats(weights.update(self._layer_params), weights.sizes,
-                                self._snapshot, self._stepped, self._grad2, self._weight2,
-                                self._layer_in_all, self._param_owner, row)
+                                self._snapshot, self._copied, grads, self._grads.sizes,
+                                self._grad2, self._weight2, self._layer_in_all,
+                                self._param_owner, row)
         extra = extra or {}
         if self._extra_keys is None:
             self._extra_keys = list(extra)
         self._extras.append([extra.get(key, np.nan) for key in self._extra_keys])
         self._steps.append(self._step)
-        self._stepped = self._activations_done = False
+        self._copied = self._graded = self._activations_done = False
+
+    def _activation_stats(self, copy_weights: bool) -> None:
+        captured, keep = self._captured, []
+        pointers, shapes = _addresses_and_shapes(captured, keep)
+        layout = self._layout(shapes)
+        weights = self._weights.update(self._layer_params) if copy_weights else _NO_TENSORS
+        kernels.after_forward(pointers, layout.shapes, layout.samples, layout.sample_index,
+                              self._edge_matrix, self._kinds, self._bounds, _QUANTILES,
+                              self._row(), self._act_base, self._saturation_at,
+                              layout.work32, layout.work64, weights, self._weights.sizes,
+                              self._snapshot, self._weight2)
+        self._copied = self._copied or copy_weights
+        self._activations_done = True
+        self._captured = [None] * len(captured)
 
     def _row(self) -> np.ndarray:
         """The row of the step being recorded, in the block of rows (grown by doubling)."""
@@ -440,6 +464,7 @@ class Probe:
 
 
 _QUANTILES = np.asarray(PERCENTILES, dtype=np.float64) / 100
+_NO_TENSORS = np.zeros(0, dtype=np.int64)  # no addresses: a kernel skips that part
 
 
 def _saturation_kind(activation: str | None) -> int:

@@ -118,9 +118,8 @@ class Trainer:
                                            f"{loss_value}; try a smaller lr or another norm")
                     break
                 opt.zero_grad(set_to_none=False)
-                loss.backward()
-                probe.after_backward()
-                opt.step()
+                loss.backward()  # the gradients stay as they are until the next zero_grad,
+                opt.step()  # so the probe reads them in after_update (no after_backward)
                 if recorded:
                     probe.after_update({("model", "train", "loss"): loss_value,
                                         ("model", "train", "acc"): accuracy(logits, y)})

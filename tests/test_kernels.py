@@ -108,14 +108,26 @@ def test_parameter_norms_snapshot_and_step():
         p.sub_(0.1 * g)
     row = np.empty(1 + 3 * 2)
     owner, in_all = np.array([0, 0, 1]), np.array([0, 1, 2])
-    kernels.parameter_stats(addresses(params, keep), sizes, buffer, True, grad2, weight2,
-                            in_all, owner, row)
+    no_tensors = np.zeros(0, dtype=np.int64)  # the gradients were measured before the step
+    kernels.parameter_stats(addresses(params, keep), sizes, buffer, True, no_tensors, sizes,
+                            grad2, weight2, in_all, owner, row)
     w = [np.sqrt(sum(b.double().square().sum().item() for b in before[:2])), before[2].double().norm().item()]
     d = [np.sqrt(sum((p - b).double().square().sum().item() for p, b in zip(params[:2], before[:2]))),
          (params[2] - before[2]).double().norm().item()]
     np.testing.assert_allclose(row[0], np.sqrt(grad2.sum()), rtol=1e-12)
     np.testing.assert_allclose(row[3:5], w, rtol=1e-12)
     np.testing.assert_allclose(row[5:7], np.array(d) / w, rtol=1e-5)
+    # measuring the gradients after the step instead (they are unchanged) gives the same row
+    again, fresh = np.empty_like(row), np.full(3, np.nan)
+    kernels.parameter_stats(addresses(params, keep), sizes, buffer, True, addresses(grads, keep),
+                            sizes, fresh, weight2, in_all, owner, again)
+    np.testing.assert_array_equal(again, row)
+    # without a copy of the weights: their norms now, no update ratio
+    kernels.parameter_stats(addresses(params, keep), sizes, buffer, False, no_tensors, sizes,
+                            grad2, weight2, in_all, owner, again)
+    now = [np.sqrt(sum(p.double().square().sum().item() for p in params[:2])), params[2].double().norm().item()]
+    np.testing.assert_allclose(again[3:5], now, rtol=1e-12)
+    assert np.isnan(again[5:7]).all() and again[0] == row[0]
 
 
 @given(st.integers(0, 1000))

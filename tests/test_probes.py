@@ -3,6 +3,7 @@ and histograms, the SGD closed form of the update ratio, and hook hygiene."""
 import copy
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -189,3 +190,32 @@ def test_a_step_left_unfinished_leaves_no_row_and_no_trace(mlp):
         frame = probe.flush().to_frame().set_index(["layer", "site", "metric"])
     assert frame["step"].unique().tolist() == [1]
     assert frame.loc[("hidden1", "pre_norm", "mean"), "value"] == pytest.approx(pre.double().mean().item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("make_opt", [
+    lambda p: torch.optim.SGD(p, lr=0.1, weight_decay=1e-2),
+    lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=1e-2),
+    lambda p: torch.optim.Adam(p, lr=1e-2, weight_decay=1e-2),
+], ids=["sgd", "momentum", "adam"])
+def test_gradients_read_after_the_update_equal_those_after_backward(mlp, make_opt):
+    """The trainer skips after_backward: the optimizers leave the gradients as they are,
+    so after_update reads the same ones (with weight decay, which adds to them)."""
+    x, y = torch.randn(32, 12), torch.randint(0, 4, (32,))
+    frames = []
+    for call_after_backward in (True, False):
+        model = copy.deepcopy(mlp)
+        opt = make_opt(model.parameters())
+        with Probe(model) as probe:
+            for step in range(3):
+                probe.arm(step)
+                out = model(x)
+                probe.after_forward()
+                opt.zero_grad(set_to_none=False)
+                F.cross_entropy(out, y).backward()
+                if call_after_backward:
+                    probe.after_backward()
+                opt.step()
+                probe.after_update()
+            frames.append(probe.flush().to_frame())
+    assert frames[0]["value"].notna().all()
+    pd.testing.assert_frame_equal(frames[0], frames[1])
