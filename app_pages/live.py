@@ -105,7 +105,9 @@ def _group(key: str, runs, group: str, view: View) -> None:
     frame = None if done else views.comparison_frame(get_store(), list(runs["id"]), metrics,
                                                       sites, every=every)
     if frame is not None and frame.empty:
-        st.info("Waiting for the first measurements… (workers start in a few seconds)")
+        st.info("Waiting for the first measurements… A run waits in the queue until a "
+                "worker is free; the engine's very first start on a machine also compiles "
+                "the probes (about 10 s, once).")
         return
     slots: list = []  # free half-width columns of the current row
     drawn = 0

@@ -179,8 +179,7 @@ def progress_summary(runs: pd.DataFrame) -> dict:
         if (count := int((status == s).sum())):
             parts.append(f"{count} {s}")
     if (status == "queued").any() and not status.isin(("running", "paused")).any():
-        parts.append("waiting for a worker (the engine's very first start on a machine "
-                     "compiles the probes: ~10 s)")
+        parts.append("waiting for a worker")
     speed = runs["steps_per_sec"].where(status == "running").sum()
     if not done_runs.all() and speed > 0:
         left = float((total - step).sum()) / speed
