@@ -12,7 +12,7 @@ Also printed: time from submission to the first stored point, store write throug
 and the engine's cold boot. The last line is ``engine/bare-sequential X.XXx``.
 
 Usage: python benchmarks/bench_compare.py [--steps 1000] [--workers N] [--repeats 2]
-       [--record-interval 1]   (best of --repeats on each side)
+       [--record-interval 1]   (best of --repeats on each side, the sides interleaved)
 """
 from __future__ import annotations
 
@@ -68,6 +68,9 @@ def main() -> None:
     base = RunConfig(dataset="digits", model="mlp", depth=3, width=100, activation="sigmoid",
                      batch_size=64, steps=args.steps, record_interval=args.record_interval, eval_interval=100)
     configs = [base.replace(norm=m) for m in METHODS]
+    torch.set_num_threads(1)
+    data = load_for(base)
+    engine_runs, sequential_runs = [], []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.sqlite"
         store = Store(path)
@@ -75,19 +78,16 @@ def main() -> None:
         ensure_engine(path, workers=args.workers)
         warm = through_engine(store, [base.replace(steps=5)] * args.workers)  # boot + warm-up
         boot = time.monotonic() - t0
-        engine = min((through_engine(store, configs) for _ in range(args.repeats)),
-                     key=lambda r: r["wall"])
+        for _ in range(args.repeats):  # interleaved, so a slow minute hits both sides
+            engine_runs.append(through_engine(store, configs))
+            start = time.perf_counter()
+            for cfg in configs:
+                bare(cfg, data)
+            sequential_runs.append(time.perf_counter() - start)
         assert engine_pid(path) is not None
         stop_engine(path)
-
-    torch.set_num_threads(1)
-    data = load_for(base)
-    sequential = float("inf")
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        for cfg in configs:
-            bare(cfg, data)
-        sequential = min(sequential, time.perf_counter() - start)
+    engine = min(engine_runs, key=lambda r: r["wall"])
+    sequential = min(sequential_runs)
 
     print(f"engine cold boot (start + warm-up + {args.workers} tiny runs): {boot:.2f}s "
           f"(first tiny run's point after {warm['first']:.2f}s)")
@@ -95,6 +95,8 @@ def main() -> None:
           f"{engine['wall']:.2f}s wall; first point after {engine['first']:.2f}s")
     print(f"    stored {engine['values']:,} values: {engine['values'] / engine['wall']:,.0f} values/s")
     print(f"(b) bare sequential, single process: {sequential:.2f}s")
+    print("each repeat, engine/bare: " + ", ".join(
+        f"{e['wall']:.2f}/{b:.2f}s = {e['wall'] / b:.2f}" for e, b in zip(engine_runs, sequential_runs)))
     print(f"engine/bare-sequential {engine['wall'] / sequential:.2f}x")
 
 
