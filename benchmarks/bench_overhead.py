@@ -124,5 +124,6 @@ def main() -> None:
     print("paired segments, each repeat: " + ", ".join(f"{r:.3f}" for r in ratios))
     print(f"probe overhead {statistics.median(ratios):.2f}x")
 
+
 if __name__ == "__main__":
     main()
