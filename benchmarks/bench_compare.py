@@ -8,6 +8,9 @@
 (b) the same 8 runs one after another in one process: a bare PyTorch loop, no probes,
     no store, model building included.
 
+The two alternate, ``--repeats`` times each (the engine stays up, idle, while (b) runs:
+its two workers poll the queue 20 times a second each).
+
 Also printed: time from submission to the first stored point, store write throughput
 and the engine's cold boot. The last line is ``engine/bare-sequential X.XXx``.
 
