@@ -30,11 +30,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
 from common import bare  # noqa: E402
-from normlab.compare import submit
-from normlab.config import RunConfig
-from normlab.engine import engine_pid, ensure_engine, stop_engine
-from normlab.store import Store
-from normlab.train import load_for
+from normlab.runs.comparisons import submit
+from normlab.training.config import RunConfig
+from normlab.runs.engine import engine_pid, ensure_engine, stop_engine
+from normlab.runs.store import Store
+from normlab.training.trainer import load_for
 
 METHODS = ["none", "batch", "layer", "group", "rms", "batch_renorm", "weight", "cosine"]
 

@@ -33,8 +33,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
 from common import bare, bare_segments  # noqa: E402
-from normlab.config import RunConfig
-from normlab.train import Trainer, load_for
+from normlab.training.config import RunConfig
+from normlab.training.trainer import Trainer, load_for
 
 
 def tensorboard(cfg: RunConfig, data, logdir: str) -> float:

@@ -1,4 +1,4 @@
-"""Benchmark of the run store's metric writes and reads (normlab.store), on a temp file.
+"""Benchmark of the run store's metric writes and reads (normlab.runs.store), on a temp file.
 
 Writes 100 runs x 5,000 steps of the default metric set — train loss/acc/grad_norm every
 step, val loss/acc every 100 steps — in appends of 200 steps, interleaved across runs as
@@ -22,8 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from normlab.schema import ACT_SITES, HIST_METRICS, MODEL_LAYER, RecordBatch  # noqa: E402
-from normlab.store import Store  # noqa: E402
+from normlab.measure.schema import ACT_SITES, HIST_METRICS, MODEL_LAYER, RecordBatch  # noqa: E402
+from normlab.runs.store import Store  # noqa: E402
 
 DEFAULT_KEYS = [(MODEL_LAYER, "train", m) for m in ("loss", "acc", "grad_norm")] + \
                [(MODEL_LAYER, "val", m) for m in ("loss", "acc")]

@@ -6,9 +6,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from normlab.config import RunConfig
-from normlab.models import build_model
-from normlab.train import make_optimizer
+from normlab.training.config import RunConfig
+from normlab.training.models import build_model
+from normlab.training.trainer import make_optimizer
 
 
 def bare(cfg: RunConfig, data, setup=None) -> float:

@@ -9,14 +9,14 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "RunConfig": "normlab.config", "ConfigError": "normlab.config",
-    "NORMS": "normlab.registry", "NORM_NAMES": "normlab.registry", "make_norm": "normlab.registry",
-    "build_norm": "normlab.registry", "wrap_layer": "normlab.registry",
-    "norms_for": "normlab.registry",
-    "build_model": "normlab.models", "load_dataset": "normlab.data",
-    "Probe": "normlab.probes", "Trainer": "normlab.train", "train": "normlab.train",
-    "Store": "normlab.store", "compare": "normlab.compare", "submit": "normlab.compare",
-    "wait": "normlab.compare",
+    "RunConfig": "normlab.training.config", "ConfigError": "normlab.training.config",
+    "NORMS": "normlab.methods.registry", "NORM_NAMES": "normlab.methods.registry", "make_norm": "normlab.methods.registry",
+    "build_norm": "normlab.methods.registry", "wrap_layer": "normlab.methods.registry",
+    "norms_for": "normlab.methods.registry",
+    "build_model": "normlab.training.models", "load_dataset": "normlab.training.data",
+    "Probe": "normlab.measure.probes", "Trainer": "normlab.training.trainer", "train": "normlab.training.trainer",
+    "Store": "normlab.runs.store", "compare": "normlab.runs.comparisons", "submit": "normlab.runs.comparisons",
+    "wait": "normlab.runs.comparisons",
 }
 __all__ = sorted(_EXPORTS)
 

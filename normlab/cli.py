@@ -2,7 +2,7 @@
 
 Commands: ``run``, ``list``, ``show``, ``export``, ``import``, ``delete``, ``cancel``,
 ``pause``, ``resume``, ``tag``, ``annotate``, ``engine``. ``run`` takes every
-:class:`~normlab.config.RunConfig` field as a flag of the same name and default; a
+:class:`~normlab.training.config.RunConfig` field as a flag of the same name and default; a
 comma-separated value (``--norms batch,layer --seeds 0,1 --lr 0.1,0.01``) makes a
 comparison over every combination.
 
@@ -16,7 +16,7 @@ import json
 import sys
 from dataclasses import fields
 
-from normlab.config import DEFAULTS, FIELD_TYPES, ConfigError, RunConfig
+from normlab.training.config import DEFAULTS, FIELD_TYPES, ConfigError, RunConfig
 
 EXIT_USAGE = 2
 PLURALS = {"norm": "norms", "seed": "seeds"}  # the flags users type for the common lists
@@ -126,7 +126,7 @@ def _grid(args: argparse.Namespace) -> tuple[RunConfig, dict[str, list[str]]]:
 
 
 def cmd_run(args, store) -> int:
-    from normlab.compare import expand, submit, wait_for
+    from normlab.runs.comparisons import expand, submit, wait_for
 
     base, grid = _grid(args)
     configs = expand(base, grid)
@@ -218,7 +218,7 @@ def cmd_show(args, store) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from normlab.store import NotFound, Store
+    from normlab.runs.store import NotFound, Store
 
     parser = build_parser()
     try:
@@ -244,11 +244,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_simple(args, store) -> int:
+    from normlab.runs import exchange
+
     if args.command == "export":
-        path = store.export(args.id, args.output, args.format)
+        path = exchange.export(store, args.id, args.output, args.format)
         print(f"wrote {path}")
     elif args.command == "import":
-        ids = store.import_(args.path)
+        ids = exchange.import_file(store, args.path)
         print(f"imported {len(ids)} run(s): {' '.join(ids)}")
     elif args.command == "delete":
         print(f"deleted {len(store.delete(args.id))} run(s)")
@@ -263,7 +265,7 @@ def cmd_simple(args, store) -> int:
 
 
 def cmd_engine(args) -> int:
-    from normlab.engine import EngineAlreadyRunning, engine_pid, serve, stop_engine
+    from normlab.runs.engine import EngineAlreadyRunning, engine_pid, serve, stop_engine
 
     if args.status:
         pid = engine_pid(args.store)

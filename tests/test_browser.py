@@ -9,6 +9,7 @@ Without /usr/bin/chromium the test is skipped, unless NORMLAB_REQUIRE_BROWSER=1 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -22,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from normlab.engine import stop_engine
-from normlab.registry import norms_for
+from normlab.runs.engine import stop_engine
+from normlab.methods.registry import norms_for
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "artifacts"
@@ -51,22 +52,25 @@ def _healthy(url: str) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def _require_browser() -> None:
     if not Path(CHROMIUM).exists():
         if os.environ.get("NORMLAB_REQUIRE_BROWSER") == "1":
             pytest.fail(f"{CHROMIUM} is missing and NORMLAB_REQUIRE_BROWSER=1: "
                         "apt-get install chromium")
         pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
     pytest.importorskip("playwright.sync_api")
-    folder = tmp_path_factory.mktemp("browser")
+
+
+@contextlib.contextmanager
+def _serve(folder: Path):
+    """A fresh ``streamlit run dashboard.py`` on a free port, with its own store; yields
+    its URL once healthy (no page has been requested yet), stops it and its engine."""
     store, port = folder / "runs.sqlite", _free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(folder / "streamlit.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "dashboard.py", "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1",
-         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+         "--server.port", str(port), "--server.fileWatcherType", "none"],
         cwd=ROOT, env={**os.environ, "NORMLAB_STORE": str(store)}, stdout=log,
         stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -85,6 +89,13 @@ def server(tmp_path_factory):
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
         stop_engine(store)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    _require_browser()
+    with _serve(tmp_path_factory.mktemp("browser")) as url:
+        yield url
 
 
 def _no_exception(page) -> None:
@@ -180,7 +191,7 @@ def test_quick_start_live_charts_layout_link_and_layers(server):
             again.close()
 
             # Layer dynamics, through the navigation
-            page.get_by_test_id("stSidebarNav").get_by_text("Layer dynamics").click()
+            page.get_by_test_id("stSidebar").get_by_role("link", name="Layer dynamics").click()
             page.wait_for_url("**/layers**", timeout=20_000)
             page.get_by_role("heading", name="Layer dynamics").wait_for(timeout=20_000)
             time.sleep(3)
@@ -190,3 +201,39 @@ def test_quick_start_live_charts_layout_link_and_layers(server):
             (ARTIFACTS / "timings.json").write_text(json.dumps(timings, indent=1))
             browser.close()
     assert timings["quick_start_to_first_curve_s"] < 30
+
+
+# Each page's URL (its file name in pages/ without the number), a query a copied link may
+# carry, and the page's title.
+DEEP_LINKS = [("/home", "Home"), ("/compare?dataset=mnist1d&steps=300", "Compare"),
+              ("/layers?comparison=cdoesnotexist", "Layer dynamics"), ("/runs", "Runs")]
+MENU = ["Home", "Compare", "Layer dynamics", "Runs"]
+
+
+@pytest.mark.parametrize("link,title", DEEP_LINKS, ids=[t for _, t in DEEP_LINKS])
+def test_deep_link_as_a_fresh_servers_first_request(tmp_path, link, title):
+    """A shared link opened before anything else reaches its page, with the one menu."""
+    _require_browser()
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with _serve(tmp_path) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(url + link)
+            page.get_by_role("heading", name=title if title != "Home" else "NormLab").first \
+                .wait_for(timeout=30_000)
+            assert page.title() == f"{title} · NormLab"
+            assert link.split("?")[0] in page.url
+            sidebar = page.get_by_test_id("stSidebar")
+            sidebar.get_by_role("link").last.wait_for(timeout=10_000)
+            links = [t.strip().split("\n")[-1]  # after the icon's ligature name
+                     for t in sidebar.get_by_role("link").all_inner_texts()]
+            assert [t for t in links if t] == MENU
+            _no_exception(page)
+            page.screenshot(path=str(ARTIFACTS / f"deeplink_{title.split()[0].lower()}.png"))
+            if title == "Compare":
+                assert sidebar.get_by_role("spinbutton", name="Steps").input_value() == "300"  # the link's setup
+        finally:
+            browser.close()

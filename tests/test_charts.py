@@ -1,4 +1,4 @@
-"""normlab.palette / charts / layercharts: every builder on a small synthetic tidy frame,
+"""normlab.views.palette / charts / layercharts: every builder on a small synthetic tidy frame,
 checked through ``chart.to_dict()``; specs compiled by vl-convert; image export."""
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from normlab import palette
-from normlab.charts import metric_chart, to_image
-from normlab.layercharts import hist_at_step, hist_heatmap, layer_chart, percentile_chart
-from normlab.schema import HIST_BINS, HIST_METRICS
+from normlab.views import palette
+from normlab.views.charts import metric_chart, to_image
+from normlab.views.layercharts import hist_at_step, hist_heatmap, layer_chart, percentile_chart
+from normlab.measure.schema import HIST_BINS, HIST_METRICS
 
 METHODS = ("layer", "none", "batch")  # deliberately not in canonical order
 STEPS = np.arange(0, 100, 10)
@@ -117,7 +117,7 @@ def check_shared(spec):
 # ----------------------------------------------------------------------------- palette
 def registry_names() -> tuple[str, ...]:
     try:
-        from normlab.registry import NORM_NAMES
+        from normlab.methods.registry import NORM_NAMES
         return tuple(NORM_NAMES)
     except ImportError:  # torch or a sibling module unavailable: read the registry's source
         tree = ast.parse(Path(palette.__file__).with_name("registry.py").read_text())

@@ -6,8 +6,8 @@ import sys
 import pytest
 
 from normlab.cli import main
-from normlab.engine import stop_engine
-from normlab.store import Store
+from normlab.runs.engine import stop_engine
+from normlab.runs.store import Store
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Tests for normlab.data / normlab.datafiles: splits, standardization, the built-in sets
+"""Tests for normlab.training.data / normlab.training.datafiles: splits, standardization, the built-in sets
 (against scikit-learn and mnist1d themselves), the caches, and the IDX/CSV parsers with
 every malformed case. Each test uses a temporary NORMLAB_CACHE."""
 from __future__ import annotations
@@ -16,8 +16,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from normlab import config, data
-from normlab.data import BUILTIN, Dataset, DatasetError, load_dataset, split_indices
+from normlab.training import config, data
+from normlab.training.data import BUILTIN, Dataset, DatasetError, load_dataset, split_indices
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,7 +124,7 @@ def test_digits_match_sklearn_exactly():
 def test_digits_cache_is_written_and_warm_load_skips_sklearn(cache):
     load_dataset("digits")
     assert (cache / "digits-v1.npz").is_file()
-    code = ("import sys; from normlab.data import load_dataset; d = load_dataset('digits'); "
+    code = ("import sys; from normlab.training.data import load_dataset; d = load_dataset('digits'); "
             "print(len(d.y_train) + len(d.y_val), 'sklearn' in sys.modules)")
     env = {**os.environ, "NORMLAB_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True,

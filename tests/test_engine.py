@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from normlab.compare import compare, wait_for
-from normlab.config import RunConfig
-from normlab.engine import engine_pid, ensure_engine, stop_engine
-from normlab.store import Store
+from normlab.runs.comparisons import compare, wait_for
+from normlab.training.config import RunConfig
+from normlab.runs.engine import engine_pid, ensure_engine, stop_engine
+from normlab.runs.store import Store
 
 QUICK = RunConfig(steps=60, eval_interval=20, width=16, depth=2)
 LONG = RunConfig(steps=1_000_000, eval_interval=1000, width=16, depth=2, record_interval=10)

@@ -1,4 +1,4 @@
-"""normlab.frames: EMA against closed forms and TensorBoard's loop, downsampling bounds and
+"""normlab.views.frames: EMA against closed forms and TensorBoard's loop, downsampling bounds and
 extremes, seed aggregation against plain pandas, run-table joins, layer-dynamics frames."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from normlab import frames as F
-from normlab.schema import HIST_BINS, HIST_METRICS, hist_edges
+from normlab.views import frames as F
+from normlab.measure.schema import HIST_BINS, HIST_METRICS, hist_edges
 
 
 def tensorboard_ema(values, weight):

@@ -8,9 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from normlab import kernels
-from normlab.probes import _ACT_STATS, accuracy, activation_row, addresses, saturation
-from normlab.schema import hist_edges
+from normlab.measure import kernels
+from normlab.measure.probes import _ACT_STATS, accuracy, activation_row, addresses, saturation
+from normlab.measure.schema import hist_edges
 
 WIDTH = len(_ACT_STATS)  # mean, var, p15, p50, p85, histogram
 

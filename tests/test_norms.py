@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from normlab import norms, weightnorm, whitening
-from normlab.config import RunConfig
-from normlab.registry import NORM_NAMES, NORMS, build_norm, make_norm
+from normlab.methods import norms, weightnorm, whitening
+from normlab.training.config import RunConfig
+from normlab.methods.registry import NORM_NAMES, NORMS, build_norm, make_norm
 
 SHAPES = {"mlp": (16, 6), "cnn1d": (8, 6, 5), "cnn2d": (4, 6, 5, 3)}  # C = 6
 PROPERTY = settings(max_examples=25, deadline=None,

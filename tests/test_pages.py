@@ -2,7 +2,7 @@
 
 Every test uses its own store file (NORMLAB_STORE) and no engine: ``ensure_engine`` is a
 no-op here, so submitted runs stay queued and results come from runs trained in-process
-(normlab.train + Store.append/finish). Checked: no exception element, the key texts, and
+(normlab.training.trainer + Store.append/finish). Checked: no exception element, the key texts, and
 the store's content after a launch.
 """
 from __future__ import annotations
@@ -13,14 +13,15 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-import normlab.compare
-import app_pages.common
-from normlab import views
-from normlab.config import RunConfig
-from normlab.engine import stop_engine
-from normlab.registry import NORM_NAMES, norms_for
-from normlab.store import Store
-from normlab.train import train
+import normlab.runs.comparisons
+import normlab.ui.common
+from normlab.views import compareview as views
+from normlab.training.config import RunConfig
+from normlab.runs import exchange
+from normlab.runs.engine import stop_engine
+from normlab.methods.registry import NORM_NAMES, norms_for
+from normlab.runs.store import Store
+from normlab.training.trainer import train
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard.py")
 TINY = RunConfig(steps=40, width=8, depth=2, eval_interval=10, batch_size=32)
@@ -45,7 +46,7 @@ def fill(store: Store, base: RunConfig, methods, seeds, train_first: int | None 
 def store(tmp_path, monkeypatch):
     path = tmp_path / "runs.sqlite"
     monkeypatch.setenv("NORMLAB_STORE", str(path))
-    for module in (app_pages.common, normlab.compare):
+    for module in (normlab.ui.common, normlab.runs.comparisons):
         monkeypatch.setattr(module, "ensure_engine", lambda *a, **k: None)
     st.cache_data.clear()
     st.cache_resource.clear()
@@ -71,13 +72,13 @@ def trained_file(tmp_path_factory):
 def trained(trained_file, store):
     """``store`` holding a copy of the trained comparison."""
     path, cid, ids = trained_file
-    store.import_(_export(path, cid, store.path.parent))
+    exchange.import_file(store, _export(path, cid, store.path.parent))
     return store, cid, list(store.comparison(cid)["runs"])
 
 
 def _export(path: Path, cid: str, folder: Path) -> Path:
     with Store(path) as s:
-        return s.export(cid, folder / "c.json")
+        return exchange.export(s, cid, folder / "c.json")
 
 
 def app(**params) -> AppTest:
@@ -89,7 +90,7 @@ def app(**params) -> AppTest:
 
 def compare(**params) -> AppTest:
     """The Compare page opened with ``params`` as its query (a link)."""
-    return app(**params).switch_page("app_pages/compare.py").run()
+    return app(**params).switch_page("pages/1_compare.py").run()
 
 
 def texts(at: AppTest) -> str:

@@ -12,11 +12,12 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from normlab.store import Store
+from normlab.runs.store import Store
 from test_runtable import build
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS, RUNS = str(ROOT / "app_pages" / "layers.py"), str(ROOT / "app_pages" / "runs.py")
+APP = str(ROOT / "dashboard.py")
+LAYERS, RUNS = "pages/2_layers.py", "pages/3_runs.py"
 
 
 @pytest.fixture(autouse=True)
@@ -55,10 +56,10 @@ def filled(template, tmp_path, monkeypatch):
 
 
 def run(page: str, **query) -> AppTest:
-    at = AppTest.from_file(page, default_timeout=120)
+    at = AppTest.from_file(APP, default_timeout=120)
     for k, v in query.items():
         at.query_params[k] = v
-    return at.run()
+    return at.switch_page(page).run()
 
 
 def charts(at: AppTest) -> list[dict]:

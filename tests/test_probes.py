@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from normlab.config import RunConfig
-from normlab.models import build_model
-from normlab.probes import Probe, _sample_index, find_layers, saturation
-from normlab.schema import HIST_BINS, hist_edges
+from normlab.training.config import RunConfig
+from normlab.training.models import build_model
+from normlab.measure.probes import Probe, _sample_index, find_layers, saturation
+from normlab.measure.schema import HIST_BINS, hist_edges
 
 
 def one_step(model, probe, x, y, lr=0.1, extra=None):

@@ -1,4 +1,4 @@
-"""normlab.runtable (the Runs table and its actions) and normlab.layerview (what the Layer
+"""normlab.views.runtable (the Runs table and its actions) and normlab.views.layerview (what the Layer
 dynamics page loads), on a store of tiny runs trained in-process.
 
 Oracles: pandas over the very ``RecordBatch`` es appended (final metrics), plain pandas
@@ -14,13 +14,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from normlab import layerview, runtable
-from normlab.config import RunConfig
-from normlab.frames import with_methods
-from normlab.layercharts import hist_at_step, hist_heatmap
-from normlab.schema import HIST_METRICS, hist_edges
-from normlab.store import Store
-from normlab.train import train
+from normlab.views import layerview, runtable
+from normlab.training.config import RunConfig
+from normlab.views.frames import with_methods
+from normlab.views.layercharts import hist_at_step, hist_heatmap
+from normlab.measure.schema import HIST_METRICS, hist_edges
+from normlab.runs.store import Store
+from normlab.training.trainer import train
 
 TINY = RunConfig(steps=20, width=8, depth=2, eval_interval=10)
 

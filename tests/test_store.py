@@ -1,4 +1,4 @@
-"""Tests of the run store (normlab.store) and its export/import (normlab.exchange).
+"""Tests of the run store (normlab.runs.store) and its export/import (normlab.runs.exchange).
 
 Oracles: pandas filters over ``RecordBatch.to_frame`` of the very batches appended; real
 subprocesses for concurrency and for ``kill -9``.
@@ -22,10 +22,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import normlab.store as store_mod
-from normlab.exchange import csv_sidecar
-from normlab.schema import COLUMNS, RecordBatch
-from normlab.store import FINISHED, STATUSES, NotFound, Store, StoreError, default_store_path
+import normlab.runs.store as store_mod
+from normlab.runs import exchange
+from normlab.runs.exchange import csv_sidecar
+from normlab.measure.schema import COLUMNS, RecordBatch
+from normlab.runs.store import FINISHED, STATUSES, NotFound, Store, StoreError, default_store_path
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = [("model", "train", "loss"), ("model", "train", "acc"), ("model", "val", "loss"),
@@ -259,7 +260,7 @@ def test_claim_is_atomic_across_threads(store):
 
 CLAIM_SCRIPT = """
 import os, sys, time
-from normlab.store import Store
+from normlab.runs.store import Store
 store = Store(sys.argv[1])
 print("ready", flush=True)
 while not os.path.exists(sys.argv[2]):  # start together
@@ -540,41 +541,41 @@ def same_runs(a: Store, b: Store, ids) -> None:
 @pytest.mark.parametrize("fmt", ["json", "parquet", "csv"])
 def test_export_import_roundtrip(store, exported, tmp_path, fmt):
     cid, rids = exported
-    path = store.export(cid, tmp_path / f"out.{fmt}")
+    path = exchange.export(store, cid, tmp_path / f"out.{fmt}")
     with Store(tmp_path / "fresh.sqlite") as fresh:
-        assert fresh.import_(path) == rids
+        assert exchange.import_file(fresh, path) == rids
         pd.testing.assert_frame_equal(fresh.metrics(comparison=cid),
                                       store.metrics(comparison=cid))
         same_runs(store, fresh, rids)
         a, b = store.comparison(cid), fresh.comparison(cid)
         assert a == b
         with pytest.warns(UserWarning, match="skipped 3 run"):  # twice: nothing added
-            assert fresh.import_(path) == []
+            assert exchange.import_file(fresh, path) == []
         assert len(fresh.runs()) == 3
 
 
 @pytest.mark.parametrize("fmt", ["json", "parquet", "csv"])
 def test_export_import_single_run(store, exported, tmp_path, fmt):
     cid, rids = exported
-    path = store.export(rids[1], tmp_path / "run.data", format=fmt)
+    path = exchange.export(store, rids[1], tmp_path / "run.data", format=fmt)
     with Store(tmp_path / "fresh.sqlite") as fresh:
-        assert fresh.import_(path) == [rids[1]]
+        assert exchange.import_file(fresh, path) == [rids[1]]
         pd.testing.assert_frame_equal(fresh.metrics(rids[1]), store.metrics(rids[1]))
         assert fresh.comparison(cid)["runs"] == [rids[1]]
         with pytest.warns(UserWarning, match=f"skipped 1 run.*{rids[1]}"):
-            assert fresh.import_(store.export(cid, tmp_path / "all.json")) == [rids[0], rids[2]]
+            assert exchange.import_file(fresh, exchange.export(store, cid, tmp_path / "all.json")) == [rids[0], rids[2]]
         assert fresh.comparison(cid)["runs"] == rids  # joined the same comparison
 
 
 def test_import_gives_new_ids_to_different_runs_with_taken_ids(store, exported, tmp_path):
     cid, rids = exported
-    path = store.export(cid, tmp_path / "out.json")
+    path = exchange.export(store, cid, tmp_path / "out.json")
     doc = json.loads(path.read_text())
     doc["comparisons"][0]["created_at"] += 1  # another comparison that happens to share ids
     for run in doc["runs"]:
         run["created_at"] += 1
     path.write_text(json.dumps(doc))
-    new = store.import_(path)
+    new = exchange.import_file(store, path)
     assert len(new) == 3 and not set(new) & set(rids)
     new_cid = store.run(new[0])["comparison_id"]
     assert new_cid != cid and store.comparison(new_cid)["runs"] == new
@@ -587,9 +588,9 @@ def test_import_of_a_running_run_is_interrupted(store, tmp_path):
     _, (rid,) = store.create_comparison(configs("batch"))
     store.claim_run(1)
     store.progress(rid, 12)
-    path = store.export(rid, tmp_path / "live.parquet")
+    path = exchange.export(store, rid, tmp_path / "live.parquet")
     with Store(tmp_path / "fresh.sqlite") as fresh:
-        fresh.import_(path)
+        exchange.import_file(fresh, path)
         rec = fresh.run(rid)
         assert rec["status"] == "interrupted" and rec["worker_pid"] is None
         assert rec["error"] == "imported while running at step 12"
@@ -655,11 +656,11 @@ def _write_bad(tmp_path, case, good_json):
 ])
 def test_malformed_import(store, exported, tmp_path, case, message):
     cid, _ = exported
-    good = store.export(cid, tmp_path / "good.json")
+    good = exchange.export(store, cid, tmp_path / "good.json")
     path = _write_bad(tmp_path, case, good)
     with Store(tmp_path / "fresh.sqlite") as fresh:
         with pytest.raises(ValueError, match=message) as e:
-            fresh.import_(path)
+            exchange.import_file(fresh, path)
         assert str(path) in str(e.value)
         assert fresh.runs().empty  # nothing written
 
@@ -667,9 +668,9 @@ def test_malformed_import(store, exported, tmp_path, case, message):
 def test_export_format_errors(store, exported, tmp_path):
     cid, _ = exported
     with pytest.raises(ValueError, match="cannot tell the export format"):
-        store.export(cid, tmp_path / "out.xlsx")
+        exchange.export(store, cid, tmp_path / "out.xlsx")
     with pytest.raises(ValueError, match="unknown export format 'xml'"):
-        store.export(cid, tmp_path / "out.json", format="xml")
+        exchange.export(store, cid, tmp_path / "out.json", format="xml")
 
 
 # ---------------------------------------------------------------- migrations
@@ -725,8 +726,8 @@ def test_newer_file_is_refused(tmp_path):
 WRITER_SCRIPT = """
 import os, sys
 import numpy as np
-from normlab.schema import RecordBatch
-from normlab.store import Store
+from normlab.measure.schema import RecordBatch
+from normlab.runs.store import Store
 store = Store(sys.argv[1])
 run_id, _ = store.claim_run(os.getpid())
 keys = [("model", "train", m) for m in ("loss", "acc", "grad_norm")] + [
@@ -782,8 +783,8 @@ def test_kill_9_of_a_writer_loses_no_committed_batch(store):
 
 
 def test_unfinished_counts_queued_running_paused(tmp_path):
-    from normlab.config import RunConfig
-    from normlab.store import Store
+    from normlab.training.config import RunConfig
+    from normlab.runs.store import Store
 
     store = Store(tmp_path / "u.sqlite")
     assert store.unfinished() == 0

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from normlab.config import ConfigError, RunConfig
-from normlab.models import build_model
-from normlab.registry import NORM_NAMES, norms_for
-from normlab.train import Trainer, train
+from normlab.training.config import ConfigError, RunConfig
+from normlab.training.models import build_model
+from normlab.methods.registry import NORM_NAMES, norms_for
+from normlab.training.trainer import Trainer, train
 
 QUICK = dict(steps=30, eval_interval=10, width=16, depth=2)
 
@@ -53,7 +53,7 @@ def test_records_layout_and_validation_cadence():
 
 
 def _digest(cfg_kwargs: dict) -> str:
-    code = ("import hashlib, sys; from normlab.config import RunConfig; from normlab.train import train;"
+    code = ("import hashlib, sys; from normlab.training.config import RunConfig; from normlab.training.trainer import train;"
             f"b, o = train(RunConfig(**{cfg_kwargs!r}));"
             "print(hashlib.sha256(b.values.tobytes() + b.steps.tobytes()).hexdigest())")
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -1,4 +1,4 @@
-"""normlab.urlstate: setup ⇄ query parameters. Round trips are exact; garbage is reported
+"""normlab.views.urlstate: setup ⇄ query parameters. Round trips are exact; garbage is reported
 field by field and replaced by defaults, never raised."""
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from normlab import urlstate
-from normlab.config import ACTIVATIONS, INITS, MODELS, OPTIMIZERS, RunConfig
-from normlab.palette import METHOD_ORDER
-from normlab.registry import norms_for
-from normlab.urlstate import FORM_FIELDS, View, decode, encode
+from normlab.views import urlstate
+from normlab.training.config import ACTIVATIONS, INITS, MODELS, OPTIMIZERS, RunConfig
+from normlab.views.palette import METHOD_ORDER
+from normlab.methods.registry import norms_for
+from normlab.views.urlstate import FORM_FIELDS, View, decode, encode
 
 
 def test_empty_link_is_the_default_setup():

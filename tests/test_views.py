@@ -1,4 +1,4 @@
-"""normlab.views: what the pages show, checked without Streamlit on real (tiny) runs.
+"""normlab.views.compareview: what the pages show, checked without Streamlit on real (tiny) runs.
 
 Oracles: the registry for the methods table, config.errors for form messages,
 frames.with_methods over Store.metrics for the joined frame, the store's own run
@@ -10,15 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import normlab.compare
-from normlab import views
-from normlab.config import RunConfig
-from normlab.frames import with_methods
-from normlab.registry import NORMS, norms_for
-from normlab.schema import RecordBatch
-from normlab.store import Store
-from normlab.train import train
-from normlab.urlstate import View
+import normlab.runs.comparisons
+from normlab.views import compareview as views
+from normlab.training.config import RunConfig
+from normlab.views.frames import with_methods
+from normlab.methods.registry import NORMS, norms_for
+from normlab.measure.schema import RecordBatch
+from normlab.runs.store import Store
+from normlab.training.trainer import train
+from normlab.views.urlstate import View
 
 TINY = RunConfig(steps=40, width=8, depth=2, eval_interval=10, record_interval=1,
                  batch_size=32)
@@ -49,7 +49,7 @@ def trained(tmp_path_factory):
 
 @pytest.fixture
 def no_engine(monkeypatch):
-    monkeypatch.setattr(normlab.compare, "ensure_engine", lambda *a, **k: None)
+    monkeypatch.setattr(normlab.runs.comparisons, "ensure_engine", lambda *a, **k: None)
 
 
 # --------------------------------------------------------------------------- home
@@ -276,7 +276,7 @@ def test_fit_narrows_wide_grids_and_keeps_small_ones():
     df = pd.DataFrame({"run": "r", "step": [0, 1], "layer": "h1", "site": "param",
                        "metric": "grad_norm", "value": [1.0, 2.0]})
     frames = [df.assign(method=m, seed=0, label=m, run=m) for m in ("batch", "layer")]
-    from normlab.layercharts import layer_chart
+    from normlab.views.layercharts import layer_chart
     chart = layer_chart(pd.concat(frames), "grad_norm", "param", layout="side")
     wide = views.fit(chart.copy(deep=True), 2, 2000)
     assert isinstance(wide, alt.FacetChart) and wide.spec.width == chart.spec.width

@@ -1,0 +1,7 @@
+"""Measurement: what NormLab records about a training run, and how.
+
+``schema`` defines the tidy record ``(run, step, layer, site, metric, value)``, every site
+and metric name, once; ``probes`` attaches to any ``nn.Module`` (and always detaches) and
+turns a step into records; ``kernels`` are the compiled statistics the probes call (numba,
+reading tensors in place). Depends on :mod:`normlab.methods` only, to recognise norm layers.
+"""

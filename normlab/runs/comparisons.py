@@ -1,0 +1,115 @@
+"""Comparisons: one base config × lists of values (norms, seeds, any other field).
+
+The Python API mirrors the CLI::
+
+    import normlab
+    cid, runs = normlab.compare(normlab.RunConfig(steps=500, lr=0.1),
+                                norms=["batch", "layer", "none"], seeds=[0, 1])
+    normlab.wait(cid)                                  # or watch it in the dashboard
+    frame = normlab.Store().metrics(comparison=cid, metrics=["loss"])
+
+Every config of the grid is validated before anything is stored: one bad value fails the
+whole submission with a :class:`~normlab.training.config.ConfigError` naming each bad field.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict
+from typing import Any
+
+from normlab.training.config import ConfigError, RunConfig, coerce, errors
+from normlab.runs.engine import ensure_engine
+from normlab.runs.store import FINISHED, Store
+
+
+def expand(base: RunConfig, grid: dict[str, Iterable[Any]]) -> list[RunConfig]:
+    """Every combination of ``grid``'s values applied to ``base`` (the first field varies
+    slowest). Unknown fields, empty lists and values of the wrong type raise ConfigError."""
+    fields = asdict(base)
+    bad = {k: f"unknown config field {k!r}" for k in grid if k not in fields}
+    if bad:
+        raise ConfigError(bad)
+    values = {}
+    for key, vals in grid.items():
+        vals = list(vals)
+        if not vals:
+            raise ConfigError({key: f"the list of {key} values is empty"})
+        values[key] = [coerce(key, v) for v in vals]
+    keys = list(values)
+    return [base.replace(**dict(zip(keys, combo))) for combo in itertools.product(*values.values())]
+
+
+def check(configs: list[RunConfig]) -> None:
+    """Validate every config (sizes of known datasets included); raise one ConfigError."""
+    from normlab.training.data import train_size
+
+    problems: dict[str, str] = {}
+    for cfg in configs:
+        found = errors(cfg)
+        if not found.keys() & {"dataset", "val_fraction", "n_samples"}:
+            try:
+                size = train_size(cfg.dataset, val_fraction=cfg.val_fraction,
+                                  n_samples=cfg.n_samples, seed=cfg.seed, noise=cfg.noise)
+                found = errors(cfg, size)
+            except ValueError as exc:  # a missing or malformed file: the dataset's problem
+                found["dataset"] = str(exc)
+        for field, msg in found.items():
+            problems.setdefault(field, msg)
+    if problems:
+        raise ConfigError(problems)
+
+
+def submit(configs: list[RunConfig], *, name: str | None = None, base: RunConfig | None = None,
+           grid: dict | None = None, store: Store | str | None = None, start: bool = True,
+           workers: int | None = None) -> tuple[str, list[str]]:
+    """Queue ``configs`` as one comparison; returns (comparison id, run ids) at once."""
+    check(configs)
+    store = store if isinstance(store, Store) else Store(store)
+    cid, run_ids = store.create_comparison([c.to_dict() for c in configs], name=name,
+                                           base=base.to_dict() if base else None, grid=grid)
+    if start:
+        ensure_engine(store.path, workers=workers)
+    return cid, run_ids
+
+
+def compare(base: RunConfig | None = None, *, norms: Iterable[str] | None = None,
+            seeds: Iterable[int] | None = None, grid: dict[str, Iterable[Any]] | None = None,
+            name: str | None = None, store: Store | str | None = None, wait: bool = False,
+            workers: int | None = None) -> tuple[str, list[str]]:
+    """Submit base × norms × seeds (× any other ``grid`` field); optionally wait for it."""
+    base = base or RunConfig()
+    full: dict[str, list] = {}
+    if norms is not None:
+        full["norm"] = list(norms)
+    if seeds is not None:
+        full["seed"] = list(seeds)
+    full.update({k: list(v) for k, v in (grid or {}).items()})
+    configs = expand(base, full)
+    store = store if isinstance(store, Store) else Store(store)
+    cid, run_ids = submit(configs, name=name, base=base, grid=full or None, store=store,
+                          workers=workers)
+    if wait:
+        wait_for(cid, store=store)
+    return cid, run_ids
+
+
+def wait_for(comparison: str, *, store: Store | str | None = None, poll: float = 0.25,
+             on_progress: Callable[[Any], None] | None = None,
+             timeout: float | None = None) -> dict[str, str]:
+    """Block until every run of ``comparison`` has finished; returns run id → status.
+
+    ``on_progress(runs_frame)`` is called at each poll (the CLI draws its bars with it).
+    """
+    store = store if isinstance(store, Store) else Store(store)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        runs = store.runs(comparison=comparison)
+        if on_progress is not None:
+            on_progress(runs)
+        if runs.status.isin(FINISHED).all():
+            return dict(zip(runs.id, runs.status))
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"comparison {comparison} still running after {timeout}s")
+        time.sleep(poll)

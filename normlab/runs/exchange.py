@@ -1,0 +1,429 @@
+"""Export and import of runs and comparisons: carry results to another machine, losslessly.
+
+Every format holds the same content: the comparison record (name, base, grid, notes, tags),
+the run records (config, status, step, times, name, notes, tags, ...) and the tidy metric
+rows of :mod:`normlab.measure.schema`.
+
+* ``json`` — one file ``{"format": "normlab", "format_version": 1, "comparisons": [...],
+  "runs": [{...run fields..., "series": [{"layer", "site", "metric", "steps": [...],
+  "values": [...]}]}]}``. Readable by anything; floats are written so they read back
+  bit-identical (an infinite value is written ``Infinity``, as Python and JavaScript's
+  ``JSON5`` read it; NaN never occurs: it means "not measured" and is not stored).
+* ``parquet`` — one file of tidy rows (``run, step, layer, site, metric, value``); the
+  comparison and run records are JSON in the file's key-value metadata under ``normlab``.
+  The smallest and fastest; pandas, R, DuckDB and Polars read the rows directly.
+* ``csv`` — the tidy rows in ``PATH`` plus the records in ``PATH.runs.json`` beside it
+  (carry both files). For spreadsheets.
+
+Import (:func:`import_file`; the format is recognised from the content, not the name):
+
+* Ids are kept when they are free. A run already in the store with the same id, creation
+  time and config is the same run: it is skipped with a warning, so importing a file twice
+  adds nothing (delete the run first to re-import a newer export of it). A *different*
+  run or comparison that happens to have the same id gets a fresh id.
+* A run exported while running or paused arrives ``interrupted``; a queued run stays
+  queued, so a lecturer can prepare a comparison at home and run it in class.
+* A malformed file raises ``ValueError`` naming the file and the problem; nothing is
+  written then.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from normlab.runs.chunks import (
+    INSERT_CHUNK, MAX_STEP, STEP_DTYPE, VALUE_DTYPE, MetricQuery, metrics_frame,
+)
+from normlab.measure.schema import COLUMNS
+from normlab.runs.store import Store
+from normlab.runs.storedb import ACTIVE, COMPARISON_FIELDS, RUN_FIELDS, STATUSES, _new_id, _record
+
+FORMATS = ("json", "parquet", "csv")
+FORMAT_NAME = "normlab"
+FORMAT_VERSION = 1
+SUFFIXES = {".json": "json", ".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
+IMPORT_CHUNK = 4096  # points per stored chunk when importing
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """What an export file holds."""
+
+    comparisons: list[dict[str, Any]]  # COMPARISON_FIELDS, JSON fields parsed
+    runs: list[dict[str, Any]]  # RUN_FIELDS, config a dict
+    metrics: pd.DataFrame  # tidy rows, COLUMNS
+
+    def header(self) -> dict[str, Any]:
+        """The records without metrics, as written to JSON."""
+        return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+                "comparisons": self.comparisons, "runs": self.runs}
+
+
+def csv_sidecar(path: str | os.PathLike) -> Path:
+    """Where a CSV export keeps its run and comparison records: ``PATH.runs.json``."""
+    path = Path(path)
+    return path.with_name(path.name + ".runs.json")
+
+
+# ---------------------------------------------------------------- export
+
+def collect(store: Store, id: str) -> Bundle:
+    """A run (with its comparison's record) or a comparison with all its runs."""
+    kind, _ = store.resolve(id)
+    with store._read() as conn:
+        if kind == "run":
+            runs = conn.execute("SELECT * FROM runs WHERE id = ?", (id,)).fetchall()
+            cid = runs[0]["comparison_id"]
+        else:
+            cid = id
+            runs = conn.execute("SELECT * FROM runs WHERE comparison_id = ? ORDER BY position",
+                                (id,)).fetchall()
+        comparison = conn.execute("SELECT * FROM comparisons WHERE id = ?", (cid,)).fetchone()
+        ids = [r["id"] for r in runs]
+        query = MetricQuery()
+        rows = store._chunks(conn, ids, query) if ids else []
+    records = [{k: rec[k] for k in RUN_FIELDS} for rec in map(_record, runs)]
+    comp = _record(comparison)
+    return Bundle([{k: comp[k] for k in COMPARISON_FIELDS}], records,
+                  metrics_frame(rows, ids, query))
+
+
+def export(store: Store, id: str, path: str | os.PathLike, format: str | None = None) -> Path:
+    """Write run or comparison ``id`` to ``path``; returns the path.
+
+    ``format`` is json, parquet or csv; None takes it from the suffix.
+    """
+    path = Path(path).expanduser()
+    if format is None:
+        format = SUFFIXES.get(path.suffix.lower())
+        if format is None:
+            raise ValueError(f"cannot tell the export format from {path.name!r}; name the file "
+                             "*.json, *.parquet or *.csv, or pass format=")
+    if format not in FORMATS:
+        raise ValueError(f"unknown export format {format!r}; use one of {', '.join(FORMATS)}")
+    bundle = collect(store, id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    {"json": _write_json, "parquet": _write_parquet, "csv": _write_csv}[format](bundle, path)
+    return path
+
+
+def _series(metrics: pd.DataFrame) -> dict[str, list[dict]]:
+    """run -> its series as {layer, site, metric, steps, values}, in frame order."""
+    out: dict[str, list[dict]] = {}
+    steps, values = metrics["step"].to_numpy(), metrics["value"].to_numpy()
+    groups = metrics.groupby(["run", "layer", "site", "metric"], observed=True, sort=False)
+    for (run, layer, site, metric), idx in groups.indices.items():
+        out.setdefault(run, []).append({"layer": layer, "site": site, "metric": metric,
+                                        "steps": steps[idx].tolist(),
+                                        "values": values[idx].tolist()})
+    return out
+
+
+def _replace_atomically(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _write_json(bundle: Bundle, path: Path) -> None:
+    series = _series(bundle.metrics)
+    doc = bundle.header()
+    doc["runs"] = [{**r, "series": series.get(r["id"], [])} for r in bundle.runs]
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(doc, f, separators=(",", ":"))
+    _replace_atomically(path, write)
+
+
+def _write_parquet(bundle: Bundle, path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(bundle.metrics, preserve_index=False)
+    meta = dict(table.schema.metadata or {})
+    meta[b"normlab"] = json.dumps(bundle.header()).encode()
+    _replace_atomically(path, lambda tmp: pq.write_table(table.replace_schema_metadata(meta),
+                                                         tmp))
+
+
+def _write_csv(bundle: Bundle, path: Path) -> None:
+    def write_header(tmp: Path) -> None:
+        tmp.write_text(json.dumps(bundle.header(), indent=1), encoding="utf-8")
+    _replace_atomically(csv_sidecar(path), write_header)
+    _replace_atomically(path, lambda tmp: bundle.metrics.to_csv(tmp, index=False))
+
+
+# ---------------------------------------------------------------- reading files
+
+def sniff(path: Path) -> str:
+    """The format of an export file, from its first bytes."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    if head.lstrip()[:1] == b"{":
+        return "json"
+    return "csv"
+
+
+def read_bundle(path: str | os.PathLike) -> Bundle:
+    """The content of an export file, checked; ValueError naming the file if malformed."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"no export file at {path}")
+    try:
+        format = sniff(path)
+        bundle = {"json": _read_json, "parquet": _read_parquet, "csv": _read_csv}[format](path)
+        _check(bundle)
+    except _Malformed as e:
+        raise ValueError(f"cannot import {path}: {e}") from None
+    return bundle
+
+
+class _Malformed(Exception):
+    """A problem with an import file (turned into a ValueError naming the file)."""
+
+
+def _parse_header(doc: Any) -> tuple[list[dict], list[dict]]:
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
+        raise _Malformed("it is not a NormLab export (no \"format\": \"normlab\" field)")
+    version = doc.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise _Malformed(f"format_version {version!r} is not one this NormLab reads "
+                         f"(up to {FORMAT_VERSION}); upgrade NormLab")
+    comparisons, runs = doc.get("comparisons"), doc.get("runs")
+    if not isinstance(comparisons, list) or not isinstance(runs, list):
+        raise _Malformed("'comparisons' and 'runs' must be lists")
+    return comparisons, runs
+
+
+def _read_json(path: Path) -> Bundle:
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise _Malformed(f"it is not valid JSON ({e})") from None
+    comparisons, runs = _parse_header(doc)
+    cols: dict[str, list] = {c: [] for c in COLUMNS}
+    records = []
+    for i, run in enumerate(runs):
+        if not isinstance(run, dict) or not isinstance(run.get("series", []), list):
+            raise _Malformed(f"run {i} must be an object with a 'series' list")
+        for s in run.get("series", []):
+            try:
+                n = len(s["steps"])
+                if len(s["values"]) != n:
+                    raise _Malformed(f"run {run.get('id')!r} series {s['metric']!r} has "
+                                     f"{n} steps but {len(s['values'])} values")
+                for key in ("layer", "site", "metric"):
+                    cols[key] += [s[key]] * n
+            except (KeyError, TypeError):
+                raise _Malformed(f"run {run.get('id')!r} has a series without layer, site, "
+                                 "metric, steps and values") from None
+            cols["run"] += [run.get("id")] * n
+            cols["step"] += s["steps"]
+            cols["value"] += s["values"]
+        records.append({k: v for k, v in run.items() if k != "series"})
+    steps = np.array(cols["step"])
+    if steps.size and steps.dtype.kind not in "iu":
+        raise _Malformed("series steps must be whole numbers")
+    try:
+        frame = pd.DataFrame({"run": cols["run"], "step": steps.astype(np.int64),
+                              "layer": cols["layer"], "site": cols["site"],
+                              "metric": cols["metric"],
+                              "value": np.array(cols["value"], dtype=np.float64)})
+    except (TypeError, ValueError, OverflowError) as e:
+        raise _Malformed(f"steps must be whole numbers and values numbers ({e})") from None
+    return Bundle(comparisons, records, frame)
+
+
+def _read_parquet(path: Path) -> Bundle:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise _Malformed(f"it is not a readable Parquet file ({e})") from None
+    raw = (table.schema.metadata or {}).get(b"normlab")
+    if raw is None:
+        raise _Malformed("its Parquet metadata has no 'normlab' entry (runs and configs); "
+                         "only files written by NormLab's export can be imported")
+    try:
+        comparisons, runs = _parse_header(json.loads(raw))
+    except json.JSONDecodeError as e:
+        raise _Malformed(f"its 'normlab' metadata is not valid JSON ({e})") from None
+    return Bundle(comparisons, runs, table.to_pandas())
+
+
+def _read_csv(path: Path) -> Bundle:
+    sidecar = csv_sidecar(path)
+    if not sidecar.is_file():
+        raise _Malformed(f"its run records {sidecar.name} are missing; a CSV export writes "
+                         "them beside the CSV: copy both files")
+    try:
+        comparisons, runs = _parse_header(json.loads(sidecar.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise _Malformed(f"{sidecar.name} is not valid JSON ({e})") from None
+    try:
+        frame = pd.read_csv(path, dtype={c: str for c in ("run", "layer", "site", "metric")},
+                            keep_default_na=False, na_values={"value": ["nan", "NaN"]})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise _Malformed(f"it is not a readable CSV file ({e})") from None
+    return Bundle(comparisons, runs, frame)
+
+
+# ---------------------------------------------------------------- checking
+
+def _check(bundle: Bundle) -> None:
+    """Raise _Malformed at the first problem with the records or the rows."""
+    comp_ids = set()
+    for i, c in enumerate(bundle.comparisons):
+        if not isinstance(c, dict) or not isinstance(c.get("id"), str):
+            raise _Malformed(f"comparison {i} has no string 'id'")
+        _need_number(c, "created_at", f"comparison {c['id']!r}")
+        comp_ids.add(c["id"])
+    run_ids = set()
+    for i, r in enumerate(bundle.runs):
+        if not isinstance(r, dict) or not isinstance(r.get("id"), str):
+            raise _Malformed(f"run {i} has no string 'id'")
+        what = f"run {r['id']!r}"
+        if r.get("comparison_id") not in comp_ids:
+            raise _Malformed(f"{what} belongs to comparison {r.get('comparison_id')!r}, which "
+                             "the file does not hold")
+        if not isinstance(r.get("config"), dict):
+            raise _Malformed(f"{what} has no 'config' object")
+        if r.get("status") not in STATUSES:
+            raise _Malformed(f"{what} has status {r.get('status')!r}; expected one of "
+                             f"{', '.join(STATUSES)}")
+        _need_number(r, "created_at", what)
+        if r["id"] in run_ids:
+            raise _Malformed(f"{what} appears twice")
+        run_ids.add(r["id"])
+    _check_rows(bundle.metrics, run_ids)
+
+
+def _need_number(record: dict, key: str, what: str) -> None:
+    value = record.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _Malformed(f"{what} has no numeric {key!r} (got {value!r})")
+
+
+def _check_rows(frame: pd.DataFrame, run_ids: set[str]) -> None:
+    if list(frame.columns) != COLUMNS:
+        raise _Malformed(f"the metric rows have columns {list(frame.columns)}; expected "
+                         f"{COLUMNS}")
+    if not pd.api.types.is_integer_dtype(frame["step"]):
+        raise _Malformed("the 'step' column must hold whole numbers")
+    if len(frame) and (frame["step"].min() < 0 or frame["step"].max() > MAX_STEP):
+        raise _Malformed(f"steps must be in 0..{MAX_STEP}")
+    if not pd.api.types.is_float_dtype(frame["value"]) and len(frame):
+        raise _Malformed("the 'value' column must hold numbers")
+    if frame["value"].isna().any():
+        raise _Malformed("the 'value' column has empty or NaN entries")
+    for col in ("run", "layer", "site", "metric"):
+        if frame[col].isna().any():
+            raise _Malformed(f"the {col!r} column has empty entries")
+    unknown = set(frame["run"].astype(str).unique()) - run_ids
+    if unknown:
+        raise _Malformed(f"metric rows name runs the file has no record of: "
+                         f"{', '.join(sorted(unknown)[:5])}")
+
+
+# ---------------------------------------------------------------- importing
+
+def import_file(store: Store, path: str | os.PathLike) -> list[str]:
+    """Add an export file's runs to ``store``; returns the ids of the runs added."""
+    bundle = read_bundle(path)
+    added, skipped = ingest(store, bundle)
+    if skipped:
+        warnings.warn(f"{path}: skipped {len(skipped)} run(s) already in the store "
+                      f"({', '.join(skipped[:5])}); delete them first to import them again",
+                      stacklevel=3)
+    return added
+
+
+def ingest(store: Store, bundle: Bundle) -> tuple[list[str], list[str]]:
+    """Write a checked bundle in one transaction; returns (added run ids, skipped ids)."""
+    groups = _row_groups(bundle.metrics)
+    added, skipped = [], []
+    with store._write() as conn:
+        comp_ids = {c["id"]: _insert_comparison(conn, c) for c in bundle.comparisons}
+        for run in bundle.runs:
+            row = conn.execute("SELECT created_at, config FROM runs WHERE id = ?",
+                               (run["id"],)).fetchone()
+            if row is not None and row[0] == run["created_at"] \
+                    and json.loads(row[1]) == run["config"]:
+                skipped.append(run["id"])
+                continue
+            new_id = run["id"] if row is None else _new_id(conn, "runs", "r")
+            _insert_run(conn, run, new_id, comp_ids[run["comparison_id"]])
+            for (layer, site, metric), steps, values in groups.get(run["id"], []):
+                conn.executemany(INSERT_CHUNK, _pieces(new_id, layer, site, metric,
+                                                       steps, values))
+            added.append(new_id)
+    return added, skipped
+
+
+def _insert_comparison(conn, c: dict) -> str:
+    """The id ``c`` has in the store: the same comparison, or a new row."""
+    row = conn.execute("SELECT created_at FROM comparisons WHERE id = ?", (c["id"],)).fetchone()
+    if row is not None and row[0] == c["created_at"]:
+        return c["id"]
+    new_id = c["id"] if row is None else _new_id(conn, "comparisons", "c")
+    conn.execute("INSERT INTO comparisons (id, name, created_at, base, grid, notes, tags) "
+                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                 (new_id, str(c.get("name") or new_id), c["created_at"],
+                  _json_or_none(c.get("base")), _json_or_none(c.get("grid")),
+                  str(c.get("notes") or ""), json.dumps(list(c.get("tags") or []))))
+    return new_id
+
+
+def _json_or_none(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+def _insert_run(conn, run: dict, new_id: str, comparison_id: str) -> None:
+    record = {k: run.get(k) for k in RUN_FIELDS}
+    record.update(id=new_id, comparison_id=comparison_id, config=json.dumps(run["config"]),
+                  tags=json.dumps(list(run.get("tags") or [])), notes=str(run.get("notes") or ""),
+                  step=int(run.get("step") or 0), position=int(run.get("position") or 0))
+    if record["status"] in ACTIVE:
+        record.update(status="interrupted", control=None, worker_pid=None,
+                      error=f"imported while {run['status']} at step {record['step']}")
+    elif record["status"] != "queued":
+        record["control"] = None
+    cols = ", ".join(RUN_FIELDS)
+    conn.execute(f"INSERT INTO runs ({cols}) VALUES ({', '.join('?' * len(RUN_FIELDS))})",
+                 [record[k] for k in RUN_FIELDS])
+
+
+def _row_groups(metrics: pd.DataFrame) -> dict[str, list[tuple]]:
+    """run -> [((layer, site, metric), steps, values)] in file order."""
+    out: dict[str, list[tuple]] = {}
+    if not len(metrics):
+        return out
+    steps = metrics["step"].to_numpy(dtype=np.int64)
+    values = metrics["value"].to_numpy(dtype=np.float64)
+    keys = metrics[["run", "layer", "site", "metric"]].astype(str)
+    for (run, layer, site, metric), idx in keys.groupby(list(keys.columns), sort=False
+                                                        ).indices.items():
+        out.setdefault(run, []).append(((layer, site, metric), steps[idx], values[idx]))
+    return out
+
+
+def _pieces(run_id, layer, site, metric, steps, values):
+    """Chunk rows for one imported series, IMPORT_CHUNK points each."""
+    for lo in range(0, len(steps), IMPORT_CHUNK):
+        s = steps[lo:lo + IMPORT_CHUNK].astype(STEP_DTYPE)
+        v = values[lo:lo + IMPORT_CHUNK].astype(VALUE_DTYPE)
+        yield (run_id, layer, site, metric, int(s.min()), int(s.max()), len(s),
+               s.tobytes(), v.tobytes())

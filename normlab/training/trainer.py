@@ -1,0 +1,175 @@
+"""The instrumented training loop: a seeded CPU run of one config, yielding record batches.
+
+It knows nothing of Streamlit or the store: :meth:`Trainer.batches` is a generator of
+:class:`~normlab.measure.schema.RecordBatch` es (at least one per ``flush_seconds``), so a caller
+can stream them anywhere, pause a run by not asking for the next batch, or cancel it by
+closing the generator. :func:`train` runs a config to the end and returns everything.
+
+Determinism: the data split, the init and the batch order come from the config's seed
+(a private ``torch.Generator`` for batches), and probes never draw random numbers, so the
+same config gives bit-identical metrics in a fresh process, whatever the record interval.
+
+Divergence: a non-finite training loss stops the run with status ``diverged`` and the
+message ``diverged at step k``; everything recorded before it is kept.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from normlab.training.config import RunConfig, validate
+from normlab.training.data import Dataset, load_dataset
+from normlab.training.models import build_model
+from normlab.measure.probes import SAMPLE, Probe, accuracy
+from normlab.measure.schema import RecordBatch
+
+
+def load_for(cfg: RunConfig) -> Dataset:
+    """The dataset a config names, with its split and standardization."""
+    return load_dataset(cfg.dataset, seed=cfg.seed, val_fraction=cfg.val_fraction,
+                        standardize=cfg.standardize, n_samples=cfg.n_samples, noise=cfg.noise)
+
+
+def make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "momentum":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose sgd, momentum or adam")
+
+
+@dataclass
+class Outcome:
+    status: str  # "running", "done", "diverged"
+    step: int  # optimizer steps taken
+    message: str = ""
+
+
+class Trainer:
+    """One run: validated config → data, model, optimizer, probe.
+
+    Raises :class:`~normlab.training.config.ConfigError` (every bad field) or a dataset error
+    before any training happens.
+    """
+
+    def __init__(self, cfg: RunConfig, data: Dataset | None = None, *, probe_sample: int | None = SAMPLE):
+        validate(cfg)
+        self.cfg = cfg
+        self.data = data if data is not None else load_for(cfg)
+        validate(cfg, train_size=len(self.data.y_train))
+        torch.manual_seed(cfg.seed)
+        self.x_train = self.data.view(self.data.x_train, cfg.model)
+        self.x_val = self.data.view(self.data.x_val, cfg.model)
+        self.model = build_model(cfg, tuple(self.data.input_shape), self.data.num_classes)
+        self.optimizer = make_optimizer(cfg, self.model.parameters())
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.probe = Probe(self.model, every=cfg.record_interval, sample=probe_sample)
+        self.outcome = Outcome("running", 0)
+
+    def _evaluate(self) -> tuple[float, float]:
+        self.model.eval()
+        with torch.no_grad():
+            logits = self.model(self.x_val)
+            loss = F.cross_entropy(logits, self.data.y_val).item()
+            acc = (logits.argmax(1) == self.data.y_val).float().mean().item()
+        self.model.train()
+        return loss, acc
+
+    def batches(self, flush_seconds: float = 1.0,
+                first_flush_after: int | None = None) -> Iterator[RecordBatch]:
+        """Train, yielding the records at least every ``flush_seconds`` and at the end
+        (and once after ``first_flush_after`` steps, so a live chart starts at once).
+        A batch holds the probe's rows then the validation rows, so a step can appear
+        twice, each series at most once (:func:`train` merges them into one row a step).
+
+        Step ``s`` records the model as it is *before* update ``s + 1`` is applied (so step 0
+        is the initial model); validation runs at steps divisible by ``eval_interval`` and
+        at the last step.
+        """
+        cfg, probe, model, opt = self.cfg, self.probe, self.model, self.optimizer
+        n = len(self.data.y_train)
+        val_keys = [("model", "val", "loss"), ("model", "val", "acc")]
+        pending_val: list[RecordBatch] = []
+        last_flush = time.monotonic()
+        model.train()
+        with probe:
+            for step in range(cfg.steps):
+                idx = torch.randint(0, n, (cfg.batch_size,), generator=self.generator)
+                x, y = self.x_train[idx], self.data.y_train[idx]
+                recorded = probe.arm(step)
+                if step % cfg.eval_interval == 0:
+                    pending_val.append(_single(step, val_keys, self._evaluate()))
+                logits = model(x)
+                probe.after_forward()
+                loss = F.cross_entropy(logits, y)
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    self.outcome = Outcome("diverged", step,
+                                           f"diverged at step {step}: training loss is "
+                                           f"{loss_value}; try a smaller lr or another norm")
+                    break
+                opt.zero_grad(set_to_none=False)
+                loss.backward()  # the gradients stay as they are until the next zero_grad,
+                opt.step()  # so the probe reads them in after_update (no after_backward)
+                if recorded:
+                    probe.after_update({("model", "train", "loss"): loss_value,
+                                        ("model", "train", "acc"): accuracy(logits, y)})
+                self.outcome.step = step + 1
+                if (time.monotonic() - last_flush >= flush_seconds
+                        or step + 1 == first_flush_after):
+                    yield self._collect(pending_val)
+                    pending_val, last_flush = [], time.monotonic()
+            else:
+                self.outcome = Outcome("done", cfg.steps)
+                pending_val.append(_single(cfg.steps, val_keys, self._evaluate()))
+        batch = self._collect(pending_val)
+        if len(batch):
+            yield batch
+
+    def _collect(self, pending_val: list[RecordBatch]) -> RecordBatch:
+        """The probe's rows, then the validation rows (a step can have one of each: every
+        series is measured at most once per step, so nothing needs merging to store)."""
+        parts = [b for b in [self.probe.flush(), *pending_val] if b is not None]
+        return RecordBatch.concat(parts)
+
+
+def _single(step: int, keys, values) -> RecordBatch:
+    return RecordBatch(np.array([step], dtype=np.int64), list(keys),
+                       np.asarray([values], dtype=np.float64))
+
+
+def _merge_steps(batch: RecordBatch) -> RecordBatch:
+    """Rows of the same step (probe row + validation row) merged into one, sorted by step.
+
+    Each series is measured at most once per step, so a NaN-ignoring max merges them;
+    only the few steps with more than one row need it."""
+    steps, values = batch.steps, batch.values
+    if len(steps) and (steps[1:] < steps[:-1]).any():
+        order = np.argsort(steps, kind="stable")
+        steps, values = steps[order], values[order]
+    starts = (np.flatnonzero(np.r_[True, steps[1:] != steps[:-1]]) if len(steps)
+              else np.zeros(0, dtype=np.int64))
+    if len(starts) == len(steps):
+        return RecordBatch(steps.astype(np.int64), batch.keys, values)
+    ends = np.r_[starts[1:], len(steps)]
+    merged = values[starts]
+    with np.errstate(invalid="ignore"):
+        for g in np.flatnonzero(ends - starts > 1):
+            merged[g] = np.fmax.reduce(values[starts[g]:ends[g]], axis=0)
+    return RecordBatch(steps[starts].astype(np.int64), batch.keys, merged)
+
+
+def train(cfg: RunConfig, data: Dataset | None = None) -> tuple[RecordBatch, Outcome]:
+    """Run ``cfg`` to the end: all its records as one batch, and how it ended."""
+    trainer = Trainer(cfg, data)
+    batches = list(trainer.batches(flush_seconds=float("inf")))
+    return _merge_steps(RecordBatch.concat(batches)), trainer.outcome

@@ -1,0 +1,136 @@
+"""The Compare page's live view: progress, pause/resume/cancel and the charts of
+:data:`normlab.views.compareview.CHART_GROUPS`, polled from the store by an ``st.fragment`` while runs
+train; finished comparisons' frames and charts are cached by run statuses.
+"""
+from __future__ import annotations
+
+import streamlit as st
+
+from normlab.views import compareview as views
+from normlab.runs.store import NotFound
+from normlab.views.urlstate import View
+from normlab.ui.common import PAGE_WIDTH, POLL_SECONDS, get_store
+
+
+def live_runs(key: str, ids: list[str], view: View) -> None:
+    """Progress, controls and charts of runs ``ids`` (``key`` names them: a comparison id);
+    polls the store every POLL_SECONDS while any run is unfinished, then stops."""
+    try:
+        live = not views.finished(get_store().runs(ids=ids))
+    except NotFound:
+        st.error("These runs do not exist any more (deleted?). Pick another comparison.")
+        return
+
+    @st.fragment(run_every=POLL_SECONDS if live else None)
+    def _live() -> None:
+        try:
+            runs = get_store().runs(ids=ids)
+        except NotFound:
+            st.warning("Some of these runs were deleted while they were shown; pick again.")
+            return
+        _progress(key, runs)
+        _charts(key, runs, view)
+        if live and views.finished(runs):
+            st.rerun()  # everything ended: redraw once without polling
+
+    _live()
+
+
+def _progress(key: str, runs) -> None:
+    summary = views.progress_summary(runs)
+    top = st.container(horizontal=True, vertical_alignment="center")
+    table = views.progress_table(get_store(), runs)
+    with st.expander(f"Runs — {len(runs)}: progress, steps/s, ETA, validation accuracy"):
+        picked = st.dataframe(
+            table, key=f"progress_{key}", on_select="rerun", selection_mode="multi-row",
+            hide_index=True, column_order=("method", "seed", "status", "done", "step",
+                                           "steps_per_sec", "eta", "val_acc", "message"),
+            column_config={
+                "done": st.column_config.ProgressColumn("progress", min_value=0, max_value=1),
+                "steps_per_sec": "steps/s", "eta": "ETA", "val_acc": "val acc",
+                "message": "note"})
+        st.caption("Select rows to pause, resume or cancel single runs.")
+    for row in table[table["status"].isin(("failed", "interrupted"))].itertuples():
+        st.warning(f"{row.method} · seed {row.seed} {row.status}: {row.message or 'no reason'}"
+                   " — fix the setup and launch again.")
+    rows = [i for i in (picked.selection.rows if picked else []) if i < len(table)]
+    ids = list(table["run"].iloc[rows]) if rows else list(table["run"])
+    which = f"{len(rows)} selected" if rows else "all"
+    with top:
+        st.progress(summary["fraction"], text=summary["text"], width="stretch")
+        for action, icon in (("pause", ":material/pause:"), ("resume", ":material/play_arrow:"),
+                             ("cancel", ":material/stop:")):
+            if st.button(f"{action.capitalize()} {which}", icon=icon, key=f"{action}_{key}",
+                         disabled=summary["finished"]):
+                changed = sum(len(get_store().request(i, action)) for i in ids)
+                st.toast(f"{action.capitalize()}: {changed} run(s)." if changed
+                         else f"Nothing to {action}.")
+
+
+@st.cache_data(max_entries=24, show_spinner=False)
+def _frame(path: str, cid: str, sig: tuple, metrics, sites, every: int):
+    """A finished comparison's frame (``sig`` changes when a run does)."""
+    return views.comparison_frame(get_store(), [s[0] for s in sig], metrics, sites,
+                                  every=every)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _chart(path: str, cid: str, sig: tuple, spec_key: str, view: View, n_seeds: int,
+           width: int, metrics, sites, every: int):
+    """A finished comparison's chart, rebuilt only when its own options change."""
+    frame = _frame(path, cid, sig, metrics, sites, every)
+    return _build(frame, spec_key, view, n_seeds, width)
+
+
+def _build(frame, spec_key: str, view: View, n_seeds: int, width: int):
+    return views.build_chart(frame, views.CHART_SPECS[spec_key], view, n_seeds=n_seeds,
+                             width=width)
+
+
+def _charts(key: str, runs, view: View) -> None:
+    tabs = st.tabs(list(views.CHART_GROUPS), key="chart_group", on_change="rerun")
+    for tab, group in zip(tabs, views.CHART_GROUPS):
+        if tab.open:
+            with tab:
+                _group(key, runs, group, view)
+
+
+def _group(key: str, runs, group: str, view: View) -> None:
+    metrics, sites = views.group_request(group, view)
+    every = views.load_every(int(runs["total_steps"].max() or 1),
+                             min(int(c.get("record_interval", 1)) for c in runs["config"]))
+    sig, n_seeds = views.signature(runs), int(runs["seed"].nunique())
+    done, path = views.finished(runs), str(get_store().path)
+    wide = view.present or view.layout == "side"
+    frame = None if done else views.comparison_frame(get_store(), list(runs["id"]), metrics,
+                                                      sites, every=every)
+    if frame is not None and frame.empty:
+        st.info("Waiting for the first measurements… A run waits in the queue until a "
+                "worker is free; the engine's very first start on a machine also compiles "
+                "the probes (about 10 s, once).")
+        return
+    slots: list = []  # free half-width columns of the current row
+    drawn = 0
+    for spec in views.CHART_GROUPS[group]:
+        own = views.relevant_view(spec, view, n_seeds)
+        try:
+            chart = (_chart(path, key, sig, spec.key, own, n_seeds, PAGE_WIDTH, metrics,
+                            sites, every) if done
+                     else _build(frame, spec.key, own, n_seeds, PAGE_WIDTH))
+        except Exception as exc:  # a chart that cannot be drawn must not break the page
+            st.warning(f"Could not draw “{spec.title}”: {exc}")
+            continue
+        if chart is None:
+            continue
+        drawn += 1
+        if wide or spec.per_layer:  # full width; facets keep their own panel size
+            slots = []
+            faceted = spec.per_layer or view.layout == "side"
+            st.altair_chart(chart, width="content" if faceted else "stretch")
+        else:
+            slots = slots or list(st.columns(2))
+            with slots.pop(0):
+                st.altair_chart(chart, width="stretch")
+    if not drawn:
+        st.info("Nothing measured for these charts: the runs ended before their first "
+                "record (see the notes in the Runs table above).")

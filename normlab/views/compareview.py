@@ -1,0 +1,392 @@
+"""What the dashboard pages show, computed without Streamlit: tables, frames, chart choices.
+
+Pages stay thin: they draw widgets and call these functions. Everything here works from a
+Python shell or a test.
+
+* :func:`methods_table` — the norm registry (:data:`normlab.methods.registry.NORMS`) as the Home
+  page's table; :data:`FRAMEWORK_LATEX` the formula every method is a choice in.
+* :data:`QUICK_START` / :func:`launch` — the one-click comparison, and submitting a form
+  (method × seed on one config, named by :func:`comparison_name`, through
+  :func:`normlab.runs.comparisons.submit`); :func:`form_errors` gives one message per form field
+  (config.errors and compare.check, norm problems reported on ``methods``).
+* :func:`progress_table` / :func:`progress_summary` — per run and overall: status,
+  step/total, steps/s, ETA, last validation accuracy.
+* :func:`comparison_frame` — tidy metrics of some runs joined with method/seed/label
+  (:func:`normlab.views.frames.with_methods`), loading only what a chart needs, thinned with
+  ``every=`` (:func:`load_every`) for long runs.
+* :data:`CHART_GROUPS` / :func:`build_chart` — the Compare page's charts, each drawn by
+  one builder of :mod:`normlab.views.charts` / :mod:`normlab.views.layercharts`; :func:`fit` sizes
+  small multiples to the page and enlarges them for presenter mode.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import altair as alt
+import pandas as pd
+
+from normlab.training.config import ConfigError, RunConfig
+from normlab.views.frames import with_methods
+from normlab.runs.store import FINISHED, NotFound, Store
+from normlab.views.urlstate import View, default_methods
+
+FRAMEWORK_LATEX = r"h = f\!\left(g \cdot \frac{x - \mu}{\sigma} + b\right)"
+
+# The quick start: sigmoid MLP on digits with plain SGD, where normalization decides
+# whether the net learns at all within a few hundred steps (no norm and WeightNorm stay
+# near chance; BatchNorm, LayerNorm, ... reach ~95%). record_interval 5 keeps every run
+# at ~200 steps/s on one core.
+QUICK_START = RunConfig(dataset="digits", model="mlp", depth=3, width=100,
+                        activation="sigmoid", optimizer="sgd", lr=0.1, batch_size=64,
+                        steps=500, eval_interval=25, record_interval=5)
+QUICK_SEEDS = (0,)
+LOAD_POINTS = 2000  # points per series loaded for a chart (builders then draw <= 600)
+
+
+def methods_table() -> pd.DataFrame:
+    """One row per normalization method of the registry, in the framework's terms."""
+    from normlab.methods.specs import NORMS
+
+    rows = [{"method": s.title, "name": s.name, "μ (shift)": s.mu, "σ (scale)": s.sigma,
+             "reduction axes": s.axes, "learnable": s.learnable, "train vs eval": s.train_eval,
+             "applies to": ", ".join(s.models).upper(), "paper": s.paper}
+            for s in NORMS.values()]
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------- form and launch
+def configs_for(config: RunConfig, methods: Iterable[str], seeds: Iterable[int]
+                ) -> list[RunConfig]:
+    """The grid method × seed on ``config`` (methods vary slowest, as on the charts)."""
+    return [config.replace(norm=m, seed=int(s)) for m in methods for s in seeds]
+
+
+def form_errors(config: RunConfig, methods: Iterable[str], seeds: Iterable[int]
+                ) -> dict[str, str]:
+    """Field → message for everything that would stop a launch (empty: ready to run).
+
+    Problems of the norm field are reported on ``methods``, naming each method concerned.
+    """
+    from normlab.runs.comparisons import check  # lazy: sizes datasets (imports torch)
+
+    methods, seeds = list(methods), list(seeds)
+    out: dict[str, str] = {}
+    if not methods:
+        out["methods"] = "pick at least one method"
+    if not seeds:
+        out["seeds"] = "give at least one seed, e.g. 0"
+    by_method: dict[str, str] = {}
+    for method in methods or [default_methods(config.model)[0]]:
+        try:
+            check([config.replace(norm=method, seed=int(s)) for s in seeds or [0]])
+        except ConfigError as exc:
+            for name, msg in exc.errors.items():
+                if name == "norm":
+                    by_method.setdefault(method, msg)
+                else:
+                    out.setdefault(name, msg)
+    if by_method:
+        out["methods"] = "; ".join(by_method.values())
+    return out
+
+
+def comparison_name(config: RunConfig, methods: Iterable[str], seeds: Iterable[int]) -> str:
+    """A readable name: 'digits · MLP 3×100 sigmoid · sgd lr 0.1 · 9 methods × 1 seed'."""
+    methods, seeds = list(methods), list(seeds)
+    what = ", ".join(methods) if len(methods) <= 3 else f"{len(methods)} methods"
+    return (f"{config.dataset} · {config.model.upper()} {config.depth}×{config.width} "
+            f"{config.activation} · {config.optimizer} lr {config.lr:g} · {config.steps} steps"
+            f" · {what} × {len(seeds)} seed{'s' * (len(seeds) != 1)}")
+
+
+def launch(store: Store, config: RunConfig, methods: Iterable[str], seeds: Iterable[int],
+           name: str | None = None) -> tuple[str | None, dict[str, str]]:
+    """Submit method × seed on ``config``: (comparison id, {}) or (None, field errors)."""
+    from normlab.runs.comparisons import submit
+
+    methods, seeds = list(methods), [int(s) for s in seeds]
+    errors = form_errors(config, methods, seeds)
+    if errors:
+        return None, errors
+    try:
+        cid, _ = submit(configs_for(config, methods, seeds), base=config,
+                        name=name or comparison_name(config, methods, seeds),
+                        grid={"norm": methods, "seed": seeds}, store=store)
+    except ConfigError as exc:
+        return None, dict(exc.errors)
+    return cid, {}
+
+
+# ------------------------------------------------------------------------- progress
+def finished(runs: pd.DataFrame) -> bool:
+    """Whether every run of ``runs`` has ended (True for no runs)."""
+    return bool(runs["status"].isin(FINISHED).all())
+
+
+def signature(runs: pd.DataFrame) -> tuple:
+    """(id, status, step) per run: changes whenever a run's stored results may have."""
+    return tuple(zip(runs["id"], runs["status"], runs["step"].fillna(0).astype(int)))
+
+
+def _eta(row) -> str:
+    if row.status in FINISHED:
+        return "—"
+    if row.status == "queued":
+        return "waiting for a worker"
+    if row.status == "paused" or not row.steps_per_sec:
+        return "paused" if row.status == "paused" else "starting"
+    left = max(0, row.total - row.step) / row.steps_per_sec
+    return f"{left:.0f} s" if left < 120 else f"{left / 60:.1f} min"
+
+
+def progress_table(store: Store, runs: pd.DataFrame | Iterable[str]) -> pd.DataFrame:
+    """Per run (``Store.runs(...)`` rows, or run ids): method, seed, status, done (0..1),
+    step, total, steps/s, ETA, the last validation accuracy and the error message."""
+    if not isinstance(runs, pd.DataFrame):
+        runs = store.runs(ids=list(runs))
+    total = runs["total_steps"].fillna(0).astype(int)
+    step = runs["step"].fillna(0).astype(int)
+    out = pd.DataFrame({
+        "run": runs["id"], "method": runs["norm"], "seed": runs["seed"],
+        "status": runs["status"], "done": (step / total.where(total > 0, 1)).clip(0, 1),
+        "step": step, "total": total,
+        "steps_per_sec": runs["steps_per_sec"].where(runs["status"].isin(("running", "paused"))),
+    }).reset_index(drop=True)
+    out["eta"] = [_eta(r) for r in out.itertuples()]
+    acc = store.metrics(list(out["run"]), metrics=["acc"], sites=["val"]) if len(out) else None
+    last = (acc.sort_values("step").groupby("run", observed=True)["value"].last()
+            if acc is not None and len(acc) else pd.Series(dtype=float))
+    out["val_acc"] = [f"{v:.3f}" if pd.notna(v) else "" for v in out["run"].map(last)]
+    out["steps_per_sec"] = [f"{v:.0f}" if pd.notna(v) else "" for v in out["steps_per_sec"]]
+    out["message"] = runs["error"].fillna("").to_numpy()
+    return out
+
+
+def progress_summary(runs: pd.DataFrame) -> dict:
+    """Overall progress of some runs: fraction of steps done, a one-line text, finished."""
+    total = runs["total_steps"].fillna(0).astype(float)
+    step = runs["step"].fillna(0).astype(float).clip(upper=total)
+    status = runs["status"]
+    done_runs = status.isin(FINISHED)
+    step = step.where(~done_runs, total)  # a cancelled or diverged run counts as complete
+    fraction = float(step.sum() / total.sum()) if total.sum() > 0 else 1.0
+    n = len(runs)
+    parts = [f"{int(done_runs.sum())} of {n} runs finished"]
+    for s in ("running", "paused", "queued"):
+        if (count := int((status == s).sum())):
+            parts.append(f"{count} {s}")
+    if (status == "queued").any() and not status.isin(("running", "paused")).any():
+        parts.append("waiting for a worker")
+    speed = runs["steps_per_sec"].where(status == "running").sum()
+    if not done_runs.all() and speed > 0:
+        left = float((total - step).sum()) / speed
+        parts.append(f"about {left:.0f} s left" if left < 120
+                     else f"about {left / 60:.0f} min left")
+    for s in ("diverged", "failed", "cancelled", "interrupted"):
+        if (count := int((status == s).sum())):
+            parts.append(f"{count} {s}")
+    return {"fraction": min(1.0, max(0.0, fraction)), "text": " · ".join(parts),
+            "finished": bool(done_runs.all())}
+
+
+def run_label(runs: pd.DataFrame) -> dict[str, str]:
+    """Run id → 'method · seed N' (the seed only when the comparison has several)."""
+    several = runs["seed"].nunique() > 1
+    return {r.id: f"{r.norm} · seed {r.seed}" if several else str(r.norm)
+            for r in runs.itertuples()}
+
+
+def comparison_choices(store: Store) -> dict[str, str]:
+    """Comparison id → 'name (N runs, age)' for a picker, newest first."""
+    table = store.comparisons()
+    now = time.time()
+
+    def age(t: float) -> str:
+        s = max(0.0, now - t)
+        return (f"{s:.0f} s ago" if s < 90 else f"{s / 60:.0f} min ago" if s < 5400
+                else f"{s / 3600:.0f} h ago" if s < 172800 else f"{s / 86400:.0f} days ago")
+
+    return {r.id: f"{r.name} — {r.n_runs} runs, {age(r.created_at)} ({r.id})"
+            for r in table.itertuples()}
+
+
+# --------------------------------------------------------------------------- frames
+def load_every(total_steps: int, record_interval: int = 1, points: int = LOAD_POINTS) -> int:
+    """The ``every=`` that loads at most ~``points`` steps per series: a multiple of the
+    record interval, so thinned steps are ones that were measured."""
+    ri = max(1, int(record_interval))
+    k = max(1, math.ceil(max(1, int(total_steps)) / points))
+    return ri * math.ceil(k / ri) if k > 1 else 1
+
+
+def comparison_frame(store: Store, run_ids: Iterable[str], metrics=None, sites=None,
+                     layers=None, every: int | None = None) -> pd.DataFrame:
+    """Tidy metric rows of ``run_ids`` with ``method``, ``seed`` and ``label`` joined on.
+
+    Only the asked ``metrics``/``sites``/``layers`` are read. ``every`` thins every site
+    but ``val`` (validation points are sparse already). Unknown run ids raise NotFound.
+    """
+    ids = list(dict.fromkeys(run_ids))
+    runs = store.runs(ids=ids) if ids else store.runs().iloc[:0]
+    sites = None if sites is None else ([sites] if isinstance(sites, str) else list(sites))
+    thin = every if every and every > 1 else None
+    if thin and (sites is None or "val" in sites):
+        dense = store.metrics(ids, metrics=metrics, sites=["val"], layers=layers)
+        rest = None if sites is None else [s for s in sites if s != "val"]
+        parts = [dense]
+        if rest is None or rest:
+            other = store.metrics(ids, metrics=metrics, sites=rest, layers=layers, every=thin)
+            parts.append(other[other["site"] != "val"] if rest is None else other)
+        frame = pd.concat(parts, ignore_index=True)
+        frame["run"] = pd.Categorical(frame["run"].astype(str), categories=ids)
+    else:
+        frame = store.metrics(ids, metrics=metrics, sites=sites, layers=layers, every=thin)
+    return _join_methods(frame, runs)
+
+
+def _join_methods(frame: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """with_methods, computed once per run rather than once per row (same result)."""
+    run = frame["run"].astype("category")
+    present = [str(c) for c in run.cat.categories]
+    info = with_methods(pd.DataFrame({"run": present}), runs).set_index("run")
+    info = info.reindex(present)
+    codes = run.cat.codes.to_numpy()
+    keep = codes >= 0
+    keep &= info["method"].notna().to_numpy()[codes.clip(0)]
+    out = frame.loc[keep].reset_index(drop=True)
+    codes = codes[keep]
+    for col in ("method", "label"):  # categoricals: no string per row to build
+        per_run, names = pd.factorize(info[col].astype(str).to_numpy())
+        out[col] = pd.Categorical.from_codes(per_run[codes], categories=list(names))
+    out["seed"] = info["seed"].to_numpy()[codes].astype("int64")
+    return out
+
+
+# --------------------------------------------------------------------------- charts
+@dataclass(frozen=True)
+class ChartSpec:
+    key: str  # stable id (widget keys, cache keys)
+    title: str
+    metric: str  # metric name; "saturation" picks saturated or dead, whichever exists
+    site: str  # a schema site; "site" means the site chosen in the view options
+    per_layer: bool = False  # layer_chart (one panel per layer) instead of metric_chart
+    loggable: bool = False  # follows the log-scale toggle
+
+
+CHART_GROUPS: dict[str, tuple[ChartSpec, ...]] = {
+    "Loss & accuracy": (
+        ChartSpec("train_loss", "Training loss", "loss", "train", loggable=True),
+        ChartSpec("val_loss", "Validation loss", "loss", "val", loggable=True),
+        ChartSpec("train_acc", "Training accuracy (batch)", "acc", "train"),
+        ChartSpec("val_acc", "Validation accuracy", "acc", "val"),
+    ),
+    "Gradients": (
+        ChartSpec("grad_norm", "Global gradient norm", "grad_norm", "train", loggable=True),
+        ChartSpec("layer_grad", "Gradient norm per layer", "grad_norm", "param",
+                  per_layer=True, loggable=True),
+    ),
+    "Activations": (
+        ChartSpec("act_mean", "Activation mean per layer", "mean", "site", per_layer=True),
+        ChartSpec("act_var", "Activation variance per layer", "var", "site", per_layer=True,
+                  loggable=True),
+        ChartSpec("saturation", "Saturated (sigmoid/tanh) or dead (ReLU/GELU) units",
+                  "saturation", "post_act", per_layer=True),
+    ),
+}
+
+
+CHART_SPECS: dict[str, ChartSpec] = {s.key: s for g in CHART_GROUPS.values() for s in g}
+
+
+def relevant_view(spec: ChartSpec, view: View, n_seeds: int) -> View:
+    """``view`` with the options ``spec``'s chart ignores set to defaults, so a cached
+    chart is reused when only those change."""
+    return View(layout=view.layout, log=view.log and spec.loggable, smooth=view.smooth,
+                band=view.band if n_seeds > 1 else "none",
+                site=view.site if spec.site == "site" else "post_act", present=view.present)
+
+
+def group_request(group: str, view: View) -> tuple[list[str], list[str]]:
+    """(metrics, sites) a chart group needs from the store."""
+    metrics, sites = set(), set()
+    for spec in CHART_GROUPS[group]:
+        metrics.update(("saturated", "dead") if spec.metric == "saturation" else (spec.metric,))
+        sites.add(view.site if spec.site == "site" else spec.site)
+    return sorted(metrics), sorted(sites)
+
+
+PANEL_MIN = 90  # narrowest small multiple, px
+POINT_BUDGET = 3000  # points drawn per chart (spread over its series), keeps redraws fast
+MIN_POINTS = 120  # ... but never fewer than this per series
+BESIDE_PANELS = 250  # y axis, row headers and legend beside a grid of panels, px
+PRESENTER_SCALE = 1.4  # presenter mode: panels and fonts this much larger
+
+
+def build_chart(frame: pd.DataFrame, spec: ChartSpec, view: View, *, n_seeds: int = 1,
+                width: int = 1100):
+    """The chart of ``spec`` over ``frame`` with the view options, or None without data.
+
+    Small multiples are sized so that their grid fits ``width`` pixels (the page's width
+    is not known to Python: pass what the layout leaves); presenter mode enlarges panels
+    and fonts.
+    """
+    from normlab.views.charts import metric_chart
+    from normlab.views.layercharts import layer_chart
+
+    site = view.site if spec.site == "site" else spec.site
+    metric = spec.metric
+    if metric == "saturation":
+        found = frame.loc[frame["site"] == site, "metric"].astype(str).unique()
+        metric = "saturated" if "saturated" in found else "dead"
+    rows = frame[(frame["metric"] == metric) & (frame["site"] == site)]
+    if rows.empty:
+        return None
+    n_labels, n_layers = rows["label"].nunique(), rows["layer"].nunique()
+    if spec.per_layer:
+        columns = n_labels if view.layout == "side" else min(n_layers, 3)
+    else:
+        columns = min(n_labels, 4) if view.layout == "side" else 1
+    band = None if view.band == "none" or n_seeds < 2 else view.band
+    title = spec.title if spec.site != "site" else f"{spec.title} ({site})"
+    builder = layer_chart if spec.per_layer else metric_chart
+    # a point budget per chart: the browser draws every point (line + hover targets)
+    per_series = POINT_BUDGET // max(1, n_labels * n_layers)
+    chart = builder(rows, metric, site, title=title, layout=view.layout,
+                    log=view.log and spec.loggable, band=band, smoothing=view.smooth,
+                    columns=None if spec.per_layer and view.layout == "side" else columns,
+                    max_points=int(min(600, max(MIN_POINTS, per_series))))
+    return fit(chart, columns, width, PRESENTER_SCALE if view.present else 1.0)
+
+
+def fit(chart, columns: int, width: int, scale: float = 1.0):
+    """``chart`` (a builder's output) with its panels scaled by ``scale`` but narrowed so
+    that ``columns`` of them fit in ``width`` px; larger fonts when ``scale`` > 1."""
+    inner = chart.spec if isinstance(chart, alt.FacetChart) else chart
+    w, h = getattr(inner, "width", None), getattr(inner, "height", None)
+    if isinstance(w, (int, float)) and isinstance(h, (int, float)):
+        if isinstance(chart, alt.FacetChart):
+            room = (width - BESIDE_PANELS * scale) / max(1, columns) - 16
+            new_w = max(PANEL_MIN, min(w * scale, room))
+            inner.width = int(new_w)
+            inner.height = int(h * scale * max(0.7, min(1.0, new_w / (w * scale))))
+        else:
+            inner.height = int(h * scale)
+    if scale <= 1.0:
+        return chart
+    f = lambda size: round(size * scale)  # noqa: E731
+    return (chart.configure_axis(labelFontSize=f(12), titleFontSize=f(13), grid=True)
+            .configure_legend(labelFontSize=f(12), titleFontSize=f(13),
+                              symbolStrokeWidth=4, labelLimit=320)
+            .configure_header(labelFontSize=f(13), titleFontSize=f(13))
+            .configure_title(fontSize=f(16), anchor="start"))
+
+
+def comparison_record(store: Store, cid: str) -> dict | None:
+    """The stored comparison, or None if there is no such id."""
+    try:
+        return store.comparison(cid)
+    except NotFound:
+        return None

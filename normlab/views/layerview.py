@@ -1,0 +1,256 @@
+"""What the Layer dynamics view shows, without Streamlit: which runs, which metrics, which
+histogram range.
+
+* :func:`resolve_selection` — the runs named by a ``?comparison=`` / ``?runs=`` query (the
+  Compare, Runs and Layer pages link to each other with it), with one readable message per
+  unknown or malformed id; :func:`url_params` writes a selection back as such a query.
+* :func:`load_site` — the tidy rows of one activation site for the chosen runs, only the
+  metrics asked for (p15/p50/p85 or hist_00..hist_31, see :mod:`normlab.measure.schema`), with
+  ``method``/``seed``/``label`` from :func:`normlab.views.frames.with_methods`.
+* :func:`hist_activation` — histogram bins at ``post_act`` depend on the activation
+  (:func:`normlab.measure.schema.hist_edges`): runs with another activation than the first
+  cannot share the histogram axis, so they are set aside with a message.
+* :func:`thin_every` and :func:`default_layers` keep big runs and deep models readable;
+  :func:`bulk_range` + :func:`zoom` cut a histogram's value axis to where the values are
+  (the fixed bins of :func:`normlab.measure.schema.hist_edges` span e.g. ±8 before the norm, where
+  activations often stay within ±2).
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+from normlab.views.frames import PCT_METRICS, natural_order, with_methods
+from normlab.measure.schema import ACT_SITES, HIST_METRICS, hist_edges
+from normlab.runs.store import NotFound, Store, empty_metrics
+
+SITE_HELP = ("pre_norm: the input of the normalization; post_norm: its output; post_act: "
+             "after the activation function.")
+KINDS = {"percentiles": PCT_METRICS, "histogram": HIST_METRICS}
+MAX_HIST_STEPS = 80  # histogram steps per run for the heatmap: one column each
+UNFINISHED = ("queued", "running", "paused")
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+@dataclass
+class Selection:
+    comparison: str | None = None  # the comparison the runs belong to, if exactly one
+    runs: list[str] = field(default_factory=list)  # run ids, in display order
+    errors: list[str] = field(default_factory=list)  # one message per problem
+
+
+def parse_ids(text: str | None) -> list[str]:
+    """Ids from a comma-separated query value: stripped, empty ones dropped, distinct."""
+    return list(dict.fromkeys(t.strip() for t in str(text or "").split(",") if t.strip()))
+
+
+def resolve_selection(store: Store, comparison: str | None = None,
+                      runs: str | Iterable[str] | None = None) -> Selection:
+    """The runs named by ``?comparison=`` and/or ``?runs=`` (both: their intersection).
+
+    Unknown ids are dropped with a message naming them; with runs only, ``comparison`` is
+    set when they all belong to one comparison.
+    """
+    sel = Selection()
+    wanted = parse_ids(runs) if isinstance(runs, str) or runs is None else list(runs)
+    cid = (comparison or "").strip() or None
+    if cid is not None:
+        try:
+            members = store.comparison(cid)["runs"] if _ID.match(cid) else None
+        except NotFound:
+            members = None
+        if members is None:
+            sel.errors.append(f"No comparison with id “{cid}” in this store (from the page "
+                              "address, ?comparison=…): it may have been deleted or belong to "
+                              "another store. Pick a comparison below, or find it on the Runs "
+                              "page.")
+        elif not members:
+            sel.errors.append(f"Comparison {cid} has no runs left; pick another one below.")
+        else:
+            sel.comparison = cid
+            if not wanted:
+                sel.runs = list(members)
+    if wanted:
+        every_run = store.runs()
+        found = dict(zip(every_run["id"], every_run["comparison_id"]))
+        missing = [r for r in wanted if r not in found]
+        if missing:
+            sel.errors.append(f"No run with id {', '.join('“%s”' % m for m in missing)} in "
+                              "this store (from the page address, ?runs=…): it may have been "
+                              "deleted. The other runs are shown; pick more below or on the "
+                              "Runs page.")
+        ok = [r for r in wanted if r in found]
+        if sel.comparison is not None:
+            outside = [r for r in ok if found[r] != sel.comparison]
+            if outside:
+                sel.errors.append(f"Run(s) {', '.join(outside)} are not in comparison "
+                                  f"{sel.comparison}; they are left out.")
+            ok = [r for r in ok if found[r] == sel.comparison] or list(members)
+        elif ok and len({found[r] for r in ok}) == 1:
+            sel.comparison = found[ok[0]]
+        sel.runs = ok
+    return sel
+
+
+def url_params(comparison: str | None, runs: list[str],
+               members: list[str] | None = None) -> dict[str, str]:
+    """The query naming a selection: ``comparison`` alone when ``runs`` are all of its
+    ``members``, ``comparison`` + ``runs`` for part of one, ``runs`` otherwise."""
+    if comparison and members is not None and list(runs) == list(members):
+        return {"comparison": comparison}
+    out = {"comparison": comparison} if comparison else {}
+    if runs:
+        out["runs"] = ",".join(runs)
+    return out
+
+
+def run_label(run: pd.Series | dict, comparison_name: str | None = None) -> str:
+    """``'batch · seed 0 · <comparison> (r1a2b3c4)'``; the run's own name first if it has one."""
+    name = run.get("name")
+    head = f"“{name}” · " if isinstance(name, str) and name else ""
+    comp = f" · {comparison_name}" if comparison_name else ""
+    return f"{head}{run['norm']} · seed {run['seed']}{comp} ({run['id']})"
+
+
+def load_rows(store: Store, run_ids: Iterable[str], site: str, kind: str, *,
+              layers: Iterable[str] | None = None, every: int | None = None,
+              steps: tuple[int, int] | None = None) -> pd.DataFrame:
+    """Tidy rows of ``site`` for ``run_ids``: only the metrics of ``kind`` ('percentiles':
+    p15/p50/p85, or 'histogram': hist_00..hist_31), optionally only ``layers``, steps
+    divisible by ``every`` and steps in ``steps`` (first, last)."""
+    if site not in ACT_SITES:
+        raise ValueError(f"site {site!r} is not an activation site; use one of "
+                         f"{', '.join(ACT_SITES)}")
+    if kind not in KINDS:
+        raise ValueError(f"kind {kind!r} must be one of {', '.join(KINDS)}")
+    ids = list(run_ids)
+    if not ids:
+        return empty_metrics()
+    return store.metrics(runs=ids, sites=site, metrics=list(KINDS[kind]),
+                         layers=None if layers is None else list(layers), every=every,
+                         steps=steps)
+
+
+def join_methods(rows: pd.DataFrame, runs: pd.DataFrame,
+                 comparison_names: dict[str, str] | None = None) -> pd.DataFrame:
+    """:func:`normlab.views.frames.with_methods`, computed once per run rather than once per row
+    (the same result; histogram frames have ~100k rows per few runs)."""
+    run = rows["run"]
+    if not isinstance(run.dtype, pd.CategoricalDtype):
+        run = run.astype(str).astype("category")
+    present = [str(c) for c in run.cat.categories]
+    info = with_methods(pd.DataFrame({"run": present}), runs,
+                        comparison_names=comparison_names).set_index("run").reindex(present)
+    codes = run.cat.codes.to_numpy()
+    known = info["method"].notna().to_numpy()
+    keep = (codes >= 0) & known[codes]
+    out = rows.loc[keep].reset_index(drop=True)
+    codes = codes[keep]
+    for col in ("method", "seed", "label"):
+        out[col] = info[col].to_numpy()[codes]
+    out["seed"] = out["seed"].astype("int64")
+    return out
+
+
+def load_site(store: Store, runs: pd.DataFrame, site: str, kind: str, *,
+              layers: Iterable[str] | None = None, every: int | None = None,
+              comparison_names: dict[str, str] | None = None) -> pd.DataFrame:
+    """:func:`load_rows` for ``runs`` (a ``store.runs()`` frame) plus method, seed, label."""
+    rows = load_rows(store, runs["id"], site, kind, layers=layers, every=every)
+    return join_methods(rows, runs, comparison_names)
+
+
+def hist_activation(runs: pd.DataFrame, site: str) -> tuple[str | None, list[str], str]:
+    """(activation giving the histogram range, run ids drawn, message about the others).
+
+    Only ``post_act`` depends on the activation; there the runs whose activation differs
+    from the first run's are left out of the histogram charts (their bins differ).
+    """
+    acts = [c.get("activation") if isinstance(c, dict) else None for c in runs["config"]]
+    first = acts[0] if acts else None
+    if site != "post_act" or len(set(acts)) <= 1:
+        return first, list(runs["id"]), ""
+    keep = [r for r, a in zip(runs["id"], acts) if a == first]
+    other = sorted({str(a) for a in acts if a != first})
+    return first, keep, (f"Histograms after the activation use the activation's range, and "
+                         f"these runs use several ({first}, {', '.join(other)}): only the "
+                         f"{len(keep)} {first} run(s) are drawn. Pick runs with one "
+                         "activation, or look at pre_norm / post_norm.")
+
+
+def thin_every(runs: pd.DataFrame, max_steps: int = MAX_HIST_STEPS) -> int | None:
+    """``every`` for loading histograms: at most about ``max_steps`` steps of the longest
+    run, a multiple of every run's record interval (so no run loses all its steps)."""
+    longest = pd.to_numeric(runs["total_steps"], errors="coerce").max()
+    if pd.isna(longest) or longest <= max_steps:
+        return None
+    every = int(-(-longest // max_steps))
+    unit = math.lcm(*(int(c.get("record_interval") or 1) if isinstance(c, dict) else 1
+                      for c in runs["config"]))
+    every = -(-every // unit) * unit
+    return None if every <= 1 else every
+
+
+def step_window(runs: pd.DataFrame, step: int) -> tuple[int, int]:
+    """The steps to load to find each run's measurement nearest ``step`` (what
+    :func:`normlab.views.frames.hist_step_frame` draws): one record interval (the longest of
+    ``runs``) on either side, reaching back to the last step of a run that ended earlier."""
+    width = max([int(c.get("record_interval") or 1) if isinstance(c, dict) else 1
+                 for c in runs["config"]] or [1])
+    taken = pd.to_numeric(runs["step"], errors="coerce")
+    ended = taken[taken > 0]
+    last = int(ended.min()) - 1 if len(ended) else step
+    return max(0, min(step, last) - width), step + width
+
+
+def step_range(rows: pd.DataFrame) -> tuple[int, int, int]:
+    """(first, last, spacing) of the measured steps in ``rows`` (for a step slider)."""
+    steps = np.unique(rows["step"].to_numpy())
+    if len(steps) == 0:
+        return 0, 0, 1
+    gap = int(np.gcd.reduce(np.diff(steps))) if len(steps) > 1 else 1
+    return int(steps[0]), int(steps[-1]), max(gap, 1)
+
+
+def bulk_range(rows: pd.DataFrame, site: str, activation: str | None = None, *,
+               share: float = 0.01) -> tuple[float, float]:
+    """The value range of the histogram bins that hold at least ``share`` of a layer's
+    values at some step (any run, layer or step), widened by one bin on each side and
+    kept within the site's fixed range. The whole range when no bin qualifies."""
+    edges = hist_edges(site, activation)
+    hist = rows[rows["metric"].astype(str).isin(HIST_METRICS)]
+    full = float(edges[0]), float(edges[-1])
+    bins = hist.loc[hist["value"] >= share, "metric"].astype(str).unique()
+    if len(bins) == 0:
+        return full
+    idx = sorted(HIST_METRICS.index(b) for b in bins)
+    lo, hi = max(idx[0] - 1, 0), min(idx[-1] + 1, len(edges) - 2)
+    return float(edges[lo]), float(edges[hi + 1])
+
+
+def zoom(chart, channel: str, lo: float, hi: float):
+    """A copy of a per-layer histogram chart (``hist_heatmap``: channel 'y';
+    ``hist_at_step``: 'x') whose value axis shows only [lo, hi]; marks are clipped."""
+    out = chart.copy(deep=True)
+    for layer in out.spec.layer:
+        enc = getattr(layer.encoding, channel)
+        enc.scale = alt.Scale(domain=[lo, hi], nice=False)
+        mark = layer.mark if isinstance(layer.mark, str) else layer.mark.to_dict()
+        layer.mark = alt.MarkDef(**({"type": mark} if isinstance(mark, str) else mark),
+                                 clip=True)
+    return out
+
+
+def default_layers(layers: Iterable[str], at_most: int = 4) -> list[str]:
+    """All layers when there are few, else ``at_most`` spread from the first to the last."""
+    names = natural_order(layers)
+    if len(names) <= at_most:
+        return names
+    picks = sorted({round(i * (len(names) - 1) / (at_most - 1)) for i in range(at_most)})
+    return [names[i] for i in picks]

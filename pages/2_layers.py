@@ -1,0 +1,104 @@
+"""Layer dynamics: how the distribution of each layer's activations moves during training,
+method by method (the BatchNorm paper's Figure 1 view, and the full histograms)."""
+import streamlit as st
+
+from normlab.views import layercharts, layerview, compareview as views
+from normlab.measure.schema import ACT_SITES, hist_range
+from normlab.runs.store import FINISHED
+from normlab.ui import picker
+from normlab.ui.common import get_store
+from normlab.ui import menu
+
+menu.page_setup(menu.LAYERS)
+
+st.title("Layer dynamics")
+st.markdown("How does the distribution of each layer's activations move during training, "
+            "and does normalization keep it still? Rows are layers, columns are methods; "
+            "panels share their scales. Link here with `?comparison=<id>` or `?runs=<id>,<id>`.")
+
+store = get_store()
+if store.runs().empty:
+    st.info(picker.EMPTY_STORE)
+    st.stop()
+runs, names = picker.pick_runs(store)
+if runs.empty:
+    st.info("Pick a comparison, or one or more runs, to see their layers.")
+    st.stop()
+
+left, mid, right = st.columns([2.2, 1.3, 2.5], vertical_alignment="bottom")
+site = left.segmented_control("Activation site", ACT_SITES, default="pre_norm", key="site",
+                              required=True, bind="query-params", help=layerview.SITE_HELP)
+zoomed = mid.toggle("Zoom histograms to the bulk", True, key="layers_zoom",
+                    help="Show only the value bins that hold at least 1% of a layer's values "
+                         "at some step (the bins cover a fixed range per site).")
+pct = picker.site_rows(store, runs, site, "percentiles", names=names)
+if pct.empty:
+    st.warning(f"No {site} measurements yet for these runs (queued, or failed before the "
+               "first step). Pick finished runs, or wait for these to start.")
+    st.stop()
+all_layers = layerview.natural_order(pct["layer"].astype(str).unique())
+layers = right.multiselect("Layers", all_layers, default=layerview.default_layers(all_layers),
+                           key=f"layers_layers_{'-'.join(all_layers)}")
+if not layers:
+    st.info("Pick at least one layer.")
+    st.stop()
+live = not runs["status"].isin(FINISHED).all()
+PAGE_WIDTH = 1000  # px the small multiples must fit in, all methods side by side
+refresh = 3 if live else None  # unfinished runs: the charts poll the store
+activation, drawn, note = layerview.hist_activation(runs, site)
+if note:
+    st.warning(note)
+hist_runs, every = runs[runs["id"].isin(drawn)], layerview.thin_every(runs)
+hist = picker.site_rows(store, hist_runs, site, "histogram", layers=layers, every=every,
+                        names=names)
+value_range = (layerview.bulk_range(hist, site, activation) if zoomed
+               else hist_range(site, activation))
+
+
+@st.fragment(run_every=refresh)
+def over_time() -> None:
+    rows = picker.site_rows(store, runs, site, "percentiles", names=names) if live else pct
+    st.subheader("Percentiles over training")
+    st.caption("Line: the median (50th percentile); band: 15th to 85th percentile.")
+    chart = views.fit(layercharts.percentile_chart(rows[rows["layer"].isin(layers)], site,
+                                                   title=f"{site}: 15/50/85th percentiles"),
+                      len(runs), PAGE_WIDTH)
+    st.altair_chart(chart, width="content")
+    picker.chart_downloads(chart, f"normlab-percentiles-{site}", key="dl_pct")
+
+    st.subheader("Histogram over time")
+    rows = picker.site_rows(store, hist_runs, site, "histogram", layers=layers, every=every,
+                            names=names) if live else hist
+    if rows.empty:
+        return st.info(f"No {site} histograms recorded for these runs.")
+    st.caption("Each column: the share of values per bin at that step (log colour; blank = "
+               "none). Values %s to %s shown; the end bins of the full range (%s to %s) also "
+               "hold the values beyond it." % (*value_range, *hist_range(site, activation)))
+    heat = layerview.zoom(views.fit(layercharts.hist_heatmap(
+        rows, site, activation=activation, title=f"{site} histogram over time"),
+        len(hist_runs), PAGE_WIDTH), "y", *value_range)
+    st.altair_chart(heat, width="content")
+    picker.chart_downloads(heat, f"normlab-heatmap-{site}", key="dl_heat")
+
+
+@st.fragment(run_every=refresh)
+def at_step() -> None:
+    st.subheader("Histograms at one step")
+    lo, hi, gap = layerview.step_range(pct)
+    a, b = st.columns([4, 1])
+    step = a.slider("Step", lo, hi, hi, gap, key=f"layers_step_{lo}_{hi}") if hi > lo else lo
+    log = b.toggle("Log fraction axis", key="layers_log",
+                   help="Each run is drawn at its measured step nearest to this one.")
+    rows = picker.site_rows(store, hist_runs, site, "histogram", layers=layers,
+                            steps=layerview.step_window(runs, step), names=names)
+    if rows.empty:
+        return st.info(f"No {site} histograms near step {step}.")
+    chart = layerview.zoom(layercharts.hist_at_step(rows, site, int(step),
+                                                    activation=activation, log=log),
+                           "x", *value_range)
+    st.altair_chart(chart, width="content")
+    picker.chart_downloads(chart, f"normlab-histograms-{site}-step{step}", key="dl_step")
+
+
+over_time()
+at_step()
