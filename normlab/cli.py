@@ -128,8 +128,12 @@ def _grid(args: argparse.Namespace) -> tuple[RunConfig, dict[str, list[str]]]:
 def cmd_run(args, store) -> int:
     from normlab.runs.comparisons import expand, submit, wait_for
 
+    from normlab.training.config import warnings
+
     base, grid = _grid(args)
     configs = expand(base, grid)
+    for message in dict.fromkeys(m for c in configs for m in warnings(c).values()):
+        print(f"warning: {message}", file=sys.stderr)
     cid, run_ids = submit(configs, name=args.name, base=base, grid=grid or None, store=store,
                           workers=args.workers)
     print(f"comparison {cid}: {len(run_ids)} run(s) {' '.join(run_ids)}")

@@ -210,6 +210,50 @@ def errors(cfg: RunConfig, train_size: int | None = None) -> dict[str, str]:
     return e
 
 
+# Per-example shapes of the built-in datasets a CNN can use (files: known once loaded).
+KNOWN_SHAPES = {"digits": (1, 8, 8), "mnist1d": (1, 40)}
+
+
+def positions(cfg: RunConfig, input_shape: tuple | None = None) -> list[int] | None:
+    """Spatial positions each normalized layer sees: 1 per MLP layer; for the CNN, the
+    conv output sizes (2× max-pooled after a block while the size is at least 4, as
+    :class:`normlab.training.models.CNN`). None when the input shape is unknown."""
+    if cfg.model != "cnn":
+        return [1] * cfg.depth
+    shape = input_shape or KNOWN_SHAPES.get(cfg.dataset)
+    if shape is None or len(shape) < 2:
+        return None
+    sizes, out = list(shape[1:]), []
+    for _ in range(cfg.depth):
+        out.append(math.prod(sizes))
+        if min(sizes) >= 4:
+            sizes = [s // 2 for s in sizes]
+    return out
+
+
+def warnings(cfg: RunConfig, input_shape: tuple | None = None) -> dict[str, str]:
+    """Field → message for settings that run but give misleading numbers (empty: none).
+
+    ``whiten`` with fewer samples per group (batch × spatial positions, at the layer with
+    the fewest) than features per group: the batch covariance is singular, so the
+    output cannot be decorrelated."""
+    out: dict[str, str] = {}
+    if cfg.norm == "whiten" and cfg.width >= 1 and cfg.batch_size >= 1 and cfg.depth >= 1:
+        size = min(cfg.group_size or largest_divisor(cfg.width, 16), cfg.width)
+        where = positions(cfg, input_shape)
+        if where is not None:
+            samples = cfg.batch_size * min(where)
+            if samples < size:
+                layer = ("every layer" if cfg.model == "mlp" else
+                         f"conv{where.index(min(where)) + 1}")
+                out["batch_size"] = (
+                    f"whiten: {layer} whitens groups of {size} features over only {samples} "
+                    f"samples (batch × spatial positions), so the batch covariance is "
+                    f"singular and the output cannot be decorrelated; use a batch_size of at "
+                    f"least {-(-size // min(where))} or a group_size of at most {samples}")
+    return out
+
+
 def auto_groups(width: int, model: str = "cnn") -> int:
     """GroupNorm's default groups: the largest divisor of ``width`` that is at most 32 (Wu &
     He's default) — and, on an MLP, where a group's only values are its features, that

@@ -8,6 +8,10 @@ closing the generator. :func:`train` runs a config to the end and returns everyt
 Determinism: the data split, the init and the batch order come from the config's seed
 (a private ``torch.Generator`` for batches), and probes never draw random numbers, so the
 same config gives bit-identical metrics in a fresh process, whatever the record interval.
+Bit-identical needs the same number of torch threads too (a reduction split over two
+threads adds in another order: ~15% of values differ at ~1e-6): the engine's workers use
+:data:`THREADS` (1), and so does :func:`train` unless told otherwise, so a run gives the
+same numbers in the engine and in a notebook. :class:`Trainer` uses the process's setting.
 
 Divergence: a non-finite training loss stops the run with status ``diverged`` and the
 message ``diverged at step k``; everything recorded before it is kept.
@@ -19,12 +23,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import math
+import sys
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from normlab.training.config import RunConfig, validate
+from normlab.training.config import RunConfig, validate, warnings as config_warnings
 from normlab.training.data import Dataset, load_dataset
 from normlab.training.models import build_model
 from normlab.measure.probes import SAMPLE, Probe, accuracy
@@ -47,11 +52,15 @@ def make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose sgd, momentum or adam")
 
 
+THREADS = 1  # torch threads of a run: the engine's workers' setting, train()'s default
+
+
 @dataclass
 class Outcome:
     status: str  # "running", "done", "diverged"
     step: int  # optimizer steps taken
     message: str = ""
+    threads: int = 0  # torch threads the run used (train() sets it; 0: not recorded)
 
 
 class Trainer:
@@ -66,6 +75,9 @@ class Trainer:
         self.cfg = cfg
         self.data = data if data is not None else load_for(cfg)
         validate(cfg, train_size=len(self.data.y_train))
+        self.warnings = config_warnings(cfg, tuple(self.data.input_shape))
+        for field, message in self.warnings.items():  # the engine's log is the worker's stderr
+            print(f"normlab warning ({field}): {message}", file=sys.stderr, flush=True)
         torch.manual_seed(cfg.seed)
         self.x_train = self.data.view(self.data.x_train, cfg.model)
         self.x_val = self.data.view(self.data.x_val, cfg.model)
@@ -168,8 +180,24 @@ def _merge_steps(batch: RecordBatch) -> RecordBatch:
     return RecordBatch(steps[starts].astype(np.int64), batch.keys, merged)
 
 
-def train(cfg: RunConfig, data: Dataset | None = None) -> tuple[RecordBatch, Outcome]:
-    """Run ``cfg`` to the end: all its records as one batch, and how it ended."""
-    trainer = Trainer(cfg, data)
-    batches = list(trainer.batches(flush_seconds=float("inf")))
+def train(cfg: RunConfig, data: Dataset | None = None, *,
+          threads: int | None = THREADS) -> tuple[RecordBatch, Outcome]:
+    """Run ``cfg`` to the end: all its records as one batch, and how it ended.
+
+    ``threads``: torch threads while it trains (default :data:`THREADS`, the engine's, so
+    the numbers are bit-identical to the engine's; None keeps the process's setting). The
+    process's setting is restored afterwards; ``outcome.threads`` records the count used.
+    """
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be a positive integer or None (got {threads!r}); "
+                         f"use {THREADS}, the engine's setting")
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        trainer = Trainer(cfg, data)
+        batches = list(trainer.batches(flush_seconds=float("inf")))
+        trainer.outcome.threads = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
     return _merge_steps(RecordBatch.concat(batches)), trainer.outcome

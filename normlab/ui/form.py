@@ -96,10 +96,13 @@ def config_form() -> tuple[RunConfig, list[str], list[int], dict[str, str]]:
     errors = views.form_errors(config, methods, seeds)
     if seed_problem:
         errors["seeds"] = seed_problem
+    warnings = views.form_warnings(config, methods)
     for row, box in boxes.items():
         for name in row:
             if name in errors:
                 box.error(f"**{_UI.get(name, (name.capitalize(),))[0]}**: {errors[name]}")
+            elif name in warnings:
+                box.warning(f"**{_UI.get(name, (name.capitalize(),))[0]}**: {warnings[name]}")
     shown = {n for row in _ROWS for n in row}
     for name in errors.keys() - shown:  # fields the form does not show
         st.error(f"**{name}**: {errors[name]}")

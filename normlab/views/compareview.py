@@ -93,6 +93,18 @@ def form_errors(config: RunConfig, methods: Iterable[str], seeds: Iterable[int]
     return out
 
 
+def form_warnings(config: RunConfig, methods: Iterable[str]) -> dict[str, str]:
+    """Field → message for settings that run but give misleading numbers
+    (:func:`normlab.training.config.warnings`), for each method of the form."""
+    from normlab.training.config import warnings
+
+    out: dict[str, str] = {}
+    for method in methods:
+        for name, msg in warnings(config.replace(norm=method)).items():
+            out.setdefault(name, msg)
+    return out
+
+
 def comparison_name(config: RunConfig, methods: Iterable[str], seeds: Iterable[int]) -> str:
     """A readable name: 'digits · MLP 3×100 sigmoid · sgd lr 0.1 · 9 methods × 1 seed'."""
     methods, seeds = list(methods), list(seeds)
