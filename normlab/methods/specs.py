@@ -62,7 +62,10 @@ _SPECS = [
     NormSpec("weight", "WeightNorm", "Salimans & Kingma 2016", "0 (optionally the batch mean: "
              "mean-only BatchNorm)", "‖v‖ of each output unit's weight vector",
              "per output unit over its input weights (in; in, kH, kW)", "g per unit, v, bias",
-             "same in train and eval (mean-only BN: running mean in eval)", "weight",
+             "same in train and eval (mean-only BN: running mean in eval); init: "
+             "weight_init='data' (default, the paper's) sets g and b from a first batch so "
+             "each unit starts at mean 0, variance 1; 'plain' sets g = ‖v‖, which computes "
+             "exactly what 'none' computes at the start", "weight",
              summary="w = g · v / ‖v‖: decouples magnitude from direction"),
     NormSpec("cosine", "CosineNorm", "Luo et al. 2017", "0",
              "‖w‖ · ‖x‖ per unit (weights and input patch)",

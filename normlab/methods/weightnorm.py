@@ -6,7 +6,9 @@ norm running over that unit's input axes (``in`` for Linear; ``in/groups, k`` or
 
 * :class:`WeightNorm` (Salimans & Kingma 2016): ``w = g · v / ‖v‖`` with g learnable, so the
   magnitude is a parameter of its own; :class:`MeanOnlyBatchNorm` is the paper's companion
-  that only centres the layer's output.
+  that only centres the layer's output, and :func:`data_dependent_init` the paper's
+  initialization (section 3), without which WeightNorm computes exactly what the plain
+  layer computes at the start of training.
 * :class:`CosineNorm` (Luo et al. 2017, "Cosine Normalization"): the output is
   ``scale · cos(w, x)``, dividing by ‖x‖ as well, so pre-activations are bounded in
   [−scale, scale].
@@ -71,7 +73,8 @@ class WeightNorm(_WrappedLayer):
     Train vs eval: identical.
     Args: layer (nn.Linear, nn.Conv1d or nn.Conv2d; its weight initializes v, its bias is
     kept). Parameters: ``v`` (shape of the layer's weight), ``g`` (out,), initialized to ‖v‖
-    so the wrapped layer first computes exactly what ``layer`` did, and ``bias``.
+    so the wrapped layer first computes exactly what ``layer`` did, and ``bias``;
+    :func:`data_dependent_init` gives the paper's initialization instead.
     Shapes: those of ``layer``.
     Example (invariance): scaling ``v`` by any c > 0 leaves the output unchanged; the output
     equals ``torch.nn.utils.parametrizations.weight_norm(layer)``'s.
@@ -95,6 +98,41 @@ class WeightNorm(_WrappedLayer):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, bias={self.bias is not None}"
+
+
+def data_dependent_init(model: nn.Module, x: Tensor, eps: float = 1e-8) -> int:
+    """Salimans & Kingma 2016, section 3: set each :class:`WeightNorm` layer's ``g`` and
+    ``bias`` from one batch ``x`` so that its output starts at mean 0 and variance 1 per
+    unit; returns how many layers it initialized.
+
+    Layer by layer in forward order (each sees the already-initialized layers below it):
+    ``t = layer(x; w = v / ‖v‖, no bias)``; per output unit, over the batch (and spatial
+    positions for a conv), μ = mean(t) and σ = sqrt(var(t) + eps) (biased variance); then
+    ``g = 1 / σ`` and ``bias = −μ / σ`` (left out if the layer has no bias). ``v`` is
+    unchanged, so the direction keeps its random init. Runs in the model's current mode
+    under no_grad; draws no random numbers.
+    """
+    layers = [m for m in model.modules() if isinstance(m, WeightNorm)]
+
+    def init(module: WeightNorm, inputs, output):
+        x_in = inputs[0]
+        t = module._map(x_in, module.v / module._unit_norm(module.v), None)  # (B, out, *S)
+        dims = (0, *range(2, t.dim()))
+        mean = t.mean(dim=dims)  # (out,)
+        std = torch.sqrt(t.var(dim=dims, unbiased=False) + eps)  # (out,)
+        module.g.copy_(1.0 / std)
+        if module.bias is not None:
+            module.bias.copy_(-mean / std)
+        return module._map(x_in, module.weight, module.bias)  # what the next layer sees
+
+    handles = [m.register_forward_hook(init) for m in layers]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return len(layers)
 
 
 class MeanOnlyBatchNorm(nn.Module):

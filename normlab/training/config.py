@@ -17,6 +17,7 @@ MODELS = ("mlp", "cnn")
 INITS = ("default", "xavier", "kaiming", "normal")
 OPTIMIZERS = ("sgd", "momentum", "adam")
 NORM_POSITIONS = ("before", "after")
+WEIGHT_INITS = ("data", "plain")
 BUILTIN_DATASETS = ("digits", "mnist1d", "spirals", "moons", "circles")
 FILE_DATASET_PREFIXES = ("idx:", "csv:")
 
@@ -58,9 +59,17 @@ class RunConfig:
     eval_interval: int = 100  # validation loss/accuracy every this many steps (and at the end)
     record_interval: int = 1  # probes measure every this many steps
     seed: int = 0  # seeds data split, init and batch order: same config, same numbers
+    # added later (kept last so stored configs stay valid)
+    weight_init: str = "data"  # weight: data (g, b from a first batch, Salimans & Kingma) | plain (g = ‖v‖)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_stored(cls, data: dict[str, Any]) -> "RunConfig":
+        """A config as stored with a run: a field added after the run was stored takes the
+        value the run actually trained with (:data:`STORED_BEFORE`), not today's default."""
+        return cls.from_dict({**STORED_BEFORE, **data})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
@@ -87,6 +96,8 @@ class RunConfig:
 
 
 FIELD_TYPES = {f.name: f.type for f in fields(RunConfig)}
+# What runs stored before a field existed did: WeightNorm runs used the plain init.
+STORED_BEFORE = {"weight_init": "plain"}
 DEFAULTS = RunConfig()
 
 
@@ -155,6 +166,8 @@ def errors(cfg: RunConfig, train_size: int | None = None) -> dict[str, str]:
     need(cfg.init in INITS, "init", f"unknown init {cfg.init!r}; choose one of {', '.join(INITS)}")
     need(cfg.optimizer in OPTIMIZERS, "optimizer",
          f"unknown optimizer {cfg.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    need(cfg.weight_init in WEIGHT_INITS, "weight_init",
+         f"unknown weight_init {cfg.weight_init!r}; choose data (the paper's) or plain")
     need(cfg.norm_position in NORM_POSITIONS, "norm_position",
          f"unknown norm_position {cfg.norm_position!r}; choose before or after")
     spatial = cfg.dataset in ("digits", "mnist1d") or cfg.dataset.startswith("idx:")

@@ -34,6 +34,7 @@ from normlab.training.data import Dataset, load_dataset
 from normlab.training.models import build_model
 from normlab.measure.probes import SAMPLE, Probe, accuracy
 from normlab.measure.schema import RecordBatch
+from normlab.methods.weightnorm import data_dependent_init
 
 
 def load_for(cfg: RunConfig) -> Dataset:
@@ -52,6 +53,7 @@ def make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose sgd, momentum or adam")
 
 
+INIT_EXAMPLES = 256  # examples WeightNorm's data-dependent init computes μ, σ from
 THREADS = 1  # torch threads of a run: the engine's workers' setting, train()'s default
 
 
@@ -82,10 +84,21 @@ class Trainer:
         self.x_train = self.data.view(self.data.x_train, cfg.model)
         self.x_val = self.data.view(self.data.x_val, cfg.model)
         self.model = build_model(cfg, tuple(self.data.input_shape), self.data.num_classes)
+        if cfg.norm == "weight" and cfg.weight_init == "data":
+            data_dependent_init(self.model, self.init_batch())
         self.optimizer = make_optimizer(cfg, self.model.parameters())
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.probe = Probe(self.model, every=cfg.record_interval, sample=probe_sample)
         self.outcome = Outcome("running", 0)
+
+    def init_batch(self) -> torch.Tensor:
+        """The examples WeightNorm's data-dependent init sees: up to INIT_EXAMPLES (at
+        least a batch) training examples, drawn by their own generator from the seed, so
+        the training batches are the same with either init."""
+        n = len(self.data.y_train)
+        take = min(n, max(self.cfg.batch_size, INIT_EXAMPLES))
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.seed))
+        return self.x_train[order[:take]]
 
     def _evaluate(self) -> tuple[float, float]:
         self.model.eval()

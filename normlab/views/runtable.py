@@ -293,11 +293,11 @@ def rerun(store: Store, target: Target, *, start: bool = True) -> tuple[str, lis
     from normlab.training.config import RunConfig
 
     runs = store.runs(ids=list(target.run_ids))
-    configs = [RunConfig.from_dict(c) for c in runs["config"]]
+    configs = [RunConfig.from_stored(c) for c in runs["config"]]
     base = grid = None
     if target.kind == "comparison":
         comp = store.comparison(target.id)
-        base = RunConfig.from_dict(comp["base"]) if comp.get("base") else None
+        base = RunConfig.from_stored(comp["base"]) if comp.get("base") else None
         grid = comp.get("grid")
         name = f"re-run of {comp['name']}"
     elif target.kind == "run":

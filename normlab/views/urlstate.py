@@ -265,7 +265,7 @@ def from_comparison(record: Mapping[str, Any]) -> State:
     base = dict(record.get("base") or {})
     grid = dict(record.get("grid") or {})
     try:
-        config = RunConfig.from_dict(base)
+        config = RunConfig.from_stored(base)
     except (ConfigError, TypeError) as exc:
         config, problems["comparison"] = RunConfig(), f"its stored base config is unusable: {exc}"
     methods = tuple(str(m) for m in grid.get("norm", [config.norm]))
