@@ -137,3 +137,79 @@ def test_stored_configs_without_weight_init_are_the_plain_init_they_trained_with
     assert RunConfig.from_stored(RunConfig(norm="weight").to_dict()).weight_init == "data"
     with pytest.raises(Exception, match="weight_init"):
         train(RunConfig(weight_init="zeros"))
+
+
+# ---- weight-space methods record the weight their map uses -------------------------------
+
+def _weight_space_step(norm: str, after_forward: bool):
+    """One recorded SGD step of a 1-hidden-layer MLP, and the hand computation."""
+    from normlab.measure.probes import Probe
+    from normlab.training.models import build_model
+
+    torch.manual_seed(1)
+    model = build_model(RunConfig(norm=norm, width=6, depth=1, activation="tanh"), (5,), 3)
+    layer = model.hidden1.layer
+    with torch.no_grad():  # g away from ‖v‖, so ‖w‖ differs from ‖(v, g)‖
+        (layer.g if norm == "weight" else layer.scale).mul_(1.7)
+    x, y = torch.randn(16, 5), torch.randint(0, 3, (16,))
+    # the oracle: a plain Linear with the effective weight gets ∂L/∂w by autograd
+    with torch.no_grad():
+        w0 = layer.effective_weight().double().numpy().copy()
+    plain = torch.nn.Linear(5, 6, bias=norm == "weight")
+    with torch.no_grad():
+        plain.weight.copy_(torch.from_numpy(w0))
+        if norm == "weight":
+            plain.bias.copy_(layer.bias)
+    xin = x if norm == "weight" else x / x.norm(dim=1, keepdim=True)  # cosine: ÷ ‖x‖
+    rest = torch.nn.Sequential(model.hidden1.act, model.out)
+    F = torch.nn.functional
+    F.cross_entropy(rest(plain(xin)), y).backward()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    with Probe(model) as probe:
+        probe.arm(0)
+        out = model(x)
+        if after_forward:
+            probe.after_forward()
+        loss = F.cross_entropy(out, y)
+        opt.zero_grad()
+        loss.backward()
+        if not after_forward:
+            probe.after_backward()
+        v_grad = (layer.v if norm == "weight" else layer.weight).grad.double().norm().item()
+        g_grad = (layer.g if norm == "weight" else layer.scale).grad.double().norm().item()
+        opt.step()
+        probe.after_update()
+        got = probe.flush().to_frame().set_index(["layer", "site", "metric"])["value"]
+    with torch.no_grad():
+        w1 = layer.effective_weight().double().numpy()
+    return got, w0, w1, plain.weight.grad.double().numpy(), v_grad, g_grad
+
+
+@pytest.mark.parametrize("after_forward", [True, False])
+@pytest.mark.parametrize("norm", ["weight", "cosine"])
+def test_weight_space_layers_record_the_effective_weight(norm, after_forward):
+    got, w0, w1, w_grad, v_grad, g_grad = _weight_space_step(norm, after_forward)
+    p = got.xs(("hidden1", "param"), level=(0, 1))
+    assert p["weight_norm"] == pytest.approx(np.linalg.norm(w0), rel=1e-6)
+    assert p["update_ratio"] == pytest.approx(np.linalg.norm(w1 - w0) / np.linalg.norm(w0),
+                                              rel=1e-4)
+    assert p["grad_norm"] == pytest.approx(np.linalg.norm(w_grad), rel=1e-5)
+    assert p["grad_norm_v"] == pytest.approx(v_grad, rel=1e-6)
+    assert p["grad_norm_g"] == pytest.approx(g_grad, rel=1e-6)
+    assert p["grad_norm_v"] != pytest.approx(p["grad_norm"], rel=1e-3)  # they are different
+
+
+def test_weightnorm_weight_norm_is_the_closed_form_norm_of_g():
+    """Each row of w = g·v/‖v‖ has norm |g_j|, so ‖w‖ = ‖g‖ — not sqrt(‖v‖² + ‖g‖²)."""
+    from normlab.measure.probes import Probe
+    from normlab.training.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(RunConfig(norm="weight", width=8, depth=1), (5,), 3)
+    g = model.hidden1.layer.g.detach().double().numpy()
+    with Probe(model) as probe:
+        probe.arm(0)
+        model(torch.randn(4, 5)).sum().backward()
+        probe.after_update()
+        got = probe.flush().to_frame().set_index(["layer", "site", "metric"])["value"]
+    assert got["hidden1", "param", "weight_norm"] == pytest.approx(np.linalg.norm(g), rel=1e-6)

@@ -225,12 +225,22 @@ class Probe:
         self._extra_keys: list[tuple[str, str, str]] | None = None
         self._layouts: dict[tuple, _Layout] = {}
         self._all_params = [p for p in model.parameters() if p.requires_grad]
-        self._layer_params = [p for layer in self.layers for p in layer.params]
+        # weight-space layers (WeightNorm, CosineNorm): their weight, update and gradient
+        # are those of the effective weight the map uses; v's and g's gradients go apart
+        self._wrapped = [(i, layer.weight) for i, layer in enumerate(self.layers)
+                         if isinstance(layer.weight, weightnorm._WrappedLayer)]
+        wrapped = dict(self._wrapped)
+        self._layer_params = [p for i, layer in enumerate(self.layers)
+                              for p in (layer.params[:1] if i in wrapped else layer.params)]
         self._layer_sizes = np.array([p.numel() for p in self._layer_params], dtype=np.int64)
         self._param_owner = np.repeat(np.arange(len(self.layers)),
-                                      [len(layer.params) for layer in self.layers])
-        self._layer_in_all = np.array([next(j for j, q in enumerate(self._all_params) if q is p)
-                                       for p in self._layer_params], dtype=np.int64)
+                                      [1 if i in wrapped else len(layer.params)
+                                       for i, layer in enumerate(self.layers)])
+        index = {id(q): j for j, q in enumerate(self._all_params)}
+        self._layer_in_all = np.array([index[id(p)] for p in self._layer_params], dtype=np.int64)
+        self._vg_in_all = np.array([[index.get(id(_direction(m)), -1),
+                                     index.get(id(_magnitude(m)), -1)]
+                                    for _, m in self._wrapped], dtype=np.int64).reshape(-1, 2)
         self._snapshot = np.empty(int(self._layer_sizes.sum()), dtype=np.float32)
         self._copied = False  # this step's weights are in _snapshot, their norms in _weight2
         self._graded = False  # this step's squared gradient norms are in _grad2
@@ -273,6 +283,8 @@ class Probe:
         return self
 
     def __exit__(self, *exc) -> None:
+        for _, module in self._wrapped:
+            module.keep_weight, module.used_weight = False, None
         for undo in reversed(self._undo):
             undo()
         self._undo.clear()
@@ -339,6 +351,8 @@ class Probe:
         self._step = step
         self._armed = step % self.every == 0
         self._copied = self._graded = self._activations_done = False
+        for _, module in self._wrapped:
+            module.keep_weight, module.used_weight = self._armed, None
         return self._armed
 
     def after_forward(self) -> None:
@@ -360,8 +374,8 @@ class Probe:
             return
         grads = self._grads
         grads.update([p.grad for p in self._all_params])
-        weights = (self._weights.update(self._layer_params) if not self._copied
-                   else _NO_TENSORS)
+        held = self._weight_tensors(before=True)  # alive until the kernel has read them
+        weights = self._weights.update(held) if not self._copied else _NO_TENSORS
         kernels.before_step(grads.addresses, grads.sizes, self._grad2, weights,
                             self._weights.sizes, self._snapshot, self._weight2)
         self._copied = self._graded = True
@@ -385,10 +399,12 @@ class Probe:
             grads = _NO_TENSORS
         else:
             grads = self._grads.update([p.grad for p in self._all_params])
-        kernels.parameter_stats(weights.update(self._layer_params), weights.sizes,
-                                self._snapshot, self._copied, grads, self._grads.sizes,
-                                self._grad2, self._weight2, self._layer_in_all,
-                                self._param_owner, row)
+        held = self._weight_tensors(before=False)  # alive until the kernel has read them
+        kernels.parameter_stats(weights.update(held), weights.sizes, self._snapshot, self._copied, grads,
+                                self._grads.sizes, self._grad2, self._weight2,
+                                self._layer_in_all, self._param_owner, row)
+        if self._wrapped:
+            self._wrapped_stats(row)
         extra = extra or {}
         if self._extra_keys is None:
             self._extra_keys = list(extra)
@@ -400,7 +416,8 @@ class Probe:
         captured, keep = self._captured, []
         pointers, shapes = _addresses_and_shapes(captured, keep)
         layout = self._layout(shapes)
-        weights = self._weights.update(self._layer_params) if copy_weights else _NO_TENSORS
+        held = self._weight_tensors(before=True)  # alive until the kernel has read them
+        weights = self._weights.update(held) if copy_weights else _NO_TENSORS
         kernels.after_forward(pointers, layout.shapes, layout.samples, layout.sample_index,
                               self._edge_matrix, self._kinds, self._bounds, _QUANTILES,
                               self._row(), self._act_base, self._saturation_at,
@@ -419,6 +436,35 @@ class Probe:
                 block[:n] = self._block[:n]
             self._block = block
         return self._block[n]
+
+    # -- weight-space layers -----------------------------------------------------------
+    def _weight_tensors(self, before: bool) -> list[torch.Tensor]:
+        """The tensors whose norm and step are the layers' weight norms and updates: the
+        weight parameters, and for a weight-space layer its effective weight — as the
+        forward pass used it (``before``, when it was kept) or as it is now."""
+        if not self._wrapped:
+            return self._layer_params
+        tensors = list(self._layer_params)
+        at = np.searchsorted(self._param_owner, [i for i, _ in self._wrapped])
+        for j, (_, module) in zip(at, self._wrapped):
+            kept = module.used_weight if before else None
+            with torch.no_grad():
+                tensors[j] = (kept.detach() if kept is not None
+                              else module.effective_weight().detach().contiguous())
+        return tensors
+
+    def _wrapped_stats(self, row: np.ndarray) -> None:
+        """Per weight-space layer: the gradient norm of the effective weight (replacing
+        the kernel's) and those of v (direction) and g (magnitude)."""
+        at = len(self._measured_keys()) - len(WRAPPED_METRICS) * len(self._wrapped)
+        for k, ((i, module), (v, g)) in enumerate(zip(self._wrapped, self._vg_in_all)):
+            used = module.used_weight
+            grad = None if used is None else used.grad
+            row[1 + i] = (np.nan if grad is None
+                          else float(torch.linalg.vector_norm(grad, dtype=torch.float64)))
+            row[at + 2 * k] = np.sqrt(self._grad2[v]) if v >= 0 else np.nan
+            row[at + 2 * k + 1] = np.sqrt(self._grad2[g]) if g >= 0 else np.nan
+            module.used_weight = None
 
     # -- activation statistics ---------------------------------------------------------
     def _layout(self, shapes: tuple) -> _Layout:
@@ -452,6 +498,8 @@ class Probe:
         keys += [(self._slots[i][0], "post_act",
                   "saturated" if self._slots[i][2] in ("sigmoid", "tanh") else "dead")
                  for i in self._sat_slots]
+        keys += [(self.layers[i].name, "param", metric) for i, _ in self._wrapped
+                 for metric in WRAPPED_METRICS]
         return keys
 
     def flush(self) -> RecordBatch | None:
@@ -466,6 +514,19 @@ class Probe:
 
 
 _QUANTILES = np.asarray(PERCENTILES, dtype=np.float64) / 100
+WRAPPED_METRICS = ("grad_norm_v", "grad_norm_g")  # weight-space layers, at "param"
+
+
+def _direction(module: nn.Module) -> nn.Parameter:
+    """The direction parameter of a weight-space layer: WeightNorm's v, CosineNorm's weight."""
+    return module.v if isinstance(module, weightnorm.WeightNorm) else module.weight
+
+
+def _magnitude(module: nn.Module) -> torch.Tensor | None:
+    """The magnitude parameter: WeightNorm's g, CosineNorm's scale (None if fixed)."""
+    if isinstance(module, weightnorm.WeightNorm):
+        return module.g
+    return module.scale if isinstance(module.scale, nn.Parameter) else None
 _NO_TENSORS = np.zeros(0, dtype=np.int64)  # no addresses: a kernel skips that part
 
 

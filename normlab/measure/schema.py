@@ -25,9 +25,15 @@ post_act       ``hist_00`` ... ``hist_{HIST_BINS-1}`` (fraction of values per fi
 post_act       ``saturated`` (sigmoid/tanh: fraction of values where the activation's
                derivative is below 5% of its maximum) or ``dead`` (relu/gelu: fraction of
                units that are <= 0 for every example of the batch)
-param          ``grad_norm`` (L2 norm of the gradient of the layer's weight parameters),
-               ``weight_norm`` (their L2 norm), ``update_ratio`` (||Δw|| / ||w|| of the
-               optimizer step taken from there: the effective learning rate)
+param          ``grad_norm`` (L2 norm of the gradient of the loss with respect to the
+               layer's weight w), ``weight_norm`` (||w||), ``update_ratio`` (||Δw|| / ||w||
+               of the optimizer step taken from there: the effective learning rate). For
+               weight-space layers w is the *effective* weight the map uses:
+               WeightNorm's g·v/||v|| (so weight_norm = ||g||), CosineNorm's
+               scale·w/||w|| per unit; ``grad_norm`` is then the gradient with respect to
+               that weight, and ``grad_norm_v`` / ``grad_norm_g`` those of the direction
+               (WeightNorm's v, CosineNorm's weight) and magnitude parameters (WeightNorm's
+               g, CosineNorm's learned scale; absent when the scale is fixed)
 train          ``loss``, ``acc`` (on the training batch), ``grad_norm`` (global, all params)
 val            ``loss``, ``acc`` (whole validation split), every ``eval_interval`` steps
 =============  ==========================================================================

@@ -44,6 +44,20 @@ class _WrappedLayer(nn.Module):
             "stride": layer.stride, "padding": layer.padding, "dilation": layer.dilation,
             "groups": layer.groups}
         self.out_features = layer.weight.shape[0]
+        self.keep_weight = False  # a probe sets it: the next forward keeps its weight
+        self.used_weight: Tensor | None = None  # that weight, its gradient retained
+
+    def effective_weight(self) -> Tensor:
+        """The weight the layer's map is applied with (shape of the layer's weight)."""
+        raise NotImplementedError
+
+    def _used(self, w: Tensor) -> Tensor:
+        """``w``; kept (gradient retained) when a probe asked for it."""
+        if self.keep_weight:
+            if w.requires_grad:
+                w.retain_grad()
+            self.used_weight = w
+        return w
 
     def _map(self, x: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
         return self._func(x, w, bias, **self._conv_args)
@@ -92,9 +106,12 @@ class WeightNorm(_WrappedLayer):
         g = self.g.view((-1,) + (1,) * (self.v.dim() - 1))  # (out, 1, ...)
         return self.v * (g / self._unit_norm(self.v))
 
+    def effective_weight(self) -> Tensor:
+        return self.weight
+
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
-        return self._map(x, self.weight, self.bias)
+        return self._map(x, self._used(self.weight), self.bias)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, bias={self.bias is not None}"
@@ -212,9 +229,13 @@ class CosineNorm(_WrappedLayer):
                               dtype=self.weight.dtype, device=self.weight.device)
             self.register_buffer("_ones", ones, persistent=False)  # (groups, in/groups, *k)
 
+    def effective_weight(self) -> Tensor:
+        """``scale · w / ‖w‖`` per output unit: the weight applied to ``x / ‖x‖``."""
+        return self.weight * (self.scale / self._unit_norm(self.weight, self.eps))
+
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
-        w_hat = self.weight * (self.scale / self._unit_norm(self.weight, self.eps))  # scale·w/‖w‖
+        w_hat = self._used(self.effective_weight())  # scale·w/‖w‖
         y = self._map(x, w_hat, None)  # (B, out) or (B, out, *spatial)
         if self.kind == "Linear":
             return y / torch.sqrt(x.square().sum(dim=-1, keepdim=True) + self.eps)  # ÷ (B, 1)
