@@ -9,10 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from normlab.measure import kernels
-from normlab.measure.probes import _ACT_STATS, accuracy, activation_row, addresses, saturation
-from normlab.measure.schema import hist_edges
+from normlab.measure.probes import (_ACT_STATS, _SLOT_WIDTH, accuracy, activation_row,
+                                    addresses, quantiles_for, saturation)
+from normlab.measure.schema import unit_picks, hist_edges
 
-WIDTH = len(_ACT_STATS)  # mean, var, p15, p50, p85, histogram
+WIDTH = len(_ACT_STATS)  # mean, var, p15, p50, p85, p50_lo, p50_hi, histogram, extras
 
 
 def stats(t: torch.Tensor, sample: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -23,13 +24,19 @@ def stats(t: torch.Tensor, sample: np.ndarray, edges: np.ndarray) -> np.ndarray:
 
 
 def reference(t: torch.Tensor, sample: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """numpy: moments of every value; percentiles, the median's interval (at the
+    quantiles of quantiles_for) and the histogram of the sample; values outside the edges
+    counted apart."""
     x = t.detach().float().contiguous().numpy().ravel()
     s = np.sort(x[sample])
-    inner = np.searchsorted(s, edges[1:-1], side="left")  # bin i is [edge i, edge i+1)
-    hist = np.diff(np.concatenate([[0], inner, [len(s)]])) / len(s)
+    cuts = np.searchsorted(s, edges, side="left")  # bin i is [edge i, edge i+1)
+    hist = np.diff(cuts) / len(s)
+    under, over = cuts[0] / len(s), (len(s) - cuts[-1]) / len(s)
     with np.errstate(invalid="ignore", over="ignore"):
         moments = [x.astype(np.float64).mean(), x.astype(np.float64).var()]
-    return np.concatenate([moments, np.percentile(s.astype(np.float64), [15, 50, 85]), hist])
+    q = quantiles_for(len(s), x.size)
+    return np.concatenate([moments, np.quantile(s.astype(np.float64), q), hist,
+                           [under, over, edges[0], edges[-1]]])
 
 
 values = st.one_of(  # distributions that stress the select: wide, narrow, far outliers, ties
@@ -51,8 +58,10 @@ def test_activation_stats_match_numpy(t, size, site):
     edges = hist_edges(site)
     got, want = stats(t, sample, edges), reference(t, sample, edges)
     np.testing.assert_allclose(got[:2], want[:2], rtol=1e-9, atol=1e-9 * max(1, abs(want[0])))
-    np.testing.assert_allclose(got[2:5], want[2:5], rtol=1e-12, atol=0)  # exact order statistics
-    np.testing.assert_array_equal(got[5:], want[5:])  # the schema's edges are exact in binary
+    np.testing.assert_allclose(got[2:7], want[2:7], rtol=1e-12, atol=0)  # exact order statistics
+    np.testing.assert_array_equal(got[7:], want[7:])  # the schema's edges are exact in binary
+    if size == t.numel():  # every value: no sampling error, the interval is the median
+        assert got[5] == got[6] == got[3]
 
 
 def test_non_finite_values_give_nan_moments_and_numpys_percentiles():
@@ -61,7 +70,7 @@ def test_non_finite_values_give_nan_moments_and_numpys_percentiles():
     sample = np.arange(t.numel())
     got = stats(t, sample, hist_edges("pre_norm"))
     assert np.isnan(got[0]) and np.isnan(got[1])
-    assert np.isnan(got[2:5]).all()  # as numpy: a NaN in the sample makes them NaN
+    assert np.isnan(got[2:7]).all()  # as numpy: a NaN in the sample makes them NaN
     t[0, 0] = 0.0  # inf alone: percentiles of the sorted sample
     got = stats(t, sample, hist_edges("pre_norm"))
     np.testing.assert_allclose(got[2:5], np.percentile(t.numpy().astype(np.float64), [15, 50, 85]),
@@ -74,6 +83,38 @@ def test_not_contiguous_or_not_float32_tensors_are_copied_first():
     sample = np.arange(t.numel())
     np.testing.assert_allclose(stats(t, sample, hist_edges("pre_norm")),
                                reference(t, sample, hist_edges("pre_norm")), rtol=1e-6, atol=1e-7)
+
+
+def test_fitted_edges_count_values_outside_apart_and_never_in_the_end_bins():
+    t = (torch.arange(-160, 161) / 16).reshape(1, -1)  # -10 to 10 by 1/16: exact in binary
+    edges = np.linspace(-2.0, 3.0, 33)
+    got = stats(t, np.arange(t.numel()), edges)
+    want = reference(t, np.arange(t.numel()), edges)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    hist, (under, over, lo, hi) = got[7:39], got[39:43]
+    assert under == 128 / 321 and over == 113 / 321  # below -2; 3 and above
+    assert hist[0] == pytest.approx(hist[1], abs=1 / 321)  # no pile-up at the ends
+    assert (lo, hi) == (-2.0, 3.0) and hist.sum() + under + over == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("shape", [(64, 10), (16, 6, 9), (8, 5, 3, 4)])
+def test_unit_percentiles_are_exact_over_the_batch_and_positions(shape):
+    t = torch.randn(shape, generator=torch.Generator().manual_seed(len(shape))) * 2 + 1
+    row = activation_row(t, np.arange(0, t.numel(), 3), hist_edges("pre_norm"))
+    units = row[WIDTH:_SLOT_WIDTH].reshape(3, 3)  # (unit, percentile)
+    C = shape[1]
+    for k, u in enumerate(unit_picks(C)):
+        values = t[:, u].double().numpy().ravel()  # every example and position of unit u
+        np.testing.assert_allclose(units[k], np.percentile(values, [15, 50, 85]), rtol=1e-6)
+
+
+def test_median_interval_matches_the_normal_approximation_for_a_sample():
+    t = torch.randn(100_000, generator=torch.Generator().manual_seed(0)).reshape(1000, 100)
+    sample = np.sort(np.random.default_rng(0).choice(t.numel(), 6401, replace=False))
+    got = stats(t, sample, hist_edges("pre_norm"))
+    # the median of N(0, 1) from m of N values: standard error 1.2533·sqrt(fpc/m)
+    se = 1.2533 * np.sqrt((1 - 6401 / 100_000) / 6401)
+    assert got[6] - got[5] == pytest.approx(2 * 1.96 * se, rel=0.15)
 
 
 def test_same_input_gives_bit_identical_output():

@@ -76,11 +76,25 @@ def test_activation_stats_match_reference(mlp):
         assert got["hidden1", site, "var"] == pytest.approx(t.var(), rel=1e-5, abs=1e-7)
         for q in (15, 50, 85):
             assert got["hidden1", site, f"p{q}"] == pytest.approx(np.percentile(t, q), abs=1e-6)
-        edges = hist_edges(site, "sigmoid" if site == "post_act" else None)
-        clipped = np.clip(t, edges[0], edges[-1] - 1e-9)
-        ref = np.histogram(clipped, bins=edges)[0] / t.size
+        # the range is fitted to this (first) step: it holds min/max widened by a quarter
+        # of the span each side, bins of a power-of-two width (sigmoid's [0, 1] is fixed)
+        lo, hi = got["hidden1", site, "hist_lo"], got["hidden1", site, "hist_hi"]
+        span = t.max() - t.min()
+        if site == "post_act":
+            assert (lo, hi) == (0.0, 1.0)
+        else:
+            assert lo <= t.min() - 0.25 * span and hi >= t.max() + 0.25 * span
+            assert hi - lo < 4 * 1.5 * span  # at most twice the padded span, plus a bin
+            width = (hi - lo) / HIST_BINS
+            assert np.log2(width) == round(np.log2(width)) and lo / width == round(lo / width)
+        edges = np.linspace(got["hidden1", site, "hist_lo"], got["hidden1", site, "hist_hi"],
+                            HIST_BINS + 1)
+        ref = np.histogram(t, bins=edges)[0] / t.size
         hist = np.array([got["hidden1", site, f"hist_{i:02d}"] for i in range(HIST_BINS)])
         np.testing.assert_allclose(hist, ref, atol=1e-12)
+        assert got["hidden1", site, "hist_under"] == got["hidden1", site, "hist_over"] == 0
+        assert got["hidden1", site, "p50_lo"] == got["hidden1", site, "p50_hi"] == \
+            got["hidden1", site, "p50"]  # every value: no sampling error
     sat_ref = ((seen["act"] * (1 - seen["act"])) < 0.05 * 0.25).double().mean().item()
     assert got["hidden1", "post_act", "saturated"] == pytest.approx(sat_ref)
 

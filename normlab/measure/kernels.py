@@ -24,11 +24,12 @@ Definitions (the contract in :mod:`normlab.measure.schema`):
   statistics as ``numpy.percentile`` does. The sample is bucketed into ``FINE`` buckets
   per histogram bin; a wanted rank's bucket is gathered and sorted (or, if large,
   bucketed again over its own range). Bucketing is monotone, so this is exact;
-* the histogram of the same sample over fixed equal-width edges: value ``v`` falls in
-  bin ``floor((v - low) · bins / (high - low))``, i.e. ``[edge i, edge i+1)`` up to float
-  rounding at an edge (exact for the schema's ranges, whose widths are powers of two,
-  and for the ReLU range's 4.5 with bins of 9/64); the end bins also catch values
-  outside. A tensor holding NaN or inf gets NaN mean/var, and percentiles from its
+* the histogram of the same sample over equal-width edges given per tensor: value ``v``
+  falls in bin ``floor((v - low) · bins / (high - low))``, i.e. ``[edge i, edge i+1)`` up
+  to float rounding at an edge; values below ``low`` and at or above ``high`` are counted
+  apart (the fractions under and over the range), never in the end bins;
+* exact percentiles of a few single units (dimension 1) over every example and position,
+  by sorting that unit's values; A tensor holding NaN or inf gets NaN mean/var, and percentiles from its
   whole sorted sample (NaN if the sample holds a NaN, as numpy's);
 * sigmoid/tanh saturation over every value: the fraction outside ``[low, high]``;
   ReLU/GELU dead units over every value: the fraction of units (dimension 1) that are
@@ -44,7 +45,7 @@ from numba.extending import intrinsic
 
 FINE = 8  # select buckets per histogram bin
 SMALL = 64  # a bucket this small is sorted; a larger one is bucketed again
-UNWANTED = 8  # region of a bucket holding no wanted rank (at most 8 ranks)
+UNWANTED = 64  # region of a bucket holding no wanted rank (at most 64 ranks)
 KIND_NONE, KIND_BOUNDS, KIND_DEAD = 0, 1, 2  # what saturation a slot measures
 
 _jit = njit(cache=True)  # holding the GIL: releasing it costs ~3 µs a call in a training loop
@@ -312,7 +313,8 @@ def _select_within(values, rank, work):
 # -- activations -----------------------------------------------------------------------
 @_jit
 def activation_stats(addresses, shapes, samples, sample_index, edges, kinds, bounds,
-                     quantiles, row, base, saturation_at, work32, work64):
+                     quantiles, units_at, unit_quantiles, row, base, saturation_at, work32,
+                     work64):
     """Statistics of S activation tensors, read in place, written into ``row``.
 
     addresses (S,) int64     data of each float32 contiguous tensor (0: not captured)
@@ -320,9 +322,15 @@ def activation_stats(addresses, shapes, samples, sample_index, edges, kinds, bou
     samples (S, 2) int64     tensor s's sample is sample_index[start:start + length]
     edges (S, BINS + 1)      its histogram's bin edges (equal width)
     kinds (S,), bounds (S, 2)  what saturation to measure (KIND_*), sigmoid/tanh bounds
-    quantiles (P,)           the percentiles as fractions (0.15, 0.5, 0.85)
-    row, base                tensor s's mean, var, P percentiles and BINS histogram
-                             fractions go to row[base + s·(2 + P + BINS) + ...]
+    quantiles (S, Q)         the quantiles of tensor s's sample to report, as fractions
+    units_at (S, U) int64    units (dimension 1) whose values get exact percentiles over
+                             the batch (and positions); -1: none
+    unit_quantiles (PU,)     those percentiles, as fractions
+    row, base                tensor s's mean, var, Q quantiles, BINS histogram fractions
+                             (of the values inside the edges), the fractions below and
+                             above the edges, the low and high edge, then U × PU unit
+                             percentiles go to row[base + s·width + ...]
+                             (width = 2 + Q + BINS + 4 + U·PU)
     saturation_at (S,)       where its saturated/dead fraction goes (-1: not measured)
     work32, work64           scratch (float32, int64), at least :func:`workspace` long
                              (passed in: no allocation per call)
@@ -330,8 +338,10 @@ def activation_stats(addresses, shapes, samples, sample_index, edges, kinds, bou
     S = addresses.shape[0]
     bins = edges.shape[1] - 1
     nb = bins * FINE
-    P = quantiles.shape[0]
-    width = 2 + P + bins
+    P = quantiles.shape[1]
+    U = units_at.shape[1]
+    PU = unit_quantiles.shape[0]
+    width = 2 + P + bins + 4 + U * PU
     m = 1
     for s in range(S):
         m = max(m, samples[s, 1])
@@ -364,20 +374,37 @@ def activation_stats(addresses, shapes, samples, sample_index, edges, kinds, bou
         finite = np.isfinite(s2)
         for j in range(m):
             sample[j] = x[sample_index[first + j]]
-        if finite:  # three simple loops: the middle one vectorizes
+        under = over = 0
+        if finite:  # simple loops: they vectorize
             for j in range(m):
                 f = (np.float64(sample[j]) - low) * scale
                 bucket_of[j] = int(min(max(f, 0.0), nb - 1.0))
+            for j in range(m):
+                f = (np.float64(sample[j]) - low) * scale
+                under += f < 0.0
+                over += f >= nb
         else:  # NaN-safe (NaN goes to bucket 0)
             for j in range(m):
                 bucket_of[j] = _bucket(sample[j], low, scale, nb)
+                f = (np.float64(sample[j]) - low) * scale
+                under += f < 0.0
+                over += f >= nb
         counts[:] = 0
         for j in range(m):
             counts[bucket_of[j]] += 1
         for k in range(bins):
-            out[2 + P + k] = counts[k * FINE:(k + 1) * FINE].sum() / m
+            inside = counts[k * FINE:(k + 1) * FINE].sum()
+            if k == 0:
+                inside -= under  # the end buckets also hold the values outside
+            if k == bins - 1:
+                inside -= over
+            out[2 + P + k] = inside / m
+        out[2 + P + bins] = under / m
+        out[2 + P + bins + 1] = over / m
+        out[2 + P + bins + 2] = edges[s, 0]
+        out[2 + P + bins + 3] = edges[s, bins]
         for p in range(P):  # linear interpolation between order statistics, as numpy
-            position = quantiles[p] * (m - 1)
+            position = quantiles[s, p] * (m - 1)
             ranks[2 * p] = int(np.floor(position))
             ranks[2 * p + 1] = min(ranks[2 * p] + 1, m - 1)
         if finite:
@@ -393,7 +420,26 @@ def activation_stats(addresses, shapes, samples, sample_index, edges, kinds, bou
                 ordered[j] = pick[ranks[j]] if nans == 0 else np.nan
         for p in range(P):
             a, b = ordered[2 * p], ordered[2 * p + 1]
-            out[2 + p] = a + (b - a) * (quantiles[p] * (m - 1) - ranks[2 * p])
+            out[2 + p] = a + (b - a) * (quantiles[s, p] * (m - 1) - ranks[2 * p])
+        at = 2 + P + bins + 4
+        for k in range(U):  # exact percentiles of single units over the batch
+            u = units_at[s, k]
+            if u < 0 or u >= units or not finite or outer * inner > work32.shape[0]:
+                out[at + k * PU:at + (k + 1) * PU] = np.nan
+                continue
+            values = work32[:outer * inner]
+            j = 0
+            for b in range(outer):
+                start = (b * units + u) * inner
+                for i in range(inner):
+                    values[j] = x[start + i]
+                    j += 1
+            _shell_sort(values)
+            for p in range(PU):
+                position = unit_quantiles[p] * (j - 1)
+                r = int(np.floor(position))
+                a, b = np.float64(values[r]), np.float64(values[min(r + 1, j - 1)])
+                out[at + k * PU + p] = a + (b - a) * (position - r)
         if saturation_at[s] >= 0:  # over every value
             row[saturation_at[s]] = _saturation(x, kinds[s], bounds[s, 0], bounds[s, 1],
                                                 outer, units, inner)
@@ -401,19 +447,23 @@ def activation_stats(addresses, shapes, samples, sample_index, edges, kinds, bou
 
 @_jit
 def after_forward(addresses, shapes, samples, sample_index, edges, kinds, bounds, quantiles,
-                  row, base, saturation_at, work32, work64, weight_addresses, weight_sizes,
-                  buffer, weight2):
+                  units_at, unit_quantiles, row, base, saturation_at, work32, work64,
+                  weight_addresses, weight_sizes, buffer, weight2):
     """:func:`activation_stats`, then :func:`copy_weights`: what a probe measures right
     after the forward pass, in one call (the weights are the ones the optimizer is about
     to change, and still in the CPU's cache)."""
     activation_stats(addresses, shapes, samples, sample_index, edges, kinds, bounds,
-                     quantiles, row, base, saturation_at, work32, work64)
+                     quantiles, units_at, unit_quantiles, row, base, saturation_at, work32,
+                     work64)
     copy_weights(weight_addresses, weight_sizes, buffer, weight2)
 
 
-def workspace(sample_size: int, bins: int, percentiles: int) -> tuple[int, int]:
-    """The float32 and int64 scratch lengths :func:`activation_stats` needs."""
-    return 2 * sample_size, sample_size + 2 * bins * FINE + 256 + 5 * (2 * percentiles + 1)
+def workspace(sample_size: int, bins: int, percentiles: int, unit_size: int = 0
+              ) -> tuple[int, int]:
+    """The float32 and int64 scratch lengths :func:`activation_stats` needs (``unit_size``:
+    the most values a single unit holds, for the per-unit percentiles)."""
+    return (max(2 * sample_size, unit_size),
+            sample_size + 2 * bins * FINE + 256 + 5 * (2 * percentiles + 1))
 
 
 @_jit

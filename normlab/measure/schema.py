@@ -19,9 +19,19 @@ Metric names by site:
 site           metrics
 =============  ==========================================================================
 pre_norm,      ``mean``, ``var`` (biased, over every element of the batch's activation),
-post_norm,     ``p15``, ``p50``, ``p85`` (percentiles, the BN paper's Figure 1 view),
-post_act       ``hist_00`` ... ``hist_{HIST_BINS-1}`` (fraction of values per fixed bin,
-               see :func:`hist_edges`; the first and last bins also catch values outside)
+post_norm,     ``p15``, ``p50``, ``p85`` (percentiles of the probe's sample: every value
+post_act       of a tensor of at most ``SAMPLE`` values, else a fixed random sample of
+               that many; the BN paper's Figure 1 view), ``p50_lo``, ``p50_hi`` (the 95%
+               interval of the median's sampling error: the sample's order statistics at
+               ranks m·(0.5 ∓ 1.96·sqrt(0.25·(N−m)/((N−1)·m))) for a sample of m of N
+               values; both equal ``p50`` when every value is used),
+               ``hist_00`` ... ``hist_{HIST_BINS-1}`` (fraction of the sample per bin of
+               equal width from ``hist_lo`` to ``hist_hi``), ``hist_under``,
+               ``hist_over`` (fraction below ``hist_lo`` / at or above ``hist_hi``: counted
+               apart, never in the end bins), ``hist_lo``, ``hist_hi`` (the range: fitted
+               per run and layer at the first recorded step, see :func:`fit_range`; fixed
+               for sigmoid/tanh outputs), ``u{i}_p{q}`` (exact q-th percentile of unit i —
+               feature or channel i — over the batch and positions; units 0, C//2, C−1)
 post_act       ``saturated`` (sigmoid/tanh: fraction of values where the activation's
                derivative is below 5% of its maximum) or ``dead`` (relu/gelu: fraction of
                units that are <= 0 for every example of the batch)
@@ -53,7 +63,8 @@ ACT_SITES = ("pre_norm", "post_norm", "post_act")
 MODEL_LAYER = "model"
 PERCENTILES = (15, 50, 85)
 HIST_BINS = 32
-HIST_RANGES = {  # fixed histogram range per site; values outside fall in the end bins
+HIST_RANGES = {  # runs stored before fitted ranges: the fixed range per site (their end
+    # bins also hold the values outside)
     "pre_norm": (-8.0, 8.0),
     "post_norm": (-4.0, 4.0),
     "post_act": (-4.0, 4.0),
@@ -65,6 +76,10 @@ ACT_HIST_RANGES = {  # post_act range by activation, where it is known
     "gelu": (-0.5, 4.0),
 }
 HIST_METRICS = tuple(f"hist_{i:02d}" for i in range(HIST_BINS))
+HIST_EXTRA = ("hist_under", "hist_over", "hist_lo", "hist_hi")  # overflow and the range
+MEDIAN_CI = ("p50_lo", "p50_hi")  # 95% sampling interval of the median
+UNIT_PERCENTILES = PERCENTILES  # exact percentiles of single units
+FIT_MARGIN = 0.25  # fit_range widens the first step's span by this much on each side
 DEFAULT_METRICS = ("loss", "acc", "grad_norm")  # what the loss/accuracy charts load
 
 
@@ -73,6 +88,41 @@ def hist_range(site: str, activation: str | None = None) -> tuple[float, float]:
     if site == "post_act" and activation in ACT_HIST_RANGES:
         return ACT_HIST_RANGES[activation]
     return HIST_RANGES[site]
+
+
+def unit_metric(unit: int, q: int) -> str:
+    """The metric name of unit ``unit``'s ``q``-th percentile: ``u7_p50``."""
+    return f"u{unit}_p{q}"
+
+
+def unit_picks(units: int) -> list[int]:
+    """The fixed units whose exact percentiles are recorded: the first, middle and last."""
+    return sorted({0, units // 2, units - 1}) if units >= 1 else []
+
+
+def fit_range(low: float, high: float, site: str,
+              activation: str | None = None) -> tuple[float, float]:
+    """The histogram range of a run's layer, from the values (``low`` .. ``high``) of its
+    first recorded step: widened by ``FIT_MARGIN`` of the span on each side (room to
+    move; ReLU/GELU outputs, never far below 0, get only 5% below), then rounded out so
+    that the bin width is a power of two and the edges are multiples of it: edges exact
+    in binary, so a value on an edge falls in the bin above it, as numpy's. Sigmoid/tanh
+    outputs keep their bounded range."""
+    if site == "post_act" and activation in ("sigmoid", "tanh"):
+        return ACT_HIST_RANGES[activation]
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return hist_range(site, activation)
+    span = high - low
+    if span <= 0:
+        span = max(abs(high), 1.0)
+    below = 0.05 if site == "post_act" and activation in ("relu", "gelu") else FIT_MARGIN
+    lo, hi = low - below * span, high + FIT_MARGIN * span
+    width = 2.0 ** np.ceil(np.log2((hi - lo) / HIST_BINS))
+    while True:
+        start = np.floor(lo / width) * width
+        if start + HIST_BINS * width >= hi:
+            return float(start), float(start + HIST_BINS * width)
+        width *= 2
 
 
 def hist_edges(site: str, activation: str | None = None) -> np.ndarray:
