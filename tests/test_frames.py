@@ -232,9 +232,42 @@ def test_percentile_frame_wide_mean_over_seeds():
                                       "step": [0, 10], "layer": "hidden1", "site": "post_norm",
                                       "metric": p, "value": [base + seed, base + 2 * seed]}))
     out = F.percentile_frame(pd.concat(rows), "post_norm")
-    assert list(out.columns) == ["method", "label", "layer", "step", "p15", "p50", "p85"]
+    assert list(out.columns) == ["method", "label", "layer", "step", "p15", "p50", "p85",
+                                 "p50_lo", "p50_hi"]
     np.testing.assert_allclose(out["p15"], [-0.5, 0.0])
     np.testing.assert_allclose(out["p85"], [1.5, 2.0])
+    assert out["p50_lo"].isna().all()  # runs stored before the interval was recorded
+
+
+def _hist_run(run, seed, lo, hi, fractions, under=0.0, over=0.0, step=0):
+    metrics = [f"hist_{i:02d}" for i in range(32)] + ["hist_lo", "hist_hi", "hist_under",
+                                                       "hist_over"]
+    return pd.DataFrame({"run": run, "method": "none", "label": "none", "seed": seed,
+                         "step": step, "layer": "hidden1", "site": "post_norm",
+                         "metric": metrics, "value": list(fractions) + [lo, hi, under, over]})
+
+
+def test_hist_frames_use_each_runs_recorded_range_and_report_overflow():
+    frac = np.zeros(32)
+    frac[[0, 31]] = [0.25, 0.5]
+    df = pd.concat([_hist_run("r1", 0, -2.0, 6.0, frac, under=0.1, over=0.15),
+                    _hist_run("r1", 0, -2.0, 6.0, frac, over=0.3, step=5)])
+    out = F.hist_step_frame(df, "post_norm", 0)
+    np.testing.assert_allclose(out["lo"], np.linspace(-2, 6, 33)[:-1])  # bins of 0.25
+    np.testing.assert_allclose(out["hi"], np.linspace(-2, 6, 33)[1:])
+    np.testing.assert_allclose(out["fraction"], frac)
+    heat = F.hist_time_frame(df, "post_norm")
+    assert heat["lo"].min() == -2.0 and heat["hi"].max() == 6.0
+    worst = F.overflow_frame(df, "post_norm").iloc[0]
+    assert (worst["under"], worst["over"]) == (0.1, 0.3)
+
+
+def test_seeds_with_different_fitted_ranges_are_not_averaged_bin_by_bin():
+    a, b = np.zeros(32), np.zeros(32)
+    a[10], b[20] = 1.0, 1.0
+    df = pd.concat([_hist_run("r1", 0, -2.0, 6.0, a), _hist_run("r2", 1, -4.0, 4.0, b)])
+    out = F.hist_step_frame(df, "post_norm", 0)
+    assert out["fraction"].sum() == 1.0 and out.loc[out["fraction"] > 0, "bin"].tolist() == [10]
 
 
 def test_natural_order():

@@ -335,12 +335,13 @@ def test_load_site_reads_only_the_asked_metrics(built):
     store, info = built
     runs = store.runs(comparison=info["b"])
     pct = layerview.load_site(store, runs, "pre_norm", "percentiles", comparison_names={})
-    assert set(pct["metric"].astype(str)) == {"p15", "p50", "p85"}
+    assert set(pct["metric"].astype(str)) == {"p15", "p50", "p85", "p50_lo", "p50_hi"}
     assert set(pct["site"].astype(str)) == {"pre_norm"}
     assert {"method", "seed", "label"} <= set(pct.columns)
     hist = layerview.load_site(store, runs, "post_norm", "histogram", layers=["hidden2"],
                                every=5)
-    assert set(hist["metric"].astype(str)) == set(HIST_METRICS)
+    assert set(hist["metric"].astype(str)) == set(HIST_METRICS) | {
+        "hist_under", "hist_over", "hist_lo", "hist_hi"}
     assert set(hist["layer"].astype(str)) == {"hidden2"} and (hist["step"] % 5 == 0).all()
     near = layerview.load_rows(store, runs["id"], "post_norm", "histogram",
                                steps=layerview.step_window(runs, 7))
@@ -384,9 +385,16 @@ def test_hist_activation_and_thinning(built):
 def test_bulk_range_and_zoom():
     edges = hist_edges("pre_norm")
     rows = pd.DataFrame({"metric": ["hist_15", "hist_16", "hist_20", "hist_00"],
-                         "value": [0.5, 0.49, 0.02, 0.001]})
-    assert layerview.bulk_range(rows, "pre_norm") == (edges[14], edges[22])
+                         "value": [0.5, 0.49, 0.02, 0.001], "site": "pre_norm"})
+    assert layerview.bulk_range(rows, "pre_norm") == (edges[14], edges[22])  # an older run
     assert layerview.bulk_range(rows.iloc[3:], "pre_norm") == (-8.0, 8.0)
+    # a run with its recorded range -2..6 (bins of 0.25): bins 15..20 plus one on each side
+    fitted = pd.concat([rows.assign(run="r", layer="hidden1", step=0),
+                        pd.DataFrame({"run": "r", "layer": "hidden1", "step": 0,
+                                      "site": "pre_norm", "metric": ["hist_lo", "hist_hi"],
+                                      "value": [-2.0, 6.0]})])
+    assert layerview.bulk_range(fitted, "pre_norm") == (-2.0 + 14 * 0.25, -2.0 + 22 * 0.25)
+    assert layerview.full_range(fitted, "pre_norm") == (-2.0, 6.0)
     frame = pd.DataFrame({"run": "r", "method": "batch", "seed": 0, "label": "batch",
                           "layer": "hidden1", "site": "pre_norm", "step": np.repeat([0, 1], 32),
                           "metric": list(HIST_METRICS) * 2, "value": 1 / 32})

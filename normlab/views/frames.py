@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from normlab.measure.schema import HIST_METRICS, PERCENTILES, hist_edges
+from normlab.measure.schema import HIST_BINS, HIST_METRICS, MEDIAN_CI, PERCENTILES, hist_edges
 
 # Columns that identify one series (one run's one layer/site/metric), in grouping order.
 SERIES_KEYS = ("run", "method", "label", "seed", "layer", "site", "metric")
@@ -243,14 +243,16 @@ def _site_rows(df: pd.DataFrame, site: str, metrics: Iterable[str]) -> pd.DataFr
 
 
 def percentile_frame(df: pd.DataFrame, site: str) -> pd.DataFrame:
-    """Wide p15/p50/p85 per (method, label, layer, step) at ``site``, averaged over seeds.
+    """Wide p15/p50/p85 per (method, label, layer, step) at ``site``, averaged over seeds,
+    with p50_lo/p50_hi, the median's 95% sampling interval (NaN for runs stored before it).
 
-    Columns: method, label, layer, step, p15, p50, p85 (a percentile missing at a step is NaN).
+    Columns: method, label, layer, step, p15, p50, p85, p50_lo, p50_hi (a percentile
+    missing at a step is NaN).
     """
-    rows = _site_rows(df, site, PCT_METRICS)
+    rows = _site_rows(df, site, PCT_METRICS + MEDIAN_CI)
     keys = [c for c in ("method", "label", "layer", "step") if c in rows.columns]
     mean = rows.groupby(keys + ["metric"], sort=False, observed=True)["value"].mean()
-    wide = mean.unstack("metric").reindex(columns=list(PCT_METRICS))
+    wide = mean.unstack("metric").reindex(columns=list(PCT_METRICS + MEDIAN_CI))
     wide.columns.name = None
     return wide.reset_index().sort_values(keys, kind="stable").reset_index(drop=True)
 
@@ -261,11 +263,80 @@ def _hist_bins(metric: pd.Series) -> np.ndarray:
     return np.array([_HIST_BIN[str(u)] for u in uniques], dtype=np.int64)[codes]
 
 
-def _with_edges(frame: pd.DataFrame, site: str, activation: str | None) -> pd.DataFrame:
+def unit_frame(df: pd.DataFrame, site: str) -> pd.DataFrame:
+    """The per-unit percentiles (``u{i}_p{q}``) of ``site`` as a :func:`percentile_frame`
+    whose ``layer`` is ``'hidden1 · unit 50'``: exact percentiles of one unit over the
+    batch, seed-averaged. No median interval (there is no sampling)."""
+    rows = df[(df["site"] == site) & df["metric"].astype(str).str.match(r"^u\d+_p\d+$")]
+    if rows.empty:
+        return pd.DataFrame(columns=["method", "label", "layer", "step", *PCT_METRICS])
+    parts = rows["metric"].astype(str).str.extract(r"^u(\d+)_(p\d+)$")
+    rows = rows.assign(layer=rows["layer"].astype(str) + " · unit " + parts[0],
+                       metric=parts[1])
+    return percentile_frame(rows, site)
+
+
+def _hist_ranges(df: pd.DataFrame, site: str) -> pd.DataFrame:
+    """Per (run, layer): the histogram range recorded with it (hist_lo, hist_hi), the
+    first step's; empty for runs stored before ranges were fitted."""
+    if "run" not in df.columns:
+        return pd.DataFrame(columns=["run", "layer", "hist_lo", "hist_hi"])
+    rows = _site_rows(df, site, ("hist_lo", "hist_hi"))
+    first = rows.sort_values("step", kind="stable").drop_duplicates(["run", "layer", "metric"])
+    wide = first.pivot_table(index=["run", "layer"], columns="metric", values="value",
+                             observed=True).reset_index()
+    wide.columns.name = None
+    return wide.reindex(columns=["run", "layer", "hist_lo", "hist_hi"])
+
+
+def _with_edges(frame: pd.DataFrame, site: str, activation: str | None,
+                ranges: pd.DataFrame | None = None) -> pd.DataFrame:
+    """``lo``/``hi`` of each row's bin: from its run's recorded range when there is one,
+    else the fixed range older runs used (:func:`normlab.measure.schema.hist_edges`)."""
     edges = hist_edges(site, activation)
     b = frame["bin"].to_numpy()
-    frame["lo"], frame["hi"] = edges[b], edges[b + 1]
+    lo, hi = edges[b], edges[b + 1]
+    if ranges is not None and len(ranges) and "run" in frame.columns:
+        r = frame[["run", "layer"]].astype(str).merge(
+            ranges.astype({"run": str, "layer": str}), on=["run", "layer"], how="left")
+        known = r["hist_lo"].notna().to_numpy()
+        width = (r["hist_hi"].to_numpy() - r["hist_lo"].to_numpy()) / HIST_BINS
+        lo = np.where(known, r["hist_lo"].to_numpy() + b * width, lo)
+        hi = np.where(known, r["hist_lo"].to_numpy() + (b + 1) * width, hi)
+    frame["lo"], frame["hi"] = lo, hi
     return frame
+
+
+def _one_range_per_series(rows: pd.DataFrame, ranges: pd.DataFrame, keys: list[str]
+                          ) -> pd.DataFrame:
+    """Only the runs whose histogram range equals that of the first run of their series
+    (method, label, layer): seeds' histograms are averaged bin by bin, which needs the
+    same bins. Runs with a fitted range differing from the first's are left out."""
+    if ranges.empty or "run" not in rows.columns or not keys:
+        return rows
+    runs = rows[keys + ["run"]].drop_duplicates().astype({"run": str, "layer": str})
+    runs = runs.merge(ranges.astype({"run": str, "layer": str}), on=["run", "layer"],
+                      how="left").sort_values("run", kind="stable")
+    first = runs.groupby(keys, sort=False, observed=True)[["hist_lo", "hist_hi"]].transform("first")
+    same = ((runs["hist_lo"] == first["hist_lo"]) & (runs["hist_hi"] == first["hist_hi"])
+            ) | (runs["hist_lo"].isna() & first["hist_lo"].isna())
+    keep = set(zip(runs.loc[same, "run"], runs.loc[same, "layer"]))
+    mask = [(str(r), str(l)) in keep for r, l in zip(rows["run"], rows["layer"])]
+    return rows[np.asarray(mask, dtype=bool)]
+
+
+def overflow_frame(df: pd.DataFrame, site: str) -> pd.DataFrame:
+    """Per (method, label, layer): the largest share of values below (``under``) and above
+    (``over``) the histogram's range at any step, seed-averaged; empty for older runs."""
+    rows = _site_rows(df, site, ("hist_under", "hist_over"))
+    keys = [c for c in ("method", "label", "layer") if c in rows.columns]
+    if rows.empty:
+        return pd.DataFrame(columns=keys + ["under", "over"])
+    mean = rows.groupby(keys + ["step", "metric"], sort=False, observed=True)["value"].mean()
+    worst = mean.groupby(keys + ["metric"], sort=False, observed=True).max().unstack("metric")
+    worst = worst.rename(columns={"hist_under": "under", "hist_over": "over"})
+    worst.columns.name = None
+    return worst.reindex(columns=["under", "over"]).reset_index()
 
 
 def hist_time_frame(df: pd.DataFrame, site: str, *, activation: str | None = None,
@@ -282,6 +353,8 @@ def hist_time_frame(df: pd.DataFrame, site: str, *, activation: str | None = Non
     cols = keys + ["step", "bin", "step_end", "lo", "hi", "fraction"]
     if rows.empty:
         return pd.DataFrame(columns=cols)
+    ranges = _hist_ranges(df, site)
+    rows = _one_range_per_series(rows, ranges, keys)
     rows = rows.assign(bin=_hist_bins(rows["metric"]))
     # One id per measured histogram (run or seed, original step), to average by.
     who = [c for c in ("run", "seed") if c in rows.columns][:1]
@@ -299,8 +372,13 @@ def hist_time_frame(df: pd.DataFrame, site: str, *, activation: str | None = Non
     gkeys = keys + ["step", "step_end"]
     n_hist = rows.groupby(gkeys, sort=False, observed=True)["_hid"].transform("nunique")
     rows = rows.assign(fraction=rows["value"] / n_hist)
+    first_run = rows.groupby(keys, sort=False, observed=True)["run"].transform("first") \
+        if "run" in rows.columns else None
+    if first_run is not None:  # the series' bins are its first run's (all the same, above)
+        rows = rows.assign(run=first_run)
+        gkeys = gkeys + ["run"]
     out = rows.groupby(gkeys + ["bin"], sort=False, observed=True)["fraction"].sum().reset_index()
-    out = _with_edges(out, site, activation)
+    out = _with_edges(out, site, activation, ranges)
     return out[cols].sort_values(keys + ["step", "bin"], kind="stable").reset_index(drop=True)
 
 
@@ -316,12 +394,19 @@ def hist_step_frame(df: pd.DataFrame, site: str, step: int, *,
     cols = keys + ["step", "bin", "lo", "hi", "fraction"]
     if rows.empty:
         return pd.DataFrame(columns=cols)
+    ranges = _hist_ranges(df, site)
+    rows = _one_range_per_series(rows, ranges, keys)
     avail = rows[keys + ["step"]].drop_duplicates()
     avail = avail.assign(_d=(avail["step"] - step).abs()).sort_values(["_d", "step"])
     chosen = avail.drop_duplicates(keys)[keys + ["step"]]
     rows = rows.merge(chosen, on=keys + ["step"], how="inner")
     rows = rows.assign(bin=_hist_bins(rows["metric"]))
-    out = (rows.groupby(keys + ["step", "bin"], sort=False, observed=True)["value"].mean()
-           .rename("fraction").reset_index())
-    out = _with_edges(out, site, activation)
+    extra = []
+    if "run" in rows.columns:  # the series' bins are its first run's (all the same, above)
+        rows = rows.assign(run=rows.groupby(keys, sort=False, observed=True)["run"]
+                           .transform("first"))
+        extra = ["run"]
+    out = (rows.groupby(keys + extra + ["step", "bin"], sort=False, observed=True)["value"]
+           .mean().rename("fraction").reset_index())
+    out = _with_edges(out, site, activation, ranges)
     return out[cols].sort_values(keys + ["bin"], kind="stable").reset_index(drop=True)

@@ -25,8 +25,7 @@ from normlab.views.charts import (MAX_POINTS, PANEL_HEIGHT, PANEL_WIDTH, WIDE_HE
                             method_color, methods_in, multi_label, series_frame, style,
                             with_label)
 from normlab.views.frames import (downsample, hist_step_frame, hist_time_frame, natural_order,
-                            percentile_frame)
-from normlab.measure.schema import hist_range
+                            percentile_frame, unit_frame)
 
 FLOOR = 1e-4  # smallest fraction a log scale shows; smaller positive fractions are clamped
 
@@ -67,9 +66,11 @@ def layer_chart(df: pd.DataFrame, metric: str, site: str, *, layout: str = "over
 
 
 def percentile_chart(df: pd.DataFrame, site: str, *, title: str | None = None,
-                     max_points: int = MAX_POINTS) -> alt.FacetChart:
-    """p15..p85 band and p50 line of ``site`` over steps; rows = layers, columns = methods."""
-    data = percentile_frame(with_label(df), site)
+                     max_points: int = MAX_POINTS, units: bool = False) -> alt.FacetChart:
+    """p15..p85 band and p50 line of ``site`` over steps, with the median's 95% sampling
+    interval as a darker band; rows = layers, columns = methods. A :func:`normlab.views.
+    frames.unit_frame` can be drawn the same way (``units=True``: one row per unit)."""
+    data = (unit_frame if units else percentile_frame)(with_label(df), site)
     data = downsample(data, max_points, by=["method", "label", "layer"], value="p50")
     pick, hover = legend_pick(), hover_pick()
     y_title = f"value ({site})"
@@ -78,6 +79,9 @@ def percentile_chart(df: pd.DataFrame, site: str, *, title: str | None = None,
     # the middle 70% of the activations: 15th to 85th percentile
     band = base.mark_area().encode(y=alt.Y("p15:Q", title=y_title), y2="p85:Q",
                                    opacity=faded(pick, 0.3, 0.05))
+    # the median's 95% sampling interval (zero width where every value was used)
+    noise = base.mark_area().encode(y=alt.Y("p50_lo:Q", title=y_title), y2="p50_hi:Q",
+                                    opacity=faded(pick, 0.6, 0.1))
     # the median
     median = base.mark_line(strokeWidth=2).encode(
         y=alt.Y("p50:Q", title=y_title), opacity=faded(pick)).add_params(pick)
@@ -86,9 +90,13 @@ def percentile_chart(df: pd.DataFrame, site: str, *, title: str | None = None,
         y=alt.Y("p50:Q", title=y_title), opacity=_hover_marker(hover),
         tooltip=[alt.Tooltip("step:Q"), alt.Tooltip("method:N"), alt.Tooltip("label:N"),
                  alt.Tooltip("layer:N"), alt.Tooltip("p15:Q", format=".4g"),
-                 alt.Tooltip("p50:Q", format=".4g"), alt.Tooltip("p85:Q", format=".4g")],
+                 alt.Tooltip("p50:Q", format=".4g"), alt.Tooltip("p85:Q", format=".4g"),
+                 alt.Tooltip("p50_lo:Q", title="p50 95% from", format=".4g"),
+                 alt.Tooltip("p50_hi:Q", title="p50 95% to", format=".4g")],
     ).add_params(hover)
-    chart = (alt.layer(band, median, points, data=data)
+    if "p50_lo" not in data.columns:
+        data = data.assign(p50_lo=np.nan, p50_hi=np.nan)
+    chart = (alt.layer(band, noise, median, points, data=data)
              .properties(width=PANEL_WIDTH, height=PANEL_HEIGHT)
              .facet(row=_layer_row(data), column=column_field(data))
              .resolve_scale(x="shared", y="shared"))
@@ -103,11 +111,13 @@ def hist_heatmap(df: pd.DataFrame, site: str, *, activation: str | None = None,
     Rows = layers, columns = methods. Fractions are averaged over seeds and over the steps
     merged into one of at most ``max_steps`` columns; the colour scale is logarithmic from
     ``floor`` to 1 (smaller positive fractions clamp to ``floor``, empty bins stay blank).
-    The end bins also count the values outside the fixed range (see ``schema.hist_edges``).
+    Each run's bins are its recorded range (fitted at its first step); values outside it
+    are not drawn (see :func:`normlab.views.frames.overflow_frame`); runs stored before
+    that used a fixed range whose end bins also hold the values outside.
     """
     data = hist_time_frame(with_label(df), site, activation=activation, max_steps=max_steps)
+    lo, hi = (float(data["lo"].min()), float(data["hi"].max())) if len(data) else (0.0, 1.0)
     data = data[data["fraction"] > 0].drop(columns="bin")
-    lo, hi = hist_range(site, activation)
     # one cell per (step interval, value bin): the share of activations in that bin
     cells = alt.Chart().mark_rect().encode(
         x=alt.X("step:Q", title="step", axis=alt.Axis(grid=False)), x2="step_end:Q",

@@ -26,13 +26,21 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from normlab.views.frames import PCT_METRICS, natural_order, with_methods
-from normlab.measure.schema import ACT_SITES, HIST_METRICS, hist_edges
+from normlab.views.frames import (PCT_METRICS, _hist_bins, _hist_ranges, _with_edges,
+                                  natural_order, with_methods)
+from normlab.measure.schema import (ACT_SITES, HIST_EXTRA, HIST_METRICS, MEDIAN_CI,
+                                    UNIT_PERCENTILES, hist_edges, unit_metric, unit_picks)
 from normlab.runs.store import NotFound, Store, empty_metrics
 
-SITE_HELP = ("pre_norm: the input of the normalization; post_norm: its output; post_act: "
-             "after the activation function.")
-KINDS = {"percentiles": PCT_METRICS, "histogram": HIST_METRICS}
+SITE_HELP = ("pre_norm: the input of the normalization; post_norm: its output, which is "
+             "the activation's input when the norm comes before it (the default, and the "
+             "site of the BatchNorm paper's Figure 1: the sigmoid's input); post_act: after "
+             "the activation function.")
+SITE_LABELS = {"pre_norm": "pre_norm (norm input)",
+               "post_norm": "post_norm (activation input)",
+               "post_act": "post_act (activation output)"}
+KINDS = {"percentiles": PCT_METRICS + MEDIAN_CI, "histogram": HIST_METRICS + HIST_EXTRA,
+         "units": ()}  # units: see unit_metrics
 MAX_HIST_STEPS = 80  # histogram steps per run for the heatmap: one column each
 UNFINISHED = ("queued", "running", "paused")
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -118,9 +126,29 @@ def run_label(run: pd.Series | dict, comparison_name: str | None = None) -> str:
     return f"{head}{run['norm']} · seed {run['seed']}{comp} ({run['id']})"
 
 
+def default_site(runs: pd.DataFrame) -> tuple[str, str]:
+    """(site, note): the activation's input — ``post_norm`` when every run puts the norm
+    before the activation (the sigmoid input of Ioffe & Szegedy's Figure 1). Runs with
+    the norm after the activation record no activation input: then ``pre_norm`` (the
+    norm's input, i.e. the activation's output) and a note saying so."""
+    after = [c.get("norm_position") == "after" for c in runs["config"] if isinstance(c, dict)]
+    if any(after):
+        return "pre_norm", ("Some runs put the norm after the activation: their activation "
+                            "input is not recorded; post_norm is the norm's output there.")
+    return "post_norm", ""
+
+
+def unit_metrics(runs: pd.DataFrame) -> list[str]:
+    """The per-unit percentile metrics the runs recorded (units 0, width//2, width−1)."""
+    widths = {int(c.get("width") or 0) for c in runs["config"] if isinstance(c, dict)}
+    return sorted({unit_metric(u, q) for w in widths for u in unit_picks(w)
+                   for q in UNIT_PERCENTILES})
+
+
 def load_rows(store: Store, run_ids: Iterable[str], site: str, kind: str, *,
               layers: Iterable[str] | None = None, every: int | None = None,
-              steps: tuple[int, int] | None = None) -> pd.DataFrame:
+              steps: tuple[int, int] | None = None,
+              metrics: Iterable[str] | None = None) -> pd.DataFrame:
     """Tidy rows of ``site`` for ``run_ids``: only the metrics of ``kind`` ('percentiles':
     p15/p50/p85, or 'histogram': hist_00..hist_31), optionally only ``layers``, steps
     divisible by ``every`` and steps in ``steps`` (first, last)."""
@@ -132,7 +160,7 @@ def load_rows(store: Store, run_ids: Iterable[str], site: str, kind: str, *,
     ids = list(run_ids)
     if not ids:
         return empty_metrics()
-    return store.metrics(runs=ids, sites=site, metrics=list(KINDS[kind]),
+    return store.metrics(runs=ids, sites=site, metrics=list(metrics or KINDS[kind]),
                          layers=None if layers is None else list(layers), every=every,
                          steps=steps)
 
@@ -222,16 +250,35 @@ def bulk_range(rows: pd.DataFrame, site: str, activation: str | None = None, *,
                share: float = 0.01) -> tuple[float, float]:
     """The value range of the histogram bins that hold at least ``share`` of a layer's
     values at some step (any run, layer or step), widened by one bin on each side and
-    kept within the site's fixed range. The whole range when no bin qualifies."""
-    edges = hist_edges(site, activation)
-    hist = rows[rows["metric"].astype(str).isin(HIST_METRICS)]
-    full = float(edges[0]), float(edges[-1])
-    bins = hist.loc[hist["value"] >= share, "metric"].astype(str).unique()
-    if len(bins) == 0:
+    kept within the histograms' ranges (each run's recorded one, or the fixed one of
+    runs stored before). The whole range when no bin qualifies."""
+    hist = rows[(rows["site"] == site) & rows["metric"].astype(str).isin(HIST_METRICS)]
+    full = full_range(rows, site, activation)
+    if hist.empty:
         return full
-    idx = sorted(HIST_METRICS.index(b) for b in bins)
-    lo, hi = max(idx[0] - 1, 0), min(idx[-1] + 1, len(edges) - 2)
-    return float(edges[lo]), float(edges[hi + 1])
+    hist = _with_edges(hist.assign(bin=_hist_bins(hist["metric"].astype(str))), site,
+                       activation, _hist_ranges(rows, site))
+    big = hist[hist["value"] >= share]
+    if big.empty:
+        return full
+    width = big["hi"] - big["lo"]
+    return (float(max((big["lo"] - width).min(), full[0])),
+            float(min((big["hi"] + width).max(), full[1])))
+
+
+def full_range(rows: pd.DataFrame, site: str, activation: str | None = None
+               ) -> tuple[float, float]:
+    """The union of the histogram ranges of ``rows``' runs at ``site`` (the recorded ones;
+    the site's fixed range for runs stored before ranges were fitted)."""
+    ranges = _hist_ranges(rows, site)
+    edges = hist_edges(site, activation)
+    runs = rows.loc[rows["site"] == site, "run"].astype(str).unique() if "run" in rows else []
+    lows = list(ranges["hist_lo"].dropna())
+    highs = list(ranges["hist_hi"].dropna())
+    if len(ranges.dropna()) < len(runs) or not lows:  # some runs without a recorded range
+        lows.append(float(edges[0]))
+        highs.append(float(edges[-1]))
+    return float(min(lows)), float(max(highs))
 
 
 def zoom(chart, channel: str, lo: float, hi: float):
