@@ -3,7 +3,7 @@ method by method (the BatchNorm paper's Figure 1 view, and the full histograms).
 import streamlit as st
 
 from normlab.views import layercharts, layerview, compareview as views
-from normlab.measure.schema import ACT_SITES, hist_range
+from normlab.measure.schema import ACT_SITES
 from normlab.runs.store import FINISHED
 from normlab.ui import picker
 from normlab.ui.common import get_store
@@ -26,11 +26,18 @@ if runs.empty:
     st.stop()
 
 left, mid, right = st.columns([2.2, 1.3, 2.5], vertical_alignment="bottom")
-site = left.segmented_control("Activation site", ACT_SITES, default="pre_norm", key="site",
+default_site, site_note = layerview.default_site(runs)
+site = left.segmented_control("Activation site", ACT_SITES, default=default_site, key="site",
                               required=True, bind="query-params", help=layerview.SITE_HELP)
 zoomed = mid.toggle("Zoom histograms to the bulk", True, key="layers_zoom",
                     help="Show only the value bins that hold at least 1% of a layer's values "
-                         "at some step (the bins cover a fixed range per site).")
+                         "at some step (each run's bins cover the range fitted at its first "
+                         "step).")
+per_unit = mid.toggle("Per unit", False, key="layers_units",
+                      help="Exact percentiles of 3 fixed units per layer (first, middle, "
+                           "last) over the batch, instead of the whole layer pooled.")
+if site_note:
+    st.caption(site_note)
 pct = picker.site_rows(store, runs, site, "percentiles", names=names)
 if pct.empty:
     st.warning(f"No {site} measurements yet for these runs (queued, or failed before the "
@@ -51,18 +58,23 @@ if note:
 hist_runs, every = runs[runs["id"].isin(drawn)], layerview.thin_every(runs)
 hist = picker.site_rows(store, hist_runs, site, "histogram", layers=layers, every=every,
                         names=names)
-value_range = (layerview.bulk_range(hist, site, activation) if zoomed
-               else hist_range(site, activation))
+full = layerview.full_range(hist, site, activation)
+value_range = layerview.bulk_range(hist, site, activation) if zoomed else full
 
 
 @st.fragment(run_every=refresh)
 def over_time() -> None:
-    rows = picker.site_rows(store, runs, site, "percentiles", names=names) if live else pct
-    st.subheader("Percentiles over training")
-    st.caption("Line: the median (50th percentile); band: 15th to 85th percentile.")
-    chart = views.fit(layercharts.percentile_chart(rows[rows["layer"].isin(layers)], site,
-                                                   title=f"{site}: 15/50/85th percentiles"),
-                      len(runs), PAGE_WIDTH)
+    kind = "units" if per_unit else "percentiles"
+    rows = (picker.site_rows(store, runs, site, kind, names=names) if live or per_unit
+            else pct)
+    st.subheader("Percentiles over training" + (" — single units" if per_unit else ""))
+    st.caption("Line: the median (50th percentile); band: 15th to 85th percentile; dark band "
+               "around the line: the median's 95% sampling interval (none where every value "
+               "is used, e.g. an MLP layer at batch 64)." if not per_unit else
+               "Exact percentiles of one unit over the batch (and positions).")
+    chart = views.fit(layercharts.percentile_chart(
+        rows[rows["layer"].isin(layers)], site, units=per_unit,
+        title=f"{layerview.SITE_LABELS[site]}: 15/50/85th percentiles"), len(runs), PAGE_WIDTH)
     st.altair_chart(chart, width="content")
     picker.chart_downloads(chart, f"normlab-percentiles-{site}", key="dl_pct")
 
@@ -72,8 +84,8 @@ def over_time() -> None:
     if rows.empty:
         return st.info(f"No {site} histograms recorded for these runs.")
     st.caption("Each column: the share of values per bin at that step (log colour; blank = "
-               "none). Values %s to %s shown; the end bins of the full range (%s to %s) also "
-               "hold the values beyond it." % (*value_range, *hist_range(site, activation)))
+               "none). Values %.3g to %.3g shown, of %.3g to %.3g. " % (*value_range, *full)
+               + layerview.overflow_note(rows, site))
     heat = layerview.zoom(views.fit(layercharts.hist_heatmap(
         rows, site, activation=activation, title=f"{site} histogram over time"),
         len(hist_runs), PAGE_WIDTH), "y", *value_range)

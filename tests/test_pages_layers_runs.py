@@ -83,8 +83,9 @@ def test_layers_comparison_from_url(filled):
     assert not at.exception and not at.error
     specs = charts(at)
     assert [s["title"]["text"] if isinstance(s["title"], dict) else s["title"]
-            for s in specs] == ["pre_norm: 15/50/85th percentiles",
-                                "pre_norm histogram over time", "pre_norm histogram at step 19"]
+            for s in specs] == ["post_norm (activation input): 15/50/85th percentiles",
+                                "post_norm histogram over time",
+                                "post_norm histogram at step 19"]  # the activation's input
     assert len(at.get("download_button")) == 6  # PNG + SVG per chart, rendered on click
     assert at.multiselect(key="layers_runs").value == info["a_ids"]
     assert dict(at.query_params) == {"comparison": [info["a"]]} or \
@@ -95,7 +96,8 @@ def test_layers_widgets_site_step_zoom(filled):
     store, info = filled
     at = run(LAYERS, comparison=info["b"], site="post_act")
     assert not at.exception
-    assert "post_act: 15/50/85th percentiles" in json.dumps(charts(at)[0]["title"])
+    assert "post_act (activation output): 15/50/85th percentiles" in json.dumps(
+        charts(at)[0]["title"])
     at.slider[0].set_value(5).run()
     assert not at.exception
     assert "post_act histogram at step 5" in json.dumps(charts(at)[-1]["title"])
@@ -105,6 +107,10 @@ def test_layers_widgets_site_step_zoom(filled):
     at.button_group[0].set_value("post_norm").run()
     assert not at.exception
     assert "post_norm" in json.dumps(charts(at)[0]["title"])
+    at.toggle(key="layers_units").set_value(True).run()  # exact percentiles of single units
+    assert not at.exception and not at.error
+    spec = json.dumps(charts(at)[0])
+    assert "unit 0" in spec and "single units" in texts(at.subheader)
 
 
 def test_layers_unknown_ids_in_url_are_messages(filled):
@@ -130,7 +136,7 @@ def test_layers_only_queued_runs(filled):
     store, info = filled
     at = run(LAYERS, runs=info["c_ids"][1])
     assert not at.exception
-    assert "No pre_norm measurements yet" in texts(at.warning)
+    assert "No post_norm measurements yet" in texts(at.warning)
 
 
 def test_layers_picker_change_updates_url(filled):

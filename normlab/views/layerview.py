@@ -138,6 +138,24 @@ def default_site(runs: pd.DataFrame) -> tuple[str, str]:
     return "post_norm", ""
 
 
+def overflow_note(rows: pd.DataFrame, site: str, at_least: float = 0.001) -> str:
+    """One sentence on the values outside the histograms' ranges (each run's range is
+    fitted at its first step; later values can leave it), or '' when none do."""
+    from normlab.views.frames import overflow_frame
+
+    worst = overflow_frame(rows, site)
+    if worst.empty:
+        return ""
+    worst = worst.assign(out=worst["under"].fillna(0) + worst["over"].fillna(0))
+    worst = worst[worst["out"] >= at_least].sort_values("out", ascending=False)
+    if worst.empty:
+        return "No values fell outside the histograms' ranges."
+    parts = [f"{r.method} {r.layer}: {r.under:.1%} below, {r.over:.1%} above"
+             for r in worst.head(4).itertuples()]
+    return ("Values outside the range (not drawn; largest share at any step): "
+            + "; ".join(parts) + ("; …" if len(worst) > 4 else "") + ".")
+
+
 def unit_metrics(runs: pd.DataFrame) -> list[str]:
     """The per-unit percentile metrics the runs recorded (units 0, width//2, width−1)."""
     widths = {int(c.get("width") or 0) for c in runs["config"] if isinstance(c, dict)}
@@ -160,6 +178,9 @@ def load_rows(store: Store, run_ids: Iterable[str], site: str, kind: str, *,
     ids = list(run_ids)
     if not ids:
         return empty_metrics()
+    if kind == "units" and metrics is None:  # names depend on each run's width
+        every_run = store.runs()
+        metrics = unit_metrics(every_run[every_run["id"].isin(ids)]) or ["u0_p50"]
     return store.metrics(runs=ids, sites=site, metrics=list(metrics or KINDS[kind]),
                          layers=None if layers is None else list(layers), every=every,
                          steps=steps)
