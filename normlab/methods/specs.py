@@ -76,8 +76,9 @@ _SPECS = [
              "batch mean per feature", "batch covariance^(1/2) within groups of group_size",
              "B (MLP); B, H, W (CNN), decorrelating features within each group",
              "g, b per feature",
-             "train: batch whitening matrix, updates running mean / whitening matrix; "
-             "eval: running ones", "activation",
+             "train: batch whitening matrix, updates running mean / covariance; eval: the "
+             "whitening matrix of the running (population) covariance, directions the data "
+             "never occupied left at 0", "activation",
              summary="full whitening: the 'ideal', decorrelating normalization"),
 ]
 
