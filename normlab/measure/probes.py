@@ -14,7 +14,13 @@ the weight layer itself (``0``, ``features.3``).
 
 What a step measures: the model as it is *before* that step's update — the forward
 pass's activations, the backward pass's gradients, the weights the optimizer is about to
-change — plus the size of the update (‖Δw‖/‖w‖, relative to those weights).
+change — plus the size of the update (‖Δw‖/‖w‖, relative to those weights). For a
+weight-space layer (WeightNorm, CosineNorm) w is the effective weight its map uses: at a
+recorded step the probe asks the layer to keep the weight of its forward pass with its
+gradient retained (``keep_weight``), and reads the gradients of v and g apart.
+
+Histogram ranges are fitted per slot at the first recorded step
+(:func:`normlab.measure.schema.fit_range`, one ``torch.aminmax`` per tensor, once).
 
 Cost: the arithmetic runs in compiled kernels (:mod:`normlab.measure.kernels`) that read the
 tensors in place, one call after the forward pass (every activation tensor, a copy of the
