@@ -204,9 +204,11 @@ def _text(value) -> str:
 
 def final_metrics(store, run_ids: list[str]):
     """Last train and validation loss/accuracy per run (a small DataFrame)."""
+    import pandas as pd
+
     frame = store.metrics(run_ids, metrics=["loss", "acc"], sites=["train", "val"])
-    if frame.empty:
-        return frame
+    if frame.empty:  # nothing measured (e.g. a run that failed before its first step)
+        return pd.DataFrame(index=pd.Index(run_ids, name="run"))
     last = frame.sort_values("step").groupby(["run", "site", "metric"], observed=True).tail(1)
     table = last.pivot_table(index="run", columns=["site", "metric"], values="value",
                              observed=True)
