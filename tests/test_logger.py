@@ -197,3 +197,20 @@ def test_runs_without_seed_norm_or_steps_render_everywhere(tmp_path, monkeypatch
     for argv in (["list"], ["list", "--status", "failed"], ["show", odd], ["show", cid],
                  ["show", run.run_id]):
         assert main(argv) == 0, argv
+
+
+def test_the_readme_example_logs_a_resnet_and_a_transformer(tmp_path, monkeypatch):
+    """docs/examples/own_loop.py (the README's example), a few steps of each model."""
+    import runpy
+
+    monkeypatch.setenv("NORMLAB_STORE", str(tmp_path / "s.sqlite"))
+    example = runpy.run_path(str(ROOT / "docs/examples/own_loop.py"), run_name="example")
+    cnn = example["train"](example["resnet"], "resnet-ish", example["digits"](),
+                           example["cnn_loss"], steps=6)
+    lm = example["train"](example["model"], "transformer", example["tokens"](),
+                          example["lm_loss"], steps=6)
+    store = Store(tmp_path / "s.sqlite")
+    layers = {rid: set(store.metrics(rid)["layer"].astype(str)) for rid in (cnn, lm)}
+    assert {"1.bn1", "1.bn2", "1.relu", "1.relu#2", "2.conv1", "5"} <= layers[cnn]
+    assert {"0.1.ln1", "0.1.ln2", "0.1.attn", "0.2.mlp.1", "0.3", "1"} <= layers[lm]
+    assert store.runs()["status"].tolist() == ["done", "done"]
