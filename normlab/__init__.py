@@ -16,7 +16,7 @@ _EXPORTS = {
     "build_model": "normlab.training.models", "load_dataset": "normlab.training.data",
     "Probe": "normlab.measure.probes", "Trainer": "normlab.training.trainer", "train": "normlab.training.trainer",
     "Store": "normlab.runs.store", "compare": "normlab.runs.comparisons", "submit": "normlab.runs.comparisons",
-    "wait": "normlab.runs.comparisons",
+    "wait": "normlab.runs.comparisons", "log": "normlab.runs.logger",
 }
 __all__ = sorted(_EXPORTS)
 

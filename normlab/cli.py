@@ -185,16 +185,34 @@ def cmd_list(args, store) -> int:
         print("no runs")
         return 0
     for r in runs.itertuples():
-        print(f"{r.id}  {r.comparison_id}  {r.norm:<12} seed {r.seed:<3} {r.dataset:<10} "
-              f"{r.status:<11} {int(r.step or 0)}/{int(r.total_steps or 0)}")
+        total = "?" if _missing(r.total_steps) else int(r.total_steps)
+        print(f"{r.id}  {r.comparison_id}  {_text(r.norm):<12} seed {_text(r.seed):<3} "
+              f"{_text(r.dataset):<10} {r.status:<11} {int(r.step or 0)}/{total}")
     return 0
+
+
+def _missing(value) -> bool:
+    """None, NaN or pandas' NA (whose comparisons raise when made a bool)."""
+    if value is None:
+        return True
+    try:
+        return bool(value != value)
+    except TypeError:
+        return True
+
+
+def _text(value) -> str:
+    """A run field for a table cell: '—' where it is missing (an external or odd run)."""
+    return "—" if _missing(value) else str(value)
 
 
 def final_metrics(store, run_ids: list[str]):
     """Last train and validation loss/accuracy per run (a small DataFrame)."""
+    import pandas as pd
+
     frame = store.metrics(run_ids, metrics=["loss", "acc"], sites=["train", "val"])
-    if frame.empty:
-        return frame
+    if frame.empty:  # nothing measured (e.g. a run that failed before its first step)
+        return pd.DataFrame(index=pd.Index(run_ids, name="run"))
     last = frame.sort_values("step").groupby(["run", "site", "metric"], observed=True).tail(1)
     table = last.pivot_table(index="run", columns=["site", "metric"], values="value",
                              observed=True)

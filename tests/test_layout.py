@@ -16,13 +16,15 @@ import torch
 import normlab
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = ["methods", "measure", "training", "runs", "views", "ui"]  # lower first
+LAYERS = ["methods", "measure", "training", "runs", "integrations", "views", "ui"]  # lower first
 
 
 def _library_modules() -> list[str]:
-    """Every module of normlab except the Streamlit helpers and ``__main__``."""
+    """Every module of normlab except the Streamlit helpers, ``__main__`` and the optional
+    framework integrations (their packages need not be installed)."""
     return [m.name for m in pkgutil.walk_packages(normlab.__path__, "normlab.")
-            if not m.name.startswith("normlab.ui") and m.name != "normlab.__main__"]
+            if not m.name.startswith(("normlab.ui", "normlab.integrations."))
+            and m.name != "normlab.__main__"]
 
 
 def test_library_never_loads_streamlit():
@@ -146,6 +148,7 @@ def test_public_names_survive_importing_every_submodule(no_engine):
         "submit": lambda f: f([tiny]),
         "compare": lambda f: f(tiny, norms=["none"]),
         "wait": lambda f: f(normlab.compare(tiny, norms=["none"])[0], timeout=0.01),
+        "log": lambda f: f(model, name="mine").__enter__().__exit__(None, None, None),
     }
     assert set(normlab.__all__) == set(calls), "a new public name needs a call here"
     for name in normlab.__all__:

@@ -40,9 +40,11 @@ def test_layer_names_mlp_cnn_and_user_model():
     layers = find_layers(cnn)
     assert [lay.name for lay in layers] == ["conv1", "conv2", "out"]
     user = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
-    found = find_layers(user)
-    assert [lay.name for lay in found] == ["0", "3"]
-    assert found[0].norm is user[1] and found[0].act is user[2] and found[0].activation == "relu"
+    found = find_layers(user)  # no block: every module under its own path
+    assert [lay.name for lay in found] == ["0", "1", "2", "3"]
+    assert found[0].weight is user[0] and not found[0].record_output  # BN takes its output
+    assert found[1].norm is user[1] and found[2].act is user[2] and found[2].activation == "relu"
+    assert found[3].weight is user[3] and found[3].record_output  # the head's output
 
 
 def test_capture_is_always_undone_and_survives_a_deepcopy(mlp):
@@ -52,7 +54,7 @@ def test_capture_is_always_undone_and_survives_a_deepcopy(mlp):
     with pytest.raises(RuntimeError):
         with Probe(mlp) as probe:
             wrapped = [m for m in mlp.modules() if "forward" in m.__dict__]
-            assert len(wrapped) == 2 * 2  # norm and activation of both hidden layers
+            assert len(wrapped) == 2 * 2 + 1  # norm and activation of both hidden layers, head
             twin = copy.deepcopy(mlp)  # e.g. keeping the best model: runs its own layers
             probe.arm(0)
             torch.testing.assert_close(twin(x), want)

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils.parametrize import is_parametrized
 
 from normlab.measure import kernels
 
@@ -47,8 +48,8 @@ from normlab.measure.schema import (HIST_BINS, HIST_EXTRA, HIST_METRICS, MEDIAN_
                                     UNIT_PERCENTILES, RecordBatch, fit_range, hist_edges,
                                     unit_metric, unit_picks)
 
-WEIGHT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, weightnorm.WeightNorm,
-                weightnorm.CosineNorm)
+WRAPPER_TYPES = (weightnorm.WeightNorm, weightnorm.CosineNorm)  # a layer inside: one unit
+WEIGHT_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, *WRAPPER_TYPES)
 NORM_TYPES = (norms.NoNorm, norms.BatchNorm, norms.LayerNorm, norms.InstanceNorm,
               norms.GroupNorm, norms.RMSNorm, norms.BatchRenorm, whitening.BatchWhitening,
               weightnorm.MeanOnlyBatchNorm, nn.modules.batchnorm._NormBase, nn.LayerNorm,
@@ -76,39 +77,93 @@ _SLOT_WIDTH = len(_ACT_STATS) + UNITS * len(UNIT_PERCENTILES)
 
 @dataclass
 class LayerSites:
-    """What the probe found for one layer."""
+    """What the probe measures under one name (a "layer" of the records)."""
 
     name: str
-    weight: nn.Module
-    norm: nn.Module | None = None
-    act: nn.Module | None = None
+    weight: nn.Module | None = None  # its weight layer: gradient, weight and update metrics
+    norm: nn.Module | None = None  # pre_norm (input) and post_norm (output)
+    act: nn.Module | None = None  # post_act (output)
     activation: str | None = None  # "sigmoid", ... when the activation module is known
     params: list[nn.Parameter] = field(default_factory=list)  # weight params (no biases)
+    record_output: bool = False  # no norm takes the weight layer's output: it is pre_norm
+
+
+def _is_weight_layer(module: nn.Module) -> bool:
+    """A module whose own parameters include a matrix or kernel (Linear, Conv,
+    MultiheadAttention's in_proj, Embedding, ...), or a weight-space wrapper."""
+    if isinstance(module, WEIGHT_TYPES) or is_parametrized(module):
+        return True
+    return any(p.ndim >= 2 for p in module.parameters(recurse=False))
+
+
+def _weight_params(module: nn.Module) -> list[nn.Parameter]:
+    """The weights a weight layer owns (biases and scales left out): its own, or for a
+    wrapper (WeightNorm, CosineNorm, a parametrization) everything inside it."""
+    opaque = isinstance(module, WRAPPER_TYPES) or is_parametrized(module)
+    named = module.named_parameters() if opaque else module.named_parameters(recurse=False)
+    return [p for n, p in named if p.requires_grad and not n.endswith(("bias", "scale"))]
 
 
 def find_layers(model: nn.Module) -> list[LayerSites]:
-    """The layers of ``model`` in forward-registration order (see the module docstring)."""
-    named = list(model.named_modules())
-    weight_names = [n for n, m in named if isinstance(m, WEIGHT_TYPES)]
-    layers: list[LayerSites] = []
-    inside: tuple[str, ...] = ()
-    for name, module in named:
-        if inside and any(name.startswith(p + ".") for p in inside):
-            continue  # a wrapped layer's inner modules belong to the wrapper
-        if isinstance(module, WEIGHT_TYPES):
-            inside = inside + (name,)
+    """What the probe measures, in registration order. The rule:
+
+    * every weight layer (:func:`_is_weight_layer`) is tracked by its module path
+      (gradient, weight and update metrics); a wrapper's inner modules belong to it;
+    * every normalization module is a site under its path: ``pre_norm`` is its input,
+      ``post_norm`` its output;
+    * every activation module is a site under its path: ``post_act`` is its output;
+    * a weight layer whose next measured module (in registration order, same parent) is
+      not a normalization module records its own output as ``pre_norm`` (the head, a
+      layer feeding an activation directly);
+    * a module that is the only weight layer of its parent block lends that block's name
+      to the block's modules (NormLab's ``hidden1`` = layer, norm and activation), so a
+      block reads as one layer; a second norm or activation there keeps its own path.
+
+    A module called more than once per forward pass is measured at each call (see
+    :class:`Probe`: the second call is ``path#2``, ...).
+    """
+    named: list[tuple[str, nn.Module, str]] = []
+    wrappers: tuple[str, ...] = ()
+    for name, module in model.named_modules():
+        if wrappers and name.startswith(wrappers):
+            continue  # inside a wrapper: the wrapper is the layer
+        if isinstance(module, WRAPPER_TYPES) or is_parametrized(module):
+            wrappers += (name + ".",)
+        kind = ("norm" if isinstance(module, NORM_TYPES) else
+                "act" if type(module) in ACT_TYPES else
+                "weight" if _is_weight_layer(module) else None)
+        if kind:
+            named.append((name, module, kind))
+    weights = [n for n, _, k in named if k == "weight"]
+
+    def label(name: str) -> str:
+        parent = name.rsplit(".", 1)[0] if "." in name else ""
+        inside = [w for w in weights if parent and w.startswith(parent + ".")]
+        if parent and parent not in weights and len(inside) == 1:
+            return parent
+        return name or "model"
+
+    groups: dict[str, LayerSites] = {}
+    for i, (name, module, kind) in enumerate(named):
+        key = label(name)
+        group = groups.setdefault(key, LayerSites(key))
+        if getattr(group, kind) is not None:  # a second one under a shared block name
+            key = name
+            group = groups.setdefault(key, LayerSites(key))
+        setattr(group, kind, module)
+        if kind == "weight":
+            group.params = _weight_params(module)
             parent = name.rsplit(".", 1)[0] if "." in name else ""
-            siblings = [w for w in weight_names if parent and w.startswith(parent + ".")]
-            label = parent if parent and len(siblings) == 1 else (name or "model")
-            params = [p for n, p in module.named_parameters()
-                      if p.requires_grad and not n.endswith(("bias", "scale"))]
-            layers.append(LayerSites(label, module, params=params))
-        elif layers and isinstance(module, NORM_TYPES) and layers[-1].norm is None:
-            layers[-1].norm = module
-        elif layers and type(module) in ACT_TYPES and layers[-1].act is None:
-            layers[-1].act = module
-            layers[-1].activation = ACT_TYPES[type(module)]
-    return layers
+            nxt = next(((n, k) for n, _, k in named[i + 1:]
+                        if not n.startswith(name + ".")), None)
+            same = nxt is not None and (nxt[0].rsplit(".", 1)[0] if "." in nxt[0] else "") == parent
+            group.record_output = not (same and nxt[1] == "norm")
+        elif kind == "act":
+            group.activation = ACT_TYPES[type(module)]
+    for group in groups.values():
+        if group.norm is not None:
+            group.record_output = False
+    return list(groups.values())
 
 
 def _sample_index(n: int, size: int | None) -> np.ndarray:
@@ -240,11 +295,19 @@ class Probe:
             raise ValueError(f"sample must be at least 1 or None for every value (got {sample})")
         self.model, self.every, self.sample = model, every, sample
         self.activation_sites = activation_sites
-        self.layers = find_layers(model)
+        self.groups = find_layers(model)  # every name records are kept under
+        self.layers = [g for g in self.groups if g.weight is not None]  # weight metrics
         if not self.layers:
             raise ValueError("found no Linear/Conv layer to probe in "
                              f"{type(model).__name__}")
         self._undo: list = []  # what __exit__ calls to unwrap the captured modules
+        # per captured module: its slots (in, out) for each call in a forward pass, what
+        # it measures, and how often it was called in the step being recorded
+        self._call_slots: list[list[tuple[int | None, int]]] = []
+        self._capture_sites: list[tuple[LayerSites, tuple[str | None, str]]] = []
+        self._calls: list[int] = []
+        self._spill: list[tuple[int, int, object, object]] = []  # calls beyond the slots
+        self._finished: list[RecordBatch] = []  # rows recorded before the slots grew
         self._slots: list[tuple[str, str, str | None]] = []  # (layer, site, activation)
         self._slot_layer: list[LayerSites] = []
         self._captured: list[torch.Tensor | None] = []
@@ -293,31 +356,29 @@ class Probe:
     def __enter__(self) -> "Probe":
         if not self.activation_sites:
             return self
-        for layer in self.layers:
-            if layer.norm is None and layer.act is None:
-                continue  # the head: parameter metrics only
-            if layer.norm is not None:
-                pre = self._add_slot(layer, "pre_norm")
-                post = self._add_slot(layer, "post_norm")
-                self._undo.append(self._capture(layer.norm, pre, post))
-            else:
-                pre = self._add_slot(layer, "pre_norm")
-                self._undo.append(self._capture(layer.weight, None, pre))
-            if layer.act is not None:
-                act = self._add_slot(layer, "post_act")
-                self._undo.append(self._capture(layer.act, None, act))
+        for group in self.groups:
+            if group.norm is not None:
+                self._undo.append(self._capture(group.norm, group, ("pre_norm", "post_norm")))
+            elif group.record_output:
+                self._undo.append(self._capture(group.weight, group, (None, "pre_norm")))
+            if group.act is not None:
+                self._undo.append(self._capture(group.act, group, (None, "post_act")))
+        self._finish_slots()
+        return self
+
+    def _finish_slots(self) -> None:
+        """The per-slot arrays the activation kernel reads (after slots are added)."""
         self._kinds = np.array([_saturation_kind(a) for _, _, a in self._slots], dtype=np.int64)
         self._bounds = np.array([_SATURATION_BOUNDS.get(a, (np.nan, np.nan))
                                  for _, _, a in self._slots]).reshape(-1, 2)
         self._edge_matrix = np.array(self._edges).reshape(-1, HIST_BINS + 1)
-        self._units_at = np.array([_padded(unit_picks(_out_units(self._slot_layer[i].weight)))
+        self._units_at = np.array([_padded(unit_picks(_units_of(self._slot_layer[i])))
                                    for i in range(len(self._slots))],
                                   dtype=np.int64).reshape(-1, UNITS)
         self._act_base = 1 + 3 * len(self.layers)
         after = self._act_base + len(self._slots) * _SLOT_WIDTH
         self._saturation_at = np.full(len(self._slots), -1, dtype=np.int64)
         self._saturation_at[self._sat_slots] = after + np.arange(len(self._sat_slots))
-        return self
 
     def __exit__(self, *exc) -> None:
         for _, module in self._wrapped:
@@ -328,9 +389,9 @@ class Probe:
         self._armed = False
         self._captured = [None] * len(self._captured)
 
-    def _add_slot(self, layer: LayerSites, site: str) -> int:
+    def _add_slot(self, layer: LayerSites, site: str, suffix: str = "") -> int:
         activation = layer.activation if site == "post_act" else None
-        self._slots.append((layer.name, site, activation))
+        self._slots.append((layer.name + suffix, site, activation))
         self._slot_layer.append(layer)
         self._edges.append(hist_edges(site, activation))
         self._fitted.append(False)
@@ -339,9 +400,13 @@ class Probe:
         self._captured.append(None)
         return len(self._slots) - 1
 
-    def _capture(self, module: nn.Module, in_slot: int | None, out_slot: int):
-        """Make ``module`` hand its input (to ``in_slot``) and output (to ``out_slot``) to
-        the probe at recorded steps; returns what undoes it.
+    def _capture(self, module: nn.Module, group: LayerSites, sites: tuple[str | None, str]):
+        """Make ``module`` hand its input (if ``sites[0]``) and output to the probe at
+        recorded steps, one pair of slots per call in the forward pass (a module used
+        twice — a shared ReLU — is measured at each call: ``name``, ``name#2``, …; calls
+        beyond the known slots add slots at :meth:`_grow`); returns what undoes it. Calls
+        with gradients off (an evaluation pass under ``torch.no_grad()`` between
+        :meth:`arm` and the training pass) are not the training step's: not captured.
 
         Wraps the module's ``forward`` (as accelerate's ``add_hook_to_module`` does)
         rather than registering a forward hook: any hook sends every call of the module
@@ -349,15 +414,31 @@ class Probe:
         captured tensors are held only until the step's statistics are taken (no detach:
         the kernels read memory, and dropping the reference frees nothing autograd needs).
         """
+        cid = len(self._call_slots)
+        self._call_slots.append([tuple(None if s is None else self._add_slot(group, s)
+                                       for s in sites)])
+        self._capture_sites.append((group, sites))
+        self._calls.append(0)
         before = module.__dict__.get("forward")  # an instance-level forward (a wrapper)
+
+        def take(inputs, output) -> None:
+            call = self._calls[cid]
+            self._calls[cid] = call + 1
+            x, y = (_first_tensor(inputs) if sites[0] else None), _first_tensor(output)
+            slots = self._call_slots[cid]
+            if call >= len(slots):
+                self._spill.append((cid, call, x, y))
+                return
+            in_slot, out_slot = slots[call]
+            if in_slot is not None:
+                self._captured[in_slot] = x
+            self._captured[out_slot] = y
 
         def forward(this, *args, **kwargs):  # bound below, so a deepcopy rebinds it
             output = (type(this).forward(this, *args, **kwargs) if before is None
                       else before(*args, **kwargs))
-            if self._armed and this is module:
-                if in_slot is not None:
-                    self._captured[in_slot] = args[0] if args else next(iter(kwargs.values()))
-                self._captured[out_slot] = output
+            if self._armed and this is module and torch.is_grad_enabled():
+                take(args or tuple(kwargs.values()), output)
             return output
 
         bound = types.MethodType(forward, module)
@@ -365,10 +446,8 @@ class Probe:
             module.forward = bound
         except (AttributeError, RuntimeError, TypeError):  # e.g. a scripted module: a hook
             def hook(module, inputs, output):
-                if self._armed:
-                    if in_slot is not None:
-                        self._captured[in_slot] = inputs[0]
-                    self._captured[out_slot] = output
+                if self._armed and torch.is_grad_enabled():
+                    take(inputs, output)
             return module.register_forward_hook(hook).remove
 
         def undo():
@@ -378,6 +457,28 @@ class Probe:
                 else:
                     module.forward = before
         return undo
+
+    def _grow(self) -> None:
+        """Give the calls of this step that had no slot (a module called more often than
+        before) their own slots, named ``name#k``. The rows recorded so far keep their
+        columns: they are set aside as a batch that :meth:`flush` returns with the rest."""
+        rows = self._take_rows()
+        if rows is not None:
+            self._finished.append(rows)
+        for cid, call, x, y in self._spill:
+            group, sites = self._capture_sites[cid]
+            slots = self._call_slots[cid]
+            while len(slots) <= call:
+                suffix = f"#{len(slots) + 1}"
+                slots.append(tuple(None if s is None else self._add_slot(group, s, suffix)
+                                   for s in sites))
+            in_slot, out_slot = slots[call]
+            if in_slot is not None:
+                self._captured[in_slot] = x
+            self._captured[out_slot] = y
+        self._spill = []
+        self._block = None
+        self._finish_slots()
 
     # -- the training-loop protocol ----------------------------------------------------
     def records(self, step: int) -> bool:
@@ -392,6 +493,9 @@ class Probe:
         self._copied = self._graded = self._activations_done = False
         for _, module in self._wrapped:
             module.keep_weight, module.used_weight = self._armed, None
+        if self._armed:
+            self._calls = [0] * len(self._calls)
+            self._spill = []
         return self._armed
 
     def after_forward(self) -> None:
@@ -452,6 +556,8 @@ class Probe:
         self._copied = self._graded = self._activations_done = False
 
     def _activation_stats(self, copy_weights: bool) -> None:
+        if self._spill:
+            self._grow()
         captured, keep = self._captured, []
         if not all(self._fitted):
             self._fit_ranges(captured)
@@ -560,8 +666,8 @@ class Probe:
                  for metric in WRAPPED_METRICS]
         return keys
 
-    def flush(self) -> RecordBatch | None:
-        """The rows recorded since the last flush as one batch (None if there are none)."""
+    def _take_rows(self) -> RecordBatch | None:
+        """The rows recorded since the last flush (None if none), and forget them."""
         if not self._steps:
             return None
         n = len(self._steps)
@@ -569,6 +675,25 @@ class Probe:
         batch = RecordBatch(np.asarray(self._steps, dtype=np.int64), self.keys(), values)
         self._steps, self._extras = [], []
         return batch
+
+    def flush(self) -> RecordBatch | None:
+        """The rows recorded since the last flush as one batch (None if there are none)."""
+        batches = [*self._finished, self._take_rows()]
+        self._finished = []
+        batches = [b for b in batches if b is not None]
+        if not batches:
+            return None
+        return batches[0] if len(batches) == 1 else RecordBatch.concat(batches)
+
+
+def _first_tensor(value) -> torch.Tensor | None:
+    """``value`` if a tensor, else the first tensor in a tuple or list (an attention
+    module returns (output, weights)), else None."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)):
+        return next((v for v in value if isinstance(v, torch.Tensor)), None)
+    return None
 
 
 _UNIT_QUANTILES = np.asarray(UNIT_PERCENTILES, dtype=np.float64) / 100
@@ -578,12 +703,19 @@ def _padded(units: list[int]) -> list[int]:
     return (units + [-1] * UNITS)[:UNITS]
 
 
-def _out_units(module: nn.Module) -> int:
-    """Output features (Linear) or channels (convs) of a weight layer."""
-    for name in ("out_features", "out_channels"):
+def _out_units(module: nn.Module | None) -> int:
+    """Output features (Linear) or channels (convs) of a weight layer, or the features a
+    norm module normalizes (0 when unknown)."""
+    for name in ("out_features", "out_channels", "num_features", "num_channels"):
         if isinstance(getattr(module, name, None), int):
             return getattr(module, name)
     return 0
+
+
+def _units_of(group: LayerSites) -> int:
+    """The units (dimension 1 of its activations) of a measured group."""
+    return _out_units(group.weight) or _out_units(group.norm)
+
 WRAPPED_METRICS = ("grad_norm_v", "grad_norm_g")  # weight-space layers, at "param"
 
 

@@ -395,7 +395,8 @@ def _insert_run(conn, run: dict, new_id: str, comparison_id: str) -> None:
     record = {k: run.get(k) for k in RUN_FIELDS}
     record.update(id=new_id, comparison_id=comparison_id, config=json.dumps(run["config"]),
                   tags=json.dumps(list(run.get("tags") or [])), notes=str(run.get("notes") or ""),
-                  step=int(run.get("step") or 0), position=int(run.get("position") or 0))
+                  step=int(run.get("step") or 0), position=int(run.get("position") or 0),
+                  source="external" if run.get("source") == "external" else "normlab")
     if record["status"] in ACTIVE:
         record.update(status="interrupted", control=None, worker_pid=None,
                       error=f"imported while {run['status']} at step {record['step']}")

@@ -122,6 +122,40 @@ class Store(Database):
                 run_ids.append(rid)
         return cid, run_ids
 
+    def create_external_run(self, name: str, config: dict | None = None, *, pid: int,
+                            total_steps: int | None = None, tags: Iterable[str] = ()
+                            ) -> tuple[str, str]:
+        """A comparison holding one run that a user's own loop trains (process ``pid``):
+        created 'running', labelled ``name`` wherever runs are shown (its method column),
+        its ``config`` stored as given, never claimed by the engine. Returns (comparison
+        id, run id). If ``pid`` dies first, the next engine marks the run 'interrupted'."""
+        name = str(name).strip()
+        if not name:
+            raise ValueError("an external run needs a name (e.g. name='resnet18-bn'), "
+                             "shown as its label in the dashboard")
+        config = _config_dict(dict(config or {}), 0)
+        seed = config.get("seed")
+        seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+        text = {k: config.get(k) if isinstance(config.get(k), str) else None
+                for k in ("dataset", "model")}
+        with self._write() as conn:
+            last = conn.execute("SELECT max(created_at) FROM comparisons").fetchone()[0]
+            now = time.time()
+            created = now if last is None or now > last else last + 1e-6
+            cid = _new_id(conn, "comparisons", "c")
+            conn.execute("INSERT INTO comparisons (id, name, created_at, tags) "
+                         "VALUES (?, ?, ?, ?)", (cid, name, created,
+                                                 json.dumps(_clean_tags(tags))))
+            rid = _new_id(conn, "runs", "r")
+            conn.execute(
+                "INSERT INTO runs (id, comparison_id, position, config, norm, seed, dataset, "
+                "model, total_steps, created_at, name, status, worker_pid, started_at, "
+                "heartbeat_at, source) VALUES (?,?,0,?,?,?,?,?,?,?,?,'running',?,?,?,"
+                "'external')",
+                (rid, cid, json.dumps(config), name, seed, text["dataset"], text["model"],
+                 total_steps, created, name, int(pid), now, now))
+        return cid, rid
+
     def claim_run(self, pid: int) -> tuple[str, dict] | None:
         """Atomically take the next queued run and mark it running for worker ``pid``.
 
@@ -137,7 +171,7 @@ class Store(Database):
                 "  WHERE status IN ('running', 'paused') GROUP BY comparison_id) "
                 "SELECT r.id, r.config FROM runs r JOIN comparisons c ON c.id = r.comparison_id "
                 "LEFT JOIN active a ON a.comparison_id = r.comparison_id "
-                "WHERE r.status = 'queued' AND r.control IS NULL "
+                "WHERE r.status = 'queued' AND r.control IS NULL AND r.source = 'normlab' "
                 "ORDER BY coalesce(a.n, 0), c.created_at, c.id, r.position LIMIT 1").fetchone()
             if row is None:
                 return None

@@ -12,6 +12,7 @@ open, one function per version step):
 * ``comparisons`` — runs submitted together: name, base config and grid JSON, notes, tags.
 * ``runs`` — one training run: config JSON (its identity, see :mod:`normlab.training.config`), the
   fields charts group by (norm, seed, dataset, model), status, progress, worker, control.
+  ``source`` says who trains it: NormLab's engine, or a user's own loop (``external``).
 * ``chunks`` — metrics, a series in chunks of raw numpy bytes (see :mod:`normlab.runs.chunks`).
 
 :class:`Database` gives each thread its own connection and a forked child fresh ones.
@@ -37,7 +38,8 @@ BUSY_TIMEOUT_MS = 30_000  # how long a writer waits for another writer's transac
 RUN_FIELDS = ("id", "comparison_id", "position", "name", "status", "control", "step",
               "total_steps", "steps_per_sec", "norm", "seed", "dataset", "model", "error",
               "worker_pid", "created_at", "started_at", "finished_at", "heartbeat_at",
-              "tags", "notes", "config")
+              "tags", "notes", "config", "source")
+SOURCES = ("normlab", "external")  # trained by NormLab's engine, or logged by a user's loop
 COMPARISON_FIELDS = ("id", "name", "created_at", "base", "grid", "notes", "tags")
 _INT_FIELDS = ("position", "step", "total_steps", "seed", "worker_pid")
 _FLOAT_FIELDS = ("steps_per_sec", "created_at", "started_at", "finished_at", "heartbeat_at")
@@ -118,7 +120,14 @@ def _migrate_to_v1(conn: sqlite3.Connection) -> None:
 # sets user_version, so a failed step changes nothing). Append a function to change the
 # schema; never edit one that has shipped. foreign_keys is ON: a step that rebuilds a table
 # must keep every reference valid.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_to_v1]
+def _migrate_to_v2(conn: sqlite3.Connection) -> None:
+    """Runs get a ``source``: 'normlab' (the engine trains it from its RunConfig) or
+    'external' (a user's own loop logs it through :func:`normlab.log`; never claimed)."""
+    conn.execute("ALTER TABLE runs ADD COLUMN source TEXT NOT NULL DEFAULT 'normlab' "
+                 "CHECK (source IN ('normlab', 'external'))")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_to_v1, _migrate_to_v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -4,6 +4,7 @@ train; finished comparisons' frames and charts are cached by run statuses.
 """
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 from normlab.views import compareview as views
@@ -51,7 +52,8 @@ def _progress(key: str, runs) -> None:
                 "message": "note"})
         st.caption("Select rows to pause, resume or cancel single runs.")
     for row in table[table["status"].isin(("failed", "interrupted"))].itertuples():
-        st.warning(f"{row.method} · seed {row.seed} {row.status}: {row.message or 'no reason'}"
+        seed = "" if pd.isna(row.seed) else f" · seed {row.seed}"
+        st.warning(f"{row.method}{seed} {row.status}: {row.message or 'no reason'}"
                    " — fix the setup and launch again.")
     rows = [i for i in (picked.selection.rows if picked else []) if i < len(table)]
     ids = list(table["run"].iloc[rows]) if rows else list(table["run"])
@@ -97,7 +99,8 @@ def _charts(key: str, runs, view: View) -> None:
 
 def _group(key: str, runs, group: str, view: View) -> None:
     metrics, sites = views.group_request(group, view)
-    every = views.load_every(int(runs["total_steps"].max() or 1),
+    longest = pd.to_numeric(runs["total_steps"], errors="coerce").fillna(runs["step"]).max()
+    every = views.load_every(int(longest) if longest == longest else 1,
                              min(int(c.get("record_interval", 1)) for c in runs["config"]))
     sig, n_seeds = views.signature(runs), int(runs["seed"].nunique())
     done, path = views.finished(runs), str(get_store().path)

@@ -29,7 +29,7 @@ import altair as alt
 import pandas as pd
 
 from normlab.training.config import ConfigError, RunConfig
-from normlab.views.frames import with_methods
+from normlab.views.frames import run_methods, run_seeds, with_methods
 from normlab.runs.store import FINISHED, NotFound, Store
 from normlab.views.urlstate import View, default_methods
 
@@ -162,7 +162,7 @@ def progress_table(store: Store, runs: pd.DataFrame | Iterable[str]) -> pd.DataF
     total = runs["total_steps"].fillna(0).astype(int)
     step = runs["step"].fillna(0).astype(int)
     out = pd.DataFrame({
-        "run": runs["id"], "method": runs["norm"], "seed": runs["seed"],
+        "run": runs["id"], "method": run_methods(runs), "seed": runs["seed"],
         "status": runs["status"], "done": (step / total.where(total > 0, 1)).clip(0, 1),
         "step": step, "total": total,
         "steps_per_sec": runs["steps_per_sec"].where(runs["status"].isin(("running", "paused"))),
@@ -207,8 +207,8 @@ def progress_summary(runs: pd.DataFrame) -> dict:
 def run_label(runs: pd.DataFrame) -> dict[str, str]:
     """Run id → 'method · seed N' (the seed only when the comparison has several)."""
     several = runs["seed"].nunique() > 1
-    return {r.id: f"{r.norm} · seed {r.seed}" if several else str(r.norm)
-            for r in runs.itertuples()}
+    return {i: f"{m} · seed {s}" if several else str(m)
+            for i, m, s in zip(runs["id"], run_methods(runs), run_seeds(runs))}
 
 
 def comparison_choices(store: Store) -> dict[str, str]:

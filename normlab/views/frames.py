@@ -194,6 +194,21 @@ def aggregate_seeds(df: pd.DataFrame, band: str | None = "minmax",
     return out.sort_values(by, kind="stable").reset_index(drop=True)
 
 
+def run_methods(runs_df: pd.DataFrame) -> np.ndarray:
+    """Each run's method label: its norm; for a run without one (logged from a user's own
+    loop, or an odd import) its name, else ``run <id>`` — never missing."""
+    norm = runs_df["norm"].astype(object).where(runs_df["norm"].notna(), None)
+    name = runs_df["name"] if "name" in runs_df else pd.Series(None, index=runs_df.index)
+    return np.array([str(n) if n is not None and n == n else
+                     (str(m) if m is not None and m == m else f"run {i}")
+                     for n, m, i in zip(norm, name.astype(object), runs_df["id"])], dtype=object)
+
+
+def run_seeds(runs_df: pd.DataFrame) -> np.ndarray:
+    """Each run's seed as int64; a run without one (an external run) counts as seed 0."""
+    return pd.to_numeric(runs_df["seed"], errors="coerce").fillna(0).to_numpy(dtype=np.int64)
+
+
 def with_methods(metrics_df: pd.DataFrame, runs_df: pd.DataFrame, *, label: str = "auto",
                  comparison_names: Mapping[str, str] | None = None) -> pd.DataFrame:
     """``metrics_df`` with ``method``, ``seed`` and ``label`` looked up from ``runs_df``.
@@ -215,7 +230,7 @@ def with_methods(metrics_df: pd.DataFrame, runs_df: pd.DataFrame, *, label: str 
     out = metrics_df.loc[found].reset_index(drop=True)
     pos = pos[found]
     runs = runs_df.reset_index(drop=True)
-    method = runs["norm"].astype(str).to_numpy()
+    method = run_methods(runs)
     cid = runs["comparison_id"].to_numpy()
     names = dict(comparison_names or {})
     comp = np.array([m if pd.isna(c) else f"{m} · {names.get(c, c)}"
@@ -232,7 +247,7 @@ def with_methods(metrics_df: pd.DataFrame, runs_df: pd.DataFrame, *, label: str 
         multi = np.isin(method, n_comp.index[n_comp > 1])
         lab = np.where(multi, comp, method).astype(object)
     out["method"] = method[pos]
-    out["seed"] = runs["seed"].to_numpy(dtype=np.int64)[pos]
+    out["seed"] = run_seeds(runs)[pos]
     out["label"] = lab[pos]
     return out
 

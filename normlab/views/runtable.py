@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from normlab.views.frames import run_methods
 from normlab.views.palette import method_order
 from normlab.runs import exchange
 from normlab.runs.store import STATUSES, NotFound, Store, empty_metrics
@@ -92,7 +93,7 @@ def build_table(runs: pd.DataFrame, comparisons: pd.DataFrame,
         "id": runs["id"].astype(str),
         "comparison": runs["comparison_id"].map(comp["name"]) if comp is not None else None,
         "name": runs["name"].where(runs["name"].notna(), None),
-        "method": runs["norm"],
+        "method": run_methods(runs) if len(runs) else runs["norm"],
         "seed": runs["seed"],
         "dataset": runs["dataset"],
         "model": runs["model"],
