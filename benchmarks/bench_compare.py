@@ -5,14 +5,16 @@
     and stored — the engine already up (the dashboard starts it when it starts), so this
     includes each run's start-up in a worker (data, model, store writes) but not the
     one-off engine boot, which is reported separately;
-(b) the same 8 runs one after another in one process: a bare PyTorch loop, no probes,
-    no store, model building included.
+(b) the same 8 runs one after another in one process: the torch.nn loop a person writes
+    (``benchmarks/common.py``: each method's torch.nn layer, ``nn.BatchNorm1d`` for the
+    methods torch has none for), no probes, no store, model building included.
 
 The two alternate, ``--repeats`` times each (the engine stays up, idle, while (b) runs:
 its two workers poll the queue 20 times a second each).
 
 Also printed: time from submission to the first stored point, store write throughput
-and the engine's cold boot. The last line is ``engine/bare-sequential X.XXx``.
+and the engine's cold boot. The last line is ``engine/bare-sequential X.XXx``; the target
+is ≤ 0.6×.
 
 Usage: python benchmarks/bench_compare.py [--steps 1000] [--workers N] [--repeats 2]
        [--record-interval 1]   (best of --repeats on each side, the sides interleaved)

@@ -1,7 +1,10 @@
-"""Probe overhead: the instrumented trainer against a bare PyTorch loop, in one process.
+"""Probe overhead: the instrumented trainer against the torch.nn loop a person writes.
 
-Same model (built by normlab from the same config), data, seed and batch order; one torch
-thread. The trainer records every probe at record interval 1. Two measurements:
+The bare loop is the same architecture written with torch.nn layers (``nn.BatchNorm1d``;
+``benchmarks/common.py``), not NormLab's model, with the same data, seed, init and batch
+order, in one process; one torch thread. The trainer is NormLab's model with every probe
+at record interval 1. So the ratio is everything NormLab costs over the loop a person
+would write: its layers and its measurement. Target ≤ 1.15×. Two measurements:
 
 * whole runs: the trainer's 2,000 steps and the bare loop's, alternately, ``--repeats``
   times each; best trainer time / best bare time;

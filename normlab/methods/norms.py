@@ -1,36 +1,29 @@
 """Activation-space normalization layers, each a choice in ``h = g · (x − μ) / σ + b``.
 
 A method is fixed by where μ and σ come from (this batch, running averages, or 0 for no
-centring), which axes they reduce over, and the shapes of g and b. All the arithmetic is
-one private helper, :func:`_moments` (mean and biased variance over given axes, variance
-clamped at 0); each ``forward`` is a few lines around it. Inputs are (B, C) (an MLP layer)
-or (B, C, L) / (B, C, H, W) (a CNN layer); ``num_features`` = C always comes first.
+centring), which axes they reduce over, and the shapes of g and b. Each ``forward`` is one
+of PyTorch's fused operators that computes exactly that function (``F.batch_norm``,
+``F.layer_norm``, ``F.group_norm``, ``F.rms_norm``): one C++ kernel forward and one
+backward instead of a dozen small eager operations, so a NormLab model trains as fast as
+the same model written with ``torch.nn`` layers (``benchmarks/bench_native.py``).
+
+The readable form — one moments helper (mean and biased variance over the axes) and a few
+lines per method — is :mod:`normlab.methods.reference`; the tests check every module here
+against it (forward, gradients, running statistics, eval) and against its ``torch.nn``
+counterpart. Inputs are (B, C) (an MLP layer) or (B, C, L) / (B, C, H, W) (a CNN layer);
+``num_features`` = C always comes first.
 
 Cites: Ioffe & Szegedy 2015 (BatchNorm), Ba, Kiros & Hinton 2016 (LayerNorm), Ulyanov,
 Vedaldi & Lempitsky 2016 (InstanceNorm), Wu & He 2018 (GroupNorm), Zhang & Sennrich 2019
-(RMSNorm), Ioffe 2017 (Batch Renormalization). Each matches its ``torch.nn`` counterpart
-(see ``tests/test_norms.py``).
+(RMSNorm), Ioffe 2017 (Batch Renormalization).
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normlab.methods.specs import clipped_divisor
-
-
-def _moments(x: Tensor, dims: tuple[int, ...], center: bool = True) -> tuple[Tensor, Tensor]:
-    """(μ, σ²) of ``x`` over ``dims``, kept for broadcasting; σ² biased (÷ n), clamped at 0.
-
-    Two passes (mean, then mean of squared deviations): no cancellation when |μ| ≫ σ, and on
-    CPU faster than ``torch.var_mean`` (measured ~3x, forward + backward). ``center=False`` returns
-    (0, mean of x²): the second moment about zero (RMSNorm).
-    """
-    if not center:
-        return x.new_zeros(()), x.square().mean(dim=dims, keepdim=True)  # (…, 1, …)
-    mean = x.mean(dim=dims, keepdim=True)  # (…, 1, …)
-    var = (x - mean).square().mean(dim=dims, keepdim=True)  # (…, 1, …)
-    return mean, var.clamp_min(0.0)
 
 
 def _check_config(num_features: int, eps: float, momentum: float | None = None) -> None:
@@ -40,6 +33,14 @@ def _check_config(num_features: int, eps: float, momentum: float | None = None) 
         raise ValueError(f"eps must be positive (got {eps}); the usual value is 1e-5")
     if momentum is not None and not 0 < momentum <= 1:
         raise ValueError(f"momentum must be in (0, 1] (got {momentum}); the usual value is 0.1")
+
+
+def _group_norm(x: Tensor, groups: int, weight: Tensor | None, bias: Tensor | None,
+                eps: float) -> Tensor:
+    """``F.group_norm`` without its Python-side check, which refuses one value per group
+    (an MLP layer with C groups of one feature, or a batch of one): there the function
+    is defined (x − μ = 0, so h = b) and the references compute it, so this does too."""
+    return torch.group_norm(x, groups, weight, bias, eps, False)
 
 
 class _Norm(nn.Module):
@@ -53,21 +54,17 @@ class _Norm(nn.Module):
         self.weight = nn.Parameter(torch.ones(num_features)) if affine else None
         self.bias = nn.Parameter(torch.zeros(num_features)) if affine and bias else None
 
-    def _shape(self, x: Tensor) -> tuple[int, ...]:
-        """The broadcast shape of a per-channel vector for ``x``: (1, C, 1, ...)."""
+    def _check(self, x: Tensor) -> None:
+        """A clear error for an input whose dimension 1 is not ``num_features``."""
         if x.dim() < 2 or x.shape[1] != self.num_features:
             raise ValueError(f"{type(self).__name__}({self.num_features}) expects input (B, "
                              f"{self.num_features}) or (B, {self.num_features}, *spatial); got "
                              f"{tuple(x.shape)}: set num_features to the layer's width")
-        return (1, self.num_features) + (1,) * (x.dim() - 2)
 
-    def _affine(self, h: Tensor, shape: tuple[int, ...]) -> Tensor:
-        """g · h + b with g, b (C,) broadcast over batch and space."""
-        if self.weight is not None and self.bias is not None:
-            return torch.addcmul(self.bias.view(shape), h, self.weight.view(shape))
-        if self.weight is not None:
-            return h * self.weight.view(shape)
-        return h
+    def _shape(self, x: Tensor) -> tuple[int, ...]:
+        """The broadcast shape of a per-channel vector for ``x``: (1, C, 1, ...)."""
+        self._check(x)
+        return (1, self.num_features) + (1,) * (x.dim() - 2)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, affine={self.affine}"
@@ -102,6 +99,7 @@ class BatchNorm(_Norm):
     Train vs eval: train normalizes with batch statistics and updates ``running_mean`` and
     ``running_var`` (unbiased, ÷ (n − 1)) as ``r ← (1 − momentum) · r + momentum · stat``;
     eval normalizes with the running statistics. Matches ``nn.BatchNorm1d/2d``.
+    Computed by ``F.batch_norm`` (which makes the running update itself).
     Args: num_features (C), eps, momentum (running-average rate in (0, 1]), affine
     (learn g, b per channel).
     Shapes: (B, C), (B, C, L) or (B, C, H, W) → same. Train needs > 1 value per channel.
@@ -118,42 +116,23 @@ class BatchNorm(_Norm):
         self.register_buffer("running_var", torch.ones(num_features))
         self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
 
-    def _batch_moments(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Batch (μ, σ²) per channel, shaped (1, C, 1, ...); updates the running statistics."""
-        dims = (0, *range(2, x.dim()))  # B and space
-        n = x.numel() // self.num_features  # values per channel
-        if n < 2:
+    def _check_batch(self, x: Tensor) -> None:
+        """Training needs more than one value per channel (else σ²_B is 0/0)."""
+        self._check(x)
+        if x.numel() <= self.num_features:  # values per channel = numel / C
             raise ValueError(f"{type(self).__name__} needs more than one value per channel in "
                              f"training, got input {tuple(x.shape)}: use a batch of at least 2 "
                              "examples, or call .eval() to use the running statistics")
-        mean, var = _moments(x, dims)  # (1, C, 1, ...)
-        with torch.no_grad():
-            self.running_mean.lerp_(mean.flatten(), self.momentum)  # (C,)
-            self.running_var.lerp_(var.flatten() * (n / (n - 1)), self.momentum)  # (C,)
-            self.num_batches_tracked += 1
-        return mean, var
-
-    def _per_channel(self, x: Tensor, scale: Tensor, shift: Tensor,
-                     shape: tuple[int, ...]) -> Tensor:
-        """``g · (x · scale + shift) + b`` for per-channel scale, shift (1, C, 1, ...).
-
-        The affine map is folded into the (small) scale and shift first, so the full-size
-        input is touched by a single ``addcmul``: one output, no full-size intermediates.
-        """
-        if self.weight is not None:
-            scale, shift = scale * self.weight.view(shape), shift * self.weight.view(shape)
-        if self.bias is not None:
-            shift = shift + self.bias.view(shape)
-        return torch.addcmul(shift, x, scale)
 
     def forward(self, x: Tensor) -> Tensor:
-        shape = self._shape(x)
-        if self.training:
-            mean, var = self._batch_moments(x)  # (1, C, 1, ...)
-        else:
-            mean, var = self.running_mean.view(shape), self.running_var.view(shape)
-        inv_std = torch.rsqrt(var + self.eps)  # (x − μ) / σ = x · inv_std − μ · inv_std
-        return self._per_channel(x, inv_std, -mean * inv_std, shape)
+        if not self.training:
+            self._check(x)
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                False, 0.0, self.eps)
+        self._check_batch(x)
+        self.num_batches_tracked.add_(1)
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                            True, self.momentum, self.eps)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", momentum={self.momentum}"
@@ -167,6 +146,8 @@ class LayerNorm(_Norm):
     Reduction: per example over C (MLP) or C and space (CNN); σ² biased. g, b per channel
     (C,), broadcast over space.
     Train vs eval: identical (no running statistics).
+    Computed by ``F.layer_norm`` over C on (B, C), and by ``F.group_norm`` with one group
+    on (B, C, *spatial) (the same statistics, with g and b per channel, not per position).
     Args: num_features (C), eps, affine.
     Shapes: (B, C), (B, C, L) or (B, C, H, W) → same.
     Example (equivalence): on (B, C) it is ``nn.LayerNorm(C)``; on (B, C, H, W) it is
@@ -174,9 +155,10 @@ class LayerNorm(_Norm):
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        shape = self._shape(x)
-        mean, var = _moments(x, tuple(range(1, x.dim())))  # (B, 1, 1, ...)
-        return self._affine((x - mean) * torch.rsqrt(var + self.eps), shape)
+        self._check(x)
+        if x.dim() == 2:
+            return F.layer_norm(x, (self.num_features,), self.weight, self.bias, self.eps)
+        return _group_norm(x, 1, self.weight, self.bias, self.eps)
 
 
 class InstanceNorm(_Norm):
@@ -186,6 +168,9 @@ class InstanceNorm(_Norm):
     Formula: ``h = g · (x − μ) / sqrt(σ² + eps) + b``.
     Reduction: per example per channel over L or H, W; σ² biased. g, b per channel.
     Train vs eval: identical (no running statistics; torch's ``track_running_stats=False``).
+    Computed by ``F.group_norm`` with one group per channel: the same function as
+    ``F.instance_norm`` (which reshapes to a (1, B·C) batch norm and repeats g, b per
+    example), and about twice as fast on CPU.
     Args: num_features (C), eps, affine.
     Shapes: (B, C, L) or (B, C, H, W) → same; a (B, C) input is an error.
     Example (equivalence): ``nn.InstanceNorm2d(C, affine=True)``, and :class:`GroupNorm`
@@ -193,13 +178,12 @@ class InstanceNorm(_Norm):
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        shape = self._shape(x)
+        self._check(x)
         if x.dim() < 3:
             raise ValueError(f"InstanceNorm normalizes each channel over its spatial positions, "
                              f"and input {tuple(x.shape)} has none: use it in a CNN (input "
                              "(B, C, L) or (B, C, H, W)), or choose 'layer' or 'group'")
-        mean, var = _moments(x, tuple(range(2, x.dim())))  # (B, C, 1, ...)
-        return self._affine((x - mean) * torch.rsqrt(var + self.eps), shape)
+        return _group_norm(x, self.num_features, self.weight, self.bias, self.eps)
 
 
 class GroupNorm(_Norm):
@@ -210,7 +194,7 @@ class GroupNorm(_Norm):
     Reduction: per example per group over its C/G channels (and space); σ² biased. g, b
     per channel. Groups used: G = min(num_groups, num_features), which must divide
     num_features (a ValueError suggests the largest divisor ≤ G).
-    Train vs eval: identical (no running statistics).
+    Train vs eval: identical (no running statistics). Computed by ``F.group_norm``.
     Args: num_features (C), num_groups (G), eps, affine.
     Shapes: (B, C), (B, C, L) or (B, C, H, W) → same.
     Example (equivalence): one group is :class:`LayerNorm`; C groups on a CNN input is
@@ -223,12 +207,8 @@ class GroupNorm(_Norm):
         self.num_groups = clipped_divisor("num_groups", num_groups, num_features)
 
     def forward(self, x: Tensor) -> Tensor:
-        shape = self._shape(x)
-        B = x.shape[0]
-        xg = x.reshape(B, self.num_groups, -1)  # (B, G, C//G · spatial)
-        mean, var = _moments(xg, (2,))  # (B, G, 1)
-        h = ((xg - mean) * torch.rsqrt(var + self.eps)).view(x.shape)  # (B, C, *spatial)
-        return self._affine(h, shape)
+        self._check(x)
+        return _group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, num_groups={self.num_groups}, eps={self.eps}, "
@@ -242,6 +222,7 @@ class RMSNorm(_Norm):
     Formula: ``h = g · x / sqrt(mean(x²) + eps)`` (μ = 0, no b).
     Reduction: per example over C (MLP) or C and space (CNN). g per channel.
     Train vs eval: identical (no running statistics).
+    Computed by ``F.rms_norm`` over C (MLP) or over C and space, then g per channel (CNN).
     Args: num_features (C), eps, affine (learn g).
     Shapes: (B, C), (B, C, L) or (B, C, H, W) → same.
     Example (equivalence/invariance): on (B, C) it is ``nn.RMSNorm(C, eps=eps)``; the output
@@ -252,9 +233,12 @@ class RMSNorm(_Norm):
         super().__init__(num_features, eps, affine, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 2:
+            self._check(x)
+            return F.rms_norm(x, (self.num_features,), self.weight, self.eps)
         shape = self._shape(x)
-        _, mean_sq = _moments(x, tuple(range(1, x.dim())), center=False)  # (B, 1, 1, ...)
-        return self._affine(x * torch.rsqrt(mean_sq + self.eps), shape)
+        h = F.rms_norm(x, x.shape[1:], None, self.eps)  # over C and space
+        return h if self.weight is None else h * self.weight.view(shape)
 
 
 class BatchRenorm(BatchNorm):
@@ -267,6 +251,9 @@ class BatchRenorm(BatchNorm):
     statistics from before this step's update. Eval: ``h = g · (x − μ_run) / σ_run + b``.
     Reduction: as :class:`BatchNorm` (per channel over B and space, biased σ²_B); running
     statistics updated exactly as BatchNorm's (unbiased running variance).
+    Computed as ``F.batch_norm`` with g·r and g·d + b in place of g and b: μ_B, σ_B for
+    r and d come from one ``torch.var_mean`` without gradient, before the fused call
+    updates the running statistics.
     Train vs eval: when r and d are not clipped, the train output equals the eval output;
     rmax = 1, dmax = 0 is plain BatchNorm.
     Args: num_features (C), eps, momentum, rmax (≥ 1), dmax (≥ 0), affine.
@@ -286,16 +273,21 @@ class BatchRenorm(BatchNorm):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
             return super().forward(x)
-        shape = self._shape(x)
+        self._check_batch(x)
         with torch.no_grad():  # r, d: no gradient, from the running statistics before update
-            run_mean = self.running_mean.view(shape).clone()  # (1, C, 1, ...)
-            run_std = torch.sqrt(self.running_var.view(shape) + self.eps)  # (1, C, 1, ...)
-        mean, var = self._batch_moments(x)  # (1, C, 1, ...)
-        std = torch.sqrt(var + self.eps)
-        r = (std.detach() / run_std).clamp(1.0 / self.rmax, self.rmax)
-        d = ((mean.detach() - run_mean) / run_std).clamp(-self.dmax, self.dmax)
-        scale = r / std  # (x − μ_B) / σ_B · r + d = x · scale + (d − μ_B · scale)
-        return self._per_channel(x, scale, d - mean * scale, shape)
+            dims = (0, *range(2, x.dim()))  # B and space
+            var, mean = torch.var_mean(x, dims, correction=0)  # (C,)
+            run_std = torch.sqrt(self.running_var + self.eps)  # (C,)
+            r = (torch.sqrt(var + self.eps) / run_std).clamp_(1.0 / self.rmax, self.rmax)
+            d = ((mean - self.running_mean) / run_std).clamp_(-self.dmax, self.dmax)
+        # g · (x̂ · r + d) + b = (g · r) · x̂ + (g · d + b): the fused op with a corrected affine
+        weight = r if self.weight is None else self.weight * r
+        bias = d if self.weight is None else self.weight * d
+        if self.bias is not None:
+            bias = bias + self.bias
+        self.num_batches_tracked.add_(1)
+        return F.batch_norm(x, self.running_mean, self.running_var, weight, bias,
+                            True, self.momentum, self.eps)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", rmax={self.rmax}, dmax={self.dmax}"

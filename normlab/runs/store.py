@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from normlab.runs import schedule
 from normlab.runs.chunks import INSERT_CHUNK, MetricQuery, chunk_rows, metrics_frame, select_chunks
 from normlab.measure.schema import RecordBatch
 from normlab.runs.storedb import (
@@ -162,19 +163,25 @@ class Store(Database):
         Fairness: among comparisons with queued runs that are not held by a pause request,
         take from the one with the FEWEST active (running or paused) runs, so comparisons
         submitted at once by different people share the workers; ties go to the oldest
-        comparison; within a comparison, the lowest position first. None when nothing is
+        comparison. Within a comparison, the run expected to take longest, by the
+        throughput measured on earlier runs of its method and size
+        (:mod:`normlab.runs.schedule`; unknown: submission order). None when nothing is
         queued.
         """
         with self._write() as conn:
-            row = conn.execute(
+            first = conn.execute(
                 "WITH active AS (SELECT comparison_id, count(*) AS n FROM runs "
                 "  WHERE status IN ('running', 'paused') GROUP BY comparison_id) "
-                "SELECT r.id, r.config FROM runs r JOIN comparisons c ON c.id = r.comparison_id "
+                "SELECT r.comparison_id FROM runs r JOIN comparisons c ON c.id = r.comparison_id "
                 "LEFT JOIN active a ON a.comparison_id = r.comparison_id "
                 "WHERE r.status = 'queued' AND r.control IS NULL AND r.source = 'normlab' "
                 "ORDER BY coalesce(a.n, 0), c.created_at, c.id, r.position LIMIT 1").fetchone()
-            if row is None:
+            if first is None:
                 return None
+            queued = conn.execute(
+                "SELECT id, config, position FROM runs WHERE comparison_id = ? AND "
+                "status = 'queued' AND control IS NULL ORDER BY position", first).fetchall()
+            row = queued[schedule.longest_first(conn, queued)]
             now = time.time()
             conn.execute("UPDATE runs SET status = 'running', worker_pid = ?, started_at = ?, "
                          "heartbeat_at = ?, error = NULL WHERE id = ?", (pid, now, now, row[0]))
