@@ -176,14 +176,23 @@ class _ProgressBars:
 
 
 def cmd_list(args, store) -> int:
-    runs = store.runs(comparison=args.comparison, status=args.status)
-    if runs.empty:
+    rows = store.run_lines(comparison=args.comparison, status=args.status)
+    if not rows:
         print("no runs")
         return 0
-    for r in runs.itertuples():
-        print(f"{r.id}  {r.comparison_id}  {r.norm:<12} seed {r.seed:<3} {r.dataset:<10} "
-              f"{r.status:<11} {int(r.step or 0)}/{int(r.total_steps or 0)}")
+    out = sys.stdout
+    for rid, cid, norm, seed, dataset, status, step, total in rows:
+        out.write(f"{rid}  {cid}  {norm!s:<12} seed {seed!s:<3} {dataset!s:<10} "
+                  f"{status:<11} {_int(step)}/{_int(total)}\n")
     return 0
+
+
+def _int(value) -> int:
+    """A stored count as an int (0 when missing or not a number)."""
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 def final_metrics(store, run_ids: list[str]):

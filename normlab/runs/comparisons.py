@@ -42,17 +42,25 @@ def expand(base: RunConfig, grid: dict[str, Iterable[Any]]) -> list[RunConfig]:
 
 
 def check(configs: list[RunConfig]) -> None:
-    """Validate every config (sizes of known datasets included); raise one ConfigError."""
-    from normlab.training.data import train_size
+    """Validate every config (sizes of known datasets included) and the resource caps of
+    :mod:`normlab.training.limits` (runs per comparison, memory and values stored per run);
+    raise one ConfigError."""
+    from normlab.training.data import dataset_info
+    from normlab.training.limits import comparison_problem, problems as cap_problems
 
+    if (too_many := comparison_problem(len(configs))) is not None:
+        raise ConfigError({"runs": too_many})
     problems: dict[str, str] = {}
     for cfg in configs:
         found = errors(cfg)
         if not found.keys() & {"dataset", "val_fraction", "n_samples"}:
             try:
-                size = train_size(cfg.dataset, val_fraction=cfg.val_fraction,
-                                  n_samples=cfg.n_samples, seed=cfg.seed, noise=cfg.noise)
-                found = errors(cfg, size)
+                info = dataset_info(cfg.dataset, val_fraction=cfg.val_fraction,
+                                    n_samples=cfg.n_samples, seed=cfg.seed, noise=cfg.noise)
+                found = errors(cfg, info["train"])
+                if not found:
+                    found = cap_problems(cfg, info["input_shape"], info["classes"],
+                                         info["examples"])
             except ValueError as exc:  # a missing or malformed file: the dataset's problem
                 found["dataset"] = str(exc)
         for field, msg in found.items():

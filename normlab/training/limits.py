@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import math
 import os
+from typing import TYPE_CHECKING
 
-from normlab.training.config import RunConfig
+if TYPE_CHECKING:  # config.errors imports this module for the n_samples cap
+    from normlab.training.config import RunConfig
 
 DEFAULT_MEMORY_SHARE = 0.25  # one run may plan for this share of the machine's RAM
 DEFAULT_MAX_RUNS = 200  # runs in one comparison
@@ -207,6 +209,16 @@ def problems(cfg: RunConfig, input_shape: tuple | None = None,
                                   f"{cap:,} per run: {hint}, or fewer steps "
                                   "(NORMLAB_MAX_VALUES raises the cap)")
     return out
+
+
+def enforce(cfg: RunConfig, input_shape: tuple | None = None,
+            num_classes: int | None = None, examples: int | None = None) -> None:
+    """Raise :class:`~normlab.training.config.ConfigError` if ``cfg`` exceeds a cap."""
+    from normlab.training.config import ConfigError
+
+    found = problems(cfg, input_shape, num_classes, examples)
+    if found:
+        raise ConfigError(found)
 
 
 def comparison_problem(n_runs: int) -> str | None:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from normlab.training.config import RunConfig, validate
 from normlab.training.data import Dataset, load_dataset
+from normlab.training.limits import enforce
 from normlab.training.models import build_model
 from normlab.measure.probes import SAMPLE, Probe, accuracy
 from normlab.measure.schema import RecordBatch
@@ -66,6 +67,8 @@ class Trainer:
         self.cfg = cfg
         self.data = data if data is not None else load_for(cfg)
         validate(cfg, train_size=len(self.data.y_train))
+        enforce(cfg, tuple(self.data.input_shape), self.data.num_classes,
+                len(self.data.y_train) + len(self.data.y_val))  # memory and storage caps
         torch.manual_seed(cfg.seed)
         self.x_train = self.data.view(self.data.x_train, cfg.model)
         self.x_val = self.data.view(self.data.x_val, cfg.model)
