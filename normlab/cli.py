@@ -227,7 +227,7 @@ def cmd_show(args, store) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from normlab.runs.store import NotFound, Store
+    from normlab.runs.store import NotFound, Store, StoreError
 
     parser = build_parser()
     try:
@@ -247,8 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     except NotFound as exc:
         print(f"normlab {args.command}: {exc.args[0]}; `python -m normlab list` shows the ids",
               file=sys.stderr)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, StoreError) as exc:
         print(f"normlab {args.command}: {exc}", file=sys.stderr)
+    except OSError as exc:  # a path the user gave: a folder, no permission, a full disk
+        print(f"normlab {args.command}: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
     return EXIT_USAGE
 
 

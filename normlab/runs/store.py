@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -44,8 +45,8 @@ from normlab.runs.storedb import (
 
 # Not used here: re-exported so that every public name of normlab.runs.store stays importable.
 from normlab.runs.chunks import MAX_STEP, STEP_DTYPE, VALUE_DTYPE, empty_metrics  # noqa: F401, E402
-from normlab.runs.storedb import (  # noqa: F401, E402
-    BUSY_TIMEOUT_MS, SCHEMA_VERSION, StoreError, connect, default_store_path,
+from normlab.runs.storedb import (  # noqa: F401, E402  (store_problem is used)
+    BUSY_TIMEOUT_MS, SCHEMA_VERSION, StoreError, connect, default_store_path, store_problem,
 )
 
 ACTIONS = ("cancel", "pause", "resume")
@@ -74,7 +75,12 @@ class Store(Database):
     def __init__(self, path: str | os.PathLike | None = None, *, autocheckpoint: bool = True):
         super().__init__(path, autocheckpoint=autocheckpoint)
         # normlab.runs.store.MIGRATIONS, looked up on each open: tests extend it by monkeypatch
-        migrate(self._conn(), self.path, MIGRATIONS)
+        try:
+            migrate(self._conn(), self.path, MIGRATIONS)
+        except sqlite3.OperationalError as e:
+            if "locked" in str(e) or "busy" in str(e):
+                raise
+            raise StoreError(store_problem(self.path, e)) from None
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
