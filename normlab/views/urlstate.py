@@ -258,6 +258,19 @@ def decode(params: Mapping[str, Any]) -> State:
                  runs)
 
 
+def hold_file_dataset(state: State) -> tuple[State, str | None]:
+    """``(state, None)``, or — when the link names a file dataset (``csv:``/``idx:``) —
+    the state with the default dataset and that name, held back.
+
+    A link must not make the server read its files: the page reads a held file only after
+    the user confirms it (``normlab.ui.form``); until then nothing opens the path.
+    """
+    name = state.config.dataset
+    if not name.startswith(FILE_DATASET_PREFIXES):
+        return state, None
+    return replace(state, config=state.config.replace(dataset=RunConfig().dataset)), name
+
+
 def from_comparison(record: Mapping[str, Any]) -> State:
     """The setup a stored comparison was launched with (``Store.comparison(id)``): its base
     config and grid's norms and seeds. Fields the form cannot show are reported."""
