@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seconds with nothing to do before the engine exits")
     eng.add_argument("--stop", action="store_true", help="stop the running engine")
     eng.add_argument("--status", action="store_true", help="print the engine's pid, if any")
+    eng.add_argument("--watch-pid", type=int, default=None, metavar="PID",
+                     help="stop when process PID exits (tests use it)")
     _store_arg(eng)
     return parser
 
@@ -137,7 +139,7 @@ def cmd_run(args, store) -> int:
         return 0
     bars = _ProgressBars(run_ids, configs, grid)
     try:
-        statuses = wait_for(cid, store=store, on_progress=bars.update)
+        statuses = wait_for(cid, store=store, on_progress=bars.update, on_notice=bars.note)
     except KeyboardInterrupt:
         bars.close()
         print(f"stopped watching; the runs go on (cancel with: python -m normlab cancel {cid})")
@@ -169,6 +171,11 @@ class _ProgressBars:
                 bar.n = int(row.step or 0)
                 bar.set_postfix_str(row.status, refresh=False)
                 bar.refresh()
+
+    def note(self, text: str) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(f"normlab run: {text}", file=sys.stderr)
 
     def close(self) -> None:
         for bar in self.bars.values():
@@ -286,7 +293,8 @@ def cmd_engine(args) -> int:
         print("engine stopped" if stop_engine(args.store) else "no engine running")
         return 0
     try:
-        serve(args.store, workers=args.workers, idle_exit=args.idle_exit)
+        serve(args.store, workers=args.workers, idle_exit=args.idle_exit,
+              watch_pid=args.watch_pid)
     except EngineAlreadyRunning as exc:
         print(f"normlab engine: {exc}", file=sys.stderr)
         return EXIT_USAGE

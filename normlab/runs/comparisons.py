@@ -20,7 +20,7 @@ from dataclasses import asdict
 from typing import Any
 
 from normlab.training.config import ConfigError, RunConfig, coerce, errors
-from normlab.runs.engine import ensure_engine
+from normlab.runs.engine import engine_pid, ensure_engine
 from normlab.runs.store import FINISHED, Store
 
 
@@ -103,15 +103,28 @@ def compare(base: RunConfig | None = None, *, norms: Iterable[str] | None = None
     return cid, run_ids
 
 
+ENGINE_GRACE_SECONDS = 5.0  # no engine for this long while runs wait: it is gone
+
+
+class EngineGone(RuntimeError):
+    """No engine serves the store while runs wait (and ``wait_for`` may not restart one)."""
+
+
 def wait_for(comparison: str, *, store: Store | str | None = None, poll: float = 0.25,
              on_progress: Callable[[Any], None] | None = None,
-             timeout: float | None = None) -> dict[str, str]:
+             timeout: float | None = None, restart: bool = True,
+             on_notice: Callable[[str], None] | None = None) -> dict[str, str]:
     """Block until every run of ``comparison`` has finished; returns run id → status.
 
     ``on_progress(runs_frame)`` is called at each poll (the CLI draws its bars with it).
+    If no engine serves the store for ``ENGINE_GRACE_SECONDS`` while runs are unfinished
+    (it was killed, or stopped), a new one is started when ``restart`` (runs it left
+    running become 'interrupted', queued ones go on) and ``on_notice`` is told; without
+    ``restart``, :class:`EngineGone` is raised.
     """
     store = store if isinstance(store, Store) else Store(store)
     deadline = None if timeout is None else time.monotonic() + timeout
+    gone_since = None
     while True:
         runs = store.runs(comparison=comparison)
         if on_progress is not None:
@@ -120,4 +133,18 @@ def wait_for(comparison: str, *, store: Store | str | None = None, poll: float =
             return dict(zip(runs.id, runs.status))
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError(f"comparison {comparison} still running after {timeout}s")
+        if engine_pid(store.path) is not None:
+            gone_since = None
+        elif gone_since is None:
+            gone_since = time.monotonic()
+        elif time.monotonic() - gone_since > ENGINE_GRACE_SECONDS:
+            message = f"no engine serves {store.path}"
+            if not restart:
+                raise EngineGone(f"{message}; start one with `python -m normlab engine "
+                                 f"--store {store.path}`")
+            ensure_engine(store.path)
+            gone_since = None
+            if on_notice is not None:
+                on_notice(f"{message} (it stopped or was killed): started a new one; runs "
+                          "it was training are marked interrupted, queued runs go on")
         time.sleep(poll)
