@@ -14,6 +14,7 @@ whole submission with a :class:`~normlab.training.config.ConfigError` naming eac
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
@@ -31,9 +32,13 @@ def expand(base: RunConfig, grid: dict[str, Iterable[Any]]) -> list[RunConfig]:
     bad = {k: f"unknown config field {k!r}" for k in grid if k not in fields}
     if bad:
         raise ConfigError(bad)
+    from normlab.training.limits import comparison_problem
+
+    lists = {key: list(vals) for key, vals in grid.items()}
+    if (too_many := comparison_problem(math.prod(map(len, lists.values())))) is not None:
+        raise ConfigError({"runs": too_many})  # before building a config per combination
     values = {}
-    for key, vals in grid.items():
-        vals = list(vals)
+    for key, vals in lists.items():
         if not vals:
             raise ConfigError({key: f"the list of {key} values is empty"})
         values[key] = [coerce(key, v) for v in vals]

@@ -31,10 +31,9 @@ from __future__ import annotations
 
 import math
 import os
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # config.errors imports this module for the n_samples cap
-    from normlab.training.config import RunConfig
+# ``cfg`` arguments are normlab.training.config.RunConfig objects; not imported here,
+# because config.errors imports this module for the n_samples cap.
 
 DEFAULT_MEMORY_SHARE = 0.25  # one run may plan for this share of the machine's RAM
 DEFAULT_MAX_RUNS = 200  # runs in one comparison
@@ -209,16 +208,6 @@ def problems(cfg: RunConfig, input_shape: tuple | None = None,
                                   f"{cap:,} per run: {hint}, or fewer steps "
                                   "(NORMLAB_MAX_VALUES raises the cap)")
     return out
-
-
-def enforce(cfg: RunConfig, input_shape: tuple | None = None,
-            num_classes: int | None = None, examples: int | None = None) -> None:
-    """Raise :class:`~normlab.training.config.ConfigError` if ``cfg`` exceeds a cap."""
-    from normlab.training.config import ConfigError
-
-    found = problems(cfg, input_shape, num_classes, examples)
-    if found:
-        raise ConfigError(found)
 
 
 def comparison_problem(n_runs: int) -> str | None:

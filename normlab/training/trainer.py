@@ -24,9 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from normlab.training.config import RunConfig, validate
+from normlab.training.config import ConfigError, RunConfig, validate
 from normlab.training.data import Dataset, load_dataset
-from normlab.training.limits import enforce
+from normlab.training.limits import problems as cap_problems
 from normlab.training.models import build_model
 from normlab.measure.probes import SAMPLE, Probe, accuracy
 from normlab.measure.schema import RecordBatch
@@ -67,8 +67,10 @@ class Trainer:
         self.cfg = cfg
         self.data = data if data is not None else load_for(cfg)
         validate(cfg, train_size=len(self.data.y_train))
-        enforce(cfg, tuple(self.data.input_shape), self.data.num_classes,
-                len(self.data.y_train) + len(self.data.y_val))  # memory and storage caps
+        over = cap_problems(cfg, tuple(self.data.input_shape), self.data.num_classes,
+                            len(self.data.y_train) + len(self.data.y_val))
+        if over:  # memory and storage caps (normlab.training.limits)
+            raise ConfigError(over)
         torch.manual_seed(cfg.seed)
         self.x_train = self.data.view(self.data.x_train, cfg.model)
         self.x_val = self.data.view(self.data.x_val, cfg.model)
