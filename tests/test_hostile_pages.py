@@ -95,3 +95,21 @@ def test_streamlit_serves_this_machine_only_and_sends_no_statistics():
     config = tomllib.loads((root / ".streamlit" / "config.toml").read_text())
     assert config["server"]["address"] == "localhost"
     assert config["browser"]["gatherUsageStats"] is False
+
+
+def test_live_view_says_when_no_engine_serves_the_store(store, monkeypatch):
+    from normlab.runs.store import Store
+    from normlab.training.config import RunConfig
+    import normlab.ui.live
+
+    started = []
+    monkeypatch.setattr(normlab.ui.live, "ensure_engine", lambda path: started.append(path))
+    with Store(store) as s:
+        cid, _ = s.create_comparison([RunConfig(steps=5).to_dict()], name="waiting")
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["comparison"] = cid
+    at = at.switch_page("pages/1_compare.py").run()
+    assert not at.exception
+    assert any("No engine is serving the run store" in w.value for w in at.warning)
+    at.button(key="_restart_engine").click().run()
+    assert started == [store]

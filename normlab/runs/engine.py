@@ -228,8 +228,9 @@ def _paused_workers(store: Store, pool: dict[int, _Worker]) -> set[int]:
 
 def _retire_idle(store: Store, pool: dict[int, _Worker], surplus: int) -> None:
     """Ask up to ``surplus`` idle workers to exit (SIGUSR1: they finish any run first)."""
+    surplus -= sum(w.retiring for w in pool.values())  # already asked, not yet gone
     busy = _active_pids(store, "running") | _active_pids(store, "paused")
-    for pid in [p for p in pool if p not in busy and not pool[p].retiring][:surplus]:
+    for pid in [p for p in pool if p not in busy and not pool[p].retiring][:max(0, surplus)]:
         pool[pid].retiring = True
         try:
             os.kill(pid, signal.SIGUSR1)
