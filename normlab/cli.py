@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seconds with nothing to do before the engine exits")
     eng.add_argument("--stop", action="store_true", help="stop the running engine")
     eng.add_argument("--status", action="store_true", help="print the engine's pid, if any")
+    eng.add_argument("--watch-pid", type=int, default=None, metavar="PID",
+                     help="stop when process PID exits (tests use it)")
     _store_arg(eng)
     return parser
 
@@ -141,7 +143,7 @@ def cmd_run(args, store) -> int:
         return 0
     bars = _ProgressBars(run_ids, configs, grid)
     try:
-        statuses = wait_for(cid, store=store, on_progress=bars.update)
+        statuses = wait_for(cid, store=store, on_progress=bars.update, on_notice=bars.note)
     except KeyboardInterrupt:
         bars.close()
         print(f"stopped watching; the runs go on (cancel with: python -m normlab cancel {cid})")
@@ -174,21 +176,35 @@ class _ProgressBars:
                 bar.set_postfix_str(row.status, refresh=False)
                 bar.refresh()
 
+    def note(self, text: str) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(f"normlab run: {text}", file=sys.stderr)
+
     def close(self) -> None:
         for bar in self.bars.values():
             bar.close()
 
 
 def cmd_list(args, store) -> int:
-    runs = store.runs(comparison=args.comparison, status=args.status)
-    if runs.empty:
+    rows = store.run_lines(comparison=args.comparison, status=args.status)
+    if not rows:
         print("no runs")
         return 0
-    for r in runs.itertuples():
-        total = "?" if _missing(r.total_steps) else int(r.total_steps)
-        print(f"{r.id}  {r.comparison_id}  {_text(r.norm):<12} seed {_text(r.seed):<3} "
-              f"{_text(r.dataset):<10} {r.status:<11} {int(r.step or 0)}/{total}")
+    out = sys.stdout
+    for rid, cid, norm, seed, dataset, status, step, total in rows:
+        total = "?" if _missing(total) else _int(total)
+        out.write(f"{rid}  {cid}  {_text(norm):<12} seed {_text(seed):<3} {_text(dataset):<10} "
+                  f"{status:<11} {_int(step)}/{total}\n")
     return 0
+
+
+def _int(value) -> int:
+    """A stored count as an int (0 when missing or not a number)."""
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _missing(value) -> bool:
@@ -240,7 +256,7 @@ def cmd_show(args, store) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from normlab.runs.store import NotFound, Store
+    from normlab.runs.store import NotFound, Store, StoreError
 
     parser = build_parser()
     try:
@@ -260,8 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     except NotFound as exc:
         print(f"normlab {args.command}: {exc.args[0]}; `python -m normlab list` shows the ids",
               file=sys.stderr)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, StoreError) as exc:
         print(f"normlab {args.command}: {exc}", file=sys.stderr)
+    except OSError as exc:  # a path the user gave: a folder, no permission, a full disk
+        print(f"normlab {args.command}: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
     return EXIT_USAGE
 
 
@@ -297,7 +315,8 @@ def cmd_engine(args) -> int:
         print("engine stopped" if stop_engine(args.store) else "no engine running")
         return 0
     try:
-        serve(args.store, workers=args.workers, idle_exit=args.idle_exit)
+        serve(args.store, workers=args.workers, idle_exit=args.idle_exit,
+              watch_pid=args.watch_pid)
     except EngineAlreadyRunning as exc:
         print(f"normlab engine: {exc}", file=sys.stderr)
         return EXIT_USAGE

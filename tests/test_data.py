@@ -289,13 +289,13 @@ def _break(folder: Path, stem: str, content: bytes) -> None:
      r"\(an IDX image file\)"),
     ("swapped", "t10k-labels-idx1-ubyte", r"bad magic number 0x00000803.*swapped"),
     ("truncated", "train-images-idx3-ubyte", r"truncated payload.*96 bytes but only 95"),
-    ("extra", "train-labels-idx1-ubyte", r"1 bytes after the 6"),
+    ("extra", "train-labels-idx1-ubyte", r"more bytes after the 6 the header declares"),
     ("empty", "t10k-images-idx3-ubyte", r"file is empty"),
     ("short", "t10k-images-idx3-ubyte", r"too short for an IDX header"),
     ("count", "train-labels-idx1-ubyte", r"has 6 images but train-labels-idx1-ubyte has 5"),
     ("bad_gzip", "train-images-idx3-ubyte.gz", r"broken gzip data"),
     ("missing", "train-labels-idx1-ubyte", r"has no train-labels-idx1-ubyte\[\.gz\]"),
-    ("one_class", "mnist", r"only 1 class \('4'\)"),
+    ("one_class", "mnist", r"only 1 class"),
     ("size", "t10k-images-idx3-ubyte", r"4×4 images but t10k-images-idx3-ubyte holds 2×8"),
 ])
 def test_idx_malformed(tmp_path, case, file, message):
@@ -374,11 +374,11 @@ def test_csv_int_labels_sorted_numerically(tmp_path):
 
 
 @pytest.mark.parametrize("text,message", [
-    ("a,b,c\n1,2,3\n4,5,6\n", r"labels\.csv has no 'label' column \(columns: a, b, c\)"),
-    ("a,b,label\n1,2,0\n3,4,1\n5,abc,0\n", r"labels\.csv: column 'b' is not numeric "
-                                          r"\(row 3: 'abc'\)"),
-    ("a,b,label\n1,2,0\n3,,1\n", r"labels\.csv: column 'b' has a missing value in row 2"),
-    ("a,label\n1,x\n2,x\n", r"labels\.csv: only 1 class \('x'\)"),
+    ("a,b,c\n1,2,3\n4,5,6\n", r"labels\.csv has no 'label' column \(among its 3 columns\)"),
+    ("a,b,label\n1,2,0\n3,4,1\n5,abc,0\n", r"labels\.csv: column 2 is not numeric "
+                                          r"\(row 3\)"),
+    ("a,b,label\n1,2,0\n3,,1\n", r"labels\.csv: column 2 has a missing value in row 2"),
+    ("a,label\n1,x\n2,x\n", r"labels\.csv: only 1 class among its labels"),
     ("a,label\n1,x\n2,\n", r"labels\.csv: column 'label' is empty in row 2"),
     ("", r"labels\.csv: file is empty"),
     ("a,label\n", r"labels\.csv has a header but no rows"),

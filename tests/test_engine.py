@@ -13,7 +13,7 @@ from normlab.runs.engine import engine_pid, ensure_engine, stop_engine
 from normlab.runs.store import Store
 
 QUICK = RunConfig(steps=60, eval_interval=20, width=16, depth=2)
-LONG = RunConfig(steps=1_000_000, eval_interval=1000, width=16, depth=2, record_interval=10)
+LONG = RunConfig(steps=1_000_000, eval_interval=1000, width=16, depth=2, record_interval=100)
 
 
 @pytest.fixture

@@ -14,13 +14,14 @@ whole submission with a :class:`~normlab.training.config.ConfigError` naming eac
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from typing import Any
 
 from normlab.training.config import ConfigError, RunConfig, coerce, errors
-from normlab.runs.engine import ensure_engine
+from normlab.runs.engine import engine_pid, ensure_engine
 from normlab.runs.store import FINISHED, Store
 
 
@@ -31,9 +32,13 @@ def expand(base: RunConfig, grid: dict[str, Iterable[Any]]) -> list[RunConfig]:
     bad = {k: f"unknown config field {k!r}" for k in grid if k not in fields}
     if bad:
         raise ConfigError(bad)
+    from normlab.training.limits import comparison_problem
+
+    lists = {key: list(vals) for key, vals in grid.items()}
+    if (too_many := comparison_problem(math.prod(map(len, lists.values())))) is not None:
+        raise ConfigError({"runs": too_many})  # before building a config per combination
     values = {}
-    for key, vals in grid.items():
-        vals = list(vals)
+    for key, vals in lists.items():
         if not vals:
             raise ConfigError({key: f"the list of {key} values is empty"})
         values[key] = [coerce(key, v) for v in vals]
@@ -42,17 +47,25 @@ def expand(base: RunConfig, grid: dict[str, Iterable[Any]]) -> list[RunConfig]:
 
 
 def check(configs: list[RunConfig]) -> None:
-    """Validate every config (sizes of known datasets included); raise one ConfigError."""
-    from normlab.training.data import train_size
+    """Validate every config (sizes of known datasets included) and the resource caps of
+    :mod:`normlab.training.limits` (runs per comparison, memory and values stored per run);
+    raise one ConfigError."""
+    from normlab.training.data import dataset_info
+    from normlab.training.limits import comparison_problem, problems as cap_problems
 
+    if (too_many := comparison_problem(len(configs))) is not None:
+        raise ConfigError({"runs": too_many})
     problems: dict[str, str] = {}
     for cfg in configs:
         found = errors(cfg)
         if not found.keys() & {"dataset", "val_fraction", "n_samples"}:
             try:
-                size = train_size(cfg.dataset, val_fraction=cfg.val_fraction,
-                                  n_samples=cfg.n_samples, seed=cfg.seed, noise=cfg.noise)
-                found = errors(cfg, size)
+                info = dataset_info(cfg.dataset, val_fraction=cfg.val_fraction,
+                                    n_samples=cfg.n_samples, seed=cfg.seed, noise=cfg.noise)
+                found = errors(cfg, info["train"])
+                if not found:
+                    found = cap_problems(cfg, info["input_shape"], info["classes"],
+                                         info["examples"])
             except ValueError as exc:  # a missing or malformed file: the dataset's problem
                 found["dataset"] = str(exc)
         for field, msg in found.items():
@@ -95,15 +108,28 @@ def compare(base: RunConfig | None = None, *, norms: Iterable[str] | None = None
     return cid, run_ids
 
 
+ENGINE_GRACE_SECONDS = 5.0  # no engine for this long while runs wait: it is gone
+
+
+class EngineGone(RuntimeError):
+    """No engine serves the store while runs wait (and ``wait_for`` may not restart one)."""
+
+
 def wait_for(comparison: str, *, store: Store | str | None = None, poll: float = 0.25,
              on_progress: Callable[[Any], None] | None = None,
-             timeout: float | None = None) -> dict[str, str]:
+             timeout: float | None = None, restart: bool = True,
+             on_notice: Callable[[str], None] | None = None) -> dict[str, str]:
     """Block until every run of ``comparison`` has finished; returns run id → status.
 
     ``on_progress(runs_frame)`` is called at each poll (the CLI draws its bars with it).
+    If no engine serves the store for ``ENGINE_GRACE_SECONDS`` while runs are unfinished
+    (it was killed, or stopped), a new one is started when ``restart`` (runs it left
+    running become 'interrupted', queued ones go on) and ``on_notice`` is told; without
+    ``restart``, :class:`EngineGone` is raised.
     """
     store = store if isinstance(store, Store) else Store(store)
     deadline = None if timeout is None else time.monotonic() + timeout
+    gone_since = None
     while True:
         runs = store.runs(comparison=comparison)
         if on_progress is not None:
@@ -112,4 +138,18 @@ def wait_for(comparison: str, *, store: Store | str | None = None, poll: float =
             return dict(zip(runs.id, runs.status))
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError(f"comparison {comparison} still running after {timeout}s")
+        if engine_pid(store.path) is not None:
+            gone_since = None
+        elif gone_since is None:
+            gone_since = time.monotonic()
+        elif time.monotonic() - gone_since > ENGINE_GRACE_SECONDS:
+            message = f"no engine serves {store.path}"
+            if not restart:
+                raise EngineGone(f"{message}; start one with `python -m normlab engine "
+                                 f"--store {store.path}`")
+            ensure_engine(store.path)
+            gone_since = None
+            if on_notice is not None:
+                on_notice(f"{message} (it stopped or was killed): started a new one; runs "
+                          "it was training are marked interrupted, queued runs go on")
         time.sleep(poll)

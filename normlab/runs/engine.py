@@ -15,6 +15,13 @@ one per store file, guaranteed by an exclusive ``flock`` on ``STORE.engine.lock`
   ``cancel``;
 * the supervisor replaces a worker that dies and marks its run ``interrupted`` (with the
   last step); at start it marks runs left ``running`` by a dead process the same way;
+* a paused run keeps its worker (its model lives there), but does not keep the slot:
+  the supervisor forks one extra worker per paused run (up to ``PAUSED_ALLOWANCE``), so
+  queued runs go on; after a resume, surplus workers exit once idle;
+* faults around it: if the store file is deleted it stops, if it is replaced it starts
+  over on the new file; a worker whose supervisor died marks its run ``interrupted`` and
+  exits; with ``NORMLAB_ENGINE_WATCH=1`` in the starting process's environment (the test
+  suite sets it), the engine stops when that process dies;
 * it exits after ``idle_exit`` seconds with nothing queued or running.
 
 Worker errors never escape: a bad config or dataset ends the run ``failed`` with the
@@ -31,11 +38,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from normlab.runs.store import NotFound, Store, default_store_path
+from normlab.runs.store import NotFound, Store, default_store_path, pid_alive
 
 FLUSH_SECONDS = 0.5  # how often a worker writes its records (the live view's latency)
 POLL_SECONDS = 0.05  # how often an idle worker looks for queued runs
 IDLE_EXIT_SECONDS = 900.0  # the engine stops after this long with nothing to do
+PAUSED_ALLOWANCE = 8  # extra workers forked for paused runs, so queued runs keep going
+WATCH_ENV = "NORMLAB_ENGINE_WATCH"  # "1": an engine started here stops when we exit
 
 
 def lock_path(store_path: Path) -> Path:
@@ -78,6 +87,8 @@ def ensure_engine(store_path: str | os.PathLike | None = None, workers: int | No
            "--idle-exit", str(idle_exit)]
     if workers:
         cmd += ["--workers", str(workers)]
+    if os.environ.get(WATCH_ENV) == "1":
+        cmd += ["--watch-pid", str(os.getpid())]
     with open(log_path(path), "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 start_new_session=True, cwd=os.getcwd())
@@ -106,15 +117,26 @@ def _store_path(store_path: str | os.PathLike | None) -> Path:
 @dataclass
 class _Worker:
     pid: int
+    retiring: bool = False  # asked to exit once idle (a paused run it covered resumed)
 
 
 class EngineAlreadyRunning(RuntimeError):
     pass
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the store file, or None if it is gone."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def serve(store_path: str | os.PathLike | None = None, workers: int | None = None,
-          idle_exit: float = IDLE_EXIT_SECONDS) -> None:
-    """Run the engine in this process until idle for ``idle_exit`` seconds or SIGTERM."""
+          idle_exit: float = IDLE_EXIT_SECONDS, watch_pid: int | None = None) -> None:
+    """Run the engine in this process until idle for ``idle_exit`` seconds, SIGTERM, the
+    store file's deletion, or (if given) the death of process ``watch_pid``."""
     path = _store_path(store_path)
     lock = open(lock_path(path), "a+")
     try:
@@ -128,6 +150,7 @@ def serve(store_path: str | os.PathLike | None = None, workers: int | None = Non
     n_workers = workers or os.cpu_count() or 1
     _warm_up()
     store = Store(path)
+    identity = _identity(path)
     store.mark_interrupted()
     pool: dict[int, _Worker] = {}
     stopping = False
@@ -142,9 +165,28 @@ def serve(store_path: str | os.PathLike | None = None, workers: int | None = Non
     print(f"normlab engine {os.getpid()}: {n_workers} workers on {path}", flush=True)
     try:
         while not stopping:
-            while len(pool) < n_workers:
+            if watch_pid is not None and not pid_alive(watch_pid):
+                print(f"process {watch_pid} that started the engine is gone: stopping",
+                      flush=True)
+                break
+            now_identity = _identity(path)
+            if now_identity != identity:
+                _stop_workers(pool)
+                store.close()
+                if now_identity is None:
+                    print(f"the store {path} was deleted: stopping", flush=True)
+                    break
+                print(f"the store {path} was replaced: serving the new file", flush=True)
+                store = Store(path)
+                identity = _identity(path)
+                store.mark_interrupted()
+            paused = _paused_workers(store, pool)
+            target = n_workers + min(len(paused), PAUSED_ALLOWANCE)
+            while len(pool) < target:
                 pid = _fork_worker(path)
                 pool[pid] = _Worker(pid)
+            if len(pool) > target:
+                _retire_idle(store, pool, len(pool) - target)
             for pid in list(pool):
                 done, _ = os.waitpid(pid, os.WNOHANG)
                 if done:
@@ -157,15 +199,43 @@ def serve(store_path: str | os.PathLike | None = None, workers: int | None = Non
                 break
             time.sleep(0.25)
     finally:
-        for pid in pool:
-            try:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
-        store.mark_interrupted()
+        _stop_workers(pool)
+        if _identity(path) == identity:
+            store.mark_interrupted()
         store.close()
         lock.close()
+
+
+def _stop_workers(pool: dict[int, _Worker]) -> None:
+    for pid in list(pool):
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        del pool[pid]
+
+
+def _active_pids(store: Store, status: str) -> set[int]:
+    return {int(p) for (p,) in store.run_lines(status=status, columns=("worker_pid",))
+            if p is not None}
+
+
+def _paused_workers(store: Store, pool: dict[int, _Worker]) -> set[int]:
+    """The pool's workers that hold a paused run."""
+    return _active_pids(store, "paused") & set(pool)
+
+
+def _retire_idle(store: Store, pool: dict[int, _Worker], surplus: int) -> None:
+    """Ask up to ``surplus`` idle workers to exit (SIGUSR1: they finish any run first)."""
+    surplus -= sum(w.retiring for w in pool.values())  # already asked, not yet gone
+    busy = _active_pids(store, "running") | _active_pids(store, "paused")
+    for pid in [p for p in pool if p not in busy and not pool[p].retiring][:max(0, surplus)]:
+        pool[pid].retiring = True
+        try:
+            os.kill(pid, signal.SIGUSR1)
+        except ProcessLookupError:
+            pass
 
 
 def _warm_up() -> None:
@@ -193,6 +263,7 @@ def _fork_worker(path: Path) -> int:
     try:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGUSR1, _retire)
         worker_loop(path, parent=os.getppid())
     except BaseException:
         import traceback
@@ -202,14 +273,25 @@ def _fork_worker(path: Path) -> int:
         os._exit(code)
 
 
+_RETIRING = False  # set in a worker by SIGUSR1: exit before claiming another run
+
+
+def _retire(signum, frame) -> None:
+    global _RETIRING
+    _RETIRING = True
+
+
 def worker_loop(path: Path, parent: int | None = None, max_runs: int | None = None) -> None:
-    """Claim and train runs until the parent dies (or ``max_runs`` are done). Its writes
-    leave checkpointing to the engine (``parent``), off the training's critical path."""
+    """Claim and train runs until the parent dies (or ``max_runs`` are done, or the
+    supervisor retires this worker). Its writes leave checkpointing to the engine
+    (``parent``), off the training's critical path."""
     store = Store(path, autocheckpoint=parent is None)
     done = 0
     while max_runs is None or done < max_runs:
         if parent is not None and os.getppid() != parent:
             return  # the engine died: leave the queue for the next one
+        if _RETIRING:
+            return
         claimed = store.claim_run(os.getpid())
         if claimed is None:
             time.sleep(POLL_SECONDS)
@@ -222,8 +304,8 @@ def worker_loop(path: Path, parent: int | None = None, max_runs: int | None = No
 def run_one(store: Store, run_id: str, config: dict, parent: int | None = None) -> str:
     """Train one claimed run to its end, writing everything to ``store``; its final status.
 
-    Stops quietly if the run is deleted meanwhile, or if the engine (``parent``) dies —
-    then the run stays 'running' until the next engine marks it 'interrupted'.
+    Stops quietly if the run is deleted meanwhile; if the engine (``parent``) dies, marks
+    the run 'interrupted' at its last step and returns 'orphaned'.
     """
     from normlab.training.config import RunConfig
     from normlab.training.trainer import Trainer
@@ -241,12 +323,12 @@ def run_one(store: Store, run_id: str, config: dict, parent: int | None = None) 
     batches = trainer.batches(flush_seconds=FLUSH_SECONDS, first_flush_after=1)
     try:
         for batch in batches:
-            if parent is not None and os.getppid() != parent:
-                batches.close()
-                return "orphaned"
             store.append(run_id, batch)
             step = trainer.outcome.step
             store.progress(run_id, step, step / max(time.monotonic() - start, 1e-9))
+            if parent is not None and os.getppid() != parent:  # records kept, then stop
+                batches.close()
+                return _orphaned(store, run_id, step, parent)
             request = store.control(run_id)
             if request == "pause":
                 paused_at = time.monotonic()
@@ -254,7 +336,7 @@ def run_one(store: Store, run_id: str, config: dict, parent: int | None = None) 
                 start += time.monotonic() - paused_at  # keep steps/s honest
             if request == "orphaned":
                 batches.close()
-                return "orphaned"
+                return _orphaned(store, run_id, step, parent)
             if request == "cancel":
                 batches.close()
                 store.finish(run_id, "cancelled", step)
@@ -268,6 +350,16 @@ def run_one(store: Store, run_id: str, config: dict, parent: int | None = None) 
     outcome = trainer.outcome
     store.finish(run_id, outcome.status, outcome.step, outcome.message or None)
     return outcome.status
+
+
+def _orphaned(store: Store, run_id: str, step: int, parent: int | None) -> str:
+    """The engine died under this worker: the run ends 'interrupted', nothing else lost."""
+    try:
+        store.finish(run_id, "interrupted", step,
+                     f"the engine (pid {parent}) died at step {step}")
+    except Exception:  # the store is gone too: nothing left to mark
+        pass
+    return "orphaned"
 
 
 def _wait_while_paused(store: Store, run_id: str, parent: int | None) -> str | None:

@@ -42,8 +42,9 @@ from normlab.runs.chunks import (
     INSERT_CHUNK, MAX_STEP, STEP_DTYPE, VALUE_DTYPE, MetricQuery, metrics_frame,
 )
 from normlab.measure.schema import COLUMNS
+from normlab.runs.records import RecordError, clean_comparison, clean_run
 from normlab.runs.store import Store
-from normlab.runs.storedb import ACTIVE, COMPARISON_FIELDS, RUN_FIELDS, STATUSES, _new_id, _record
+from normlab.runs.storedb import COMPARISON_FIELDS, RUN_FIELDS, _new_id, _record
 
 FORMATS = ("json", "parquet", "csv")
 FORMAT_NAME = "normlab"
@@ -182,9 +183,14 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
     try:
         format = sniff(path)
         bundle = {"json": _read_json, "parquet": _read_parquet, "csv": _read_csv}[format](path)
-        _check(bundle)
+        bundle = _check(bundle)
     except _Malformed as e:
         raise ValueError(f"cannot import {path}: {e}") from None
+    except (TypeError, ValueError, KeyError, OverflowError, AttributeError) as e:
+        # a shape no check above foresaw: still one line, still nothing written
+        raise ValueError(f"cannot import {path}: unexpected content "
+                         f"({type(e).__name__}); only files written by NormLab's export "
+                         "can be imported") from None
     return bundle
 
 
@@ -283,38 +289,27 @@ def _read_csv(path: Path) -> Bundle:
 
 # ---------------------------------------------------------------- checking
 
-def _check(bundle: Bundle) -> None:
-    """Raise _Malformed at the first problem with the records or the rows."""
-    comp_ids = set()
-    for i, c in enumerate(bundle.comparisons):
-        if not isinstance(c, dict) or not isinstance(c.get("id"), str):
-            raise _Malformed(f"comparison {i} has no string 'id'")
-        _need_number(c, "created_at", f"comparison {c['id']!r}")
-        comp_ids.add(c["id"])
-    run_ids = set()
-    for i, r in enumerate(bundle.runs):
-        if not isinstance(r, dict) or not isinstance(r.get("id"), str):
-            raise _Malformed(f"run {i} has no string 'id'")
-        what = f"run {r['id']!r}"
-        if r.get("comparison_id") not in comp_ids:
-            raise _Malformed(f"{what} belongs to comparison {r.get('comparison_id')!r}, which "
-                             "the file does not hold")
-        if not isinstance(r.get("config"), dict):
-            raise _Malformed(f"{what} has no 'config' object")
-        if r.get("status") not in STATUSES:
-            raise _Malformed(f"{what} has status {r.get('status')!r}; expected one of "
-                             f"{', '.join(STATUSES)}")
-        _need_number(r, "created_at", what)
-        if r["id"] in run_ids:
-            raise _Malformed(f"{what} appears twice")
-        run_ids.add(r["id"])
+def _check(bundle: Bundle) -> Bundle:
+    """The bundle with every record checked field by field and cleaned
+    (:mod:`normlab.runs.records`); raise _Malformed at the first problem."""
+    comparisons, runs = [], []
+    try:
+        for i, c in enumerate(bundle.comparisons):
+            comparisons.append(clean_comparison(c, i))
+        comp_ids = {c["id"] for c in comparisons}
+        if len(comp_ids) < len(comparisons):
+            raise _Malformed("a comparison id appears twice")
+        run_ids: set[str] = set()
+        for i, r in enumerate(bundle.runs):
+            run = clean_run(r, i, comp_ids)
+            if run["id"] in run_ids:
+                raise _Malformed(f"run {run['id']!r} appears twice")
+            run_ids.add(run["id"])
+            runs.append(run)
+    except RecordError as exc:
+        raise _Malformed(str(exc)) from None
     _check_rows(bundle.metrics, run_ids)
-
-
-def _need_number(record: dict, key: str, what: str) -> None:
-    value = record.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _Malformed(f"{what} has no numeric {key!r} (got {value!r})")
+    return Bundle(comparisons, runs, bundle.metrics)
 
 
 def _check_rows(frame: pd.DataFrame, run_ids: set[str]) -> None:
@@ -381,9 +376,8 @@ def _insert_comparison(conn, c: dict) -> str:
     new_id = c["id"] if row is None else _new_id(conn, "comparisons", "c")
     conn.execute("INSERT INTO comparisons (id, name, created_at, base, grid, notes, tags) "
                  "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                 (new_id, str(c.get("name") or new_id), c["created_at"],
-                  _json_or_none(c.get("base")), _json_or_none(c.get("grid")),
-                  str(c.get("notes") or ""), json.dumps(list(c.get("tags") or []))))
+                 (new_id, c["name"] or new_id, c["created_at"], _json_or_none(c["base"]),
+                  _json_or_none(c["grid"]), c["notes"], json.dumps(c["tags"])))
     return new_id
 
 
@@ -392,13 +386,12 @@ def _json_or_none(value: Any) -> str | None:
 
 
 def _insert_run(conn, run: dict, new_id: str, comparison_id: str) -> None:
-    record = {k: run.get(k) for k in RUN_FIELDS}
+    """Insert a cleaned run record (:func:`normlab.runs.records.clean_run`)."""
+    record = {k: run[k] for k in RUN_FIELDS}
     record.update(id=new_id, comparison_id=comparison_id, config=json.dumps(run["config"]),
-                  tags=json.dumps(list(run.get("tags") or [])), notes=str(run.get("notes") or ""),
-                  step=int(run.get("step") or 0), position=int(run.get("position") or 0),
-                  source="external" if run.get("source") == "external" else "normlab")
-    if record["status"] in ACTIVE:
-        record.update(status="interrupted", control=None, worker_pid=None,
+                  tags=json.dumps(run["tags"]))
+    if run["was_active"]:
+        record.update(status="interrupted", control=None,
                       error=f"imported while {run['status']} at step {record['step']}")
     elif record["status"] != "queued":
         record["control"] = None

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -45,8 +46,8 @@ from normlab.runs.storedb import (
 
 # Not used here: re-exported so that every public name of normlab.runs.store stays importable.
 from normlab.runs.chunks import MAX_STEP, STEP_DTYPE, VALUE_DTYPE, empty_metrics  # noqa: F401, E402
-from normlab.runs.storedb import (  # noqa: F401, E402
-    BUSY_TIMEOUT_MS, SCHEMA_VERSION, StoreError, connect, default_store_path,
+from normlab.runs.storedb import (  # noqa: F401, E402  (store_problem is used)
+    BUSY_TIMEOUT_MS, SCHEMA_VERSION, StoreError, connect, default_store_path, store_problem,
 )
 
 ACTIONS = ("cancel", "pause", "resume")
@@ -75,7 +76,12 @@ class Store(Database):
     def __init__(self, path: str | os.PathLike | None = None, *, autocheckpoint: bool = True):
         super().__init__(path, autocheckpoint=autocheckpoint)
         # normlab.runs.store.MIGRATIONS, looked up on each open: tests extend it by monkeypatch
-        migrate(self._conn(), self.path, MIGRATIONS)
+        try:
+            migrate(self._conn(), self.path, MIGRATIONS)
+        except sqlite3.OperationalError as e:
+            if "locked" in str(e) or "busy" in str(e):
+                raise
+            raise StoreError(store_problem(self.path, e)) from None
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
@@ -357,6 +363,33 @@ class Store(Database):
         frame = pd.DataFrame([_record(r) for r in rows], columns=list(RUN_FIELDS))
         return frame.astype({**{f: "Int64" for f in _INT_FIELDS},
                              **{f: "float64" for f in _FLOAT_FIELDS}})
+
+    def run_lines(self, comparison: str | None = None, status: str | None = None,
+                  columns: Iterable[str] = ("id", "comparison_id", "norm", "seed", "dataset",
+                                            "status", "step", "total_steps")) -> list[tuple]:
+        """Plain tuples of ``columns`` per run, in :meth:`runs` order: no JSON parsing and
+        no DataFrame, so ``normlab list`` stays fast with tens of thousands of runs."""
+        columns = list(columns)
+        bad = [c for c in columns if c not in RUN_FIELDS or c == "config"]
+        if bad:
+            raise ValueError(f"unknown run column(s) {', '.join(bad)}; use some of "
+                             f"{', '.join(f for f in RUN_FIELDS if f != 'config')}")
+        if status is not None and status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}; use one of {', '.join(STATUSES)}")
+        clauses, params = [], []
+        with self._read() as conn:
+            if comparison is not None:
+                _require(conn, "comparison", comparison)
+                clauses.append("r.comparison_id = ?")
+                params.append(comparison)
+            if status is not None:
+                clauses.append("r.status = ?")
+                params.append(status)
+            where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+            return [tuple(r) for r in conn.execute(
+                f"SELECT {', '.join('r.' + c for c in columns)} FROM runs r JOIN comparisons "
+                f"c ON c.id = r.comparison_id{where} ORDER BY c.created_at, c.id, r.position",
+                params)]
 
     def comparisons(self) -> pd.DataFrame:
         """One row per comparison, newest first, with ``n_runs`` and a count per status."""

@@ -170,8 +170,12 @@ def connect(path: Path | str, autocheckpoint: bool = True) -> sqlite3.Connection
     Without ``autocheckpoint`` its commits never copy the write-ahead log into the file
     (SQLite's default does, with an fsync, every ~4 MB): the engine's workers write that
     way and the engine checkpoints for them (:meth:`Database.checkpoint`)."""
-    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
-                           check_same_thread=False, factory=_Connection)
+    try:
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                               check_same_thread=False, factory=_Connection)
+    except sqlite3.Error as e:
+        raise StoreError(f"cannot open the store {path} ({e}); check that its folder exists "
+                         "and is writable") from None
     try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -185,9 +189,19 @@ def connect(path: Path | str, autocheckpoint: bool = True) -> sqlite3.Connection
         conn.row_factory = sqlite3.Row
     except sqlite3.DatabaseError as e:
         conn.close()
-        raise StoreError(f"{path} is not a NormLab store ({e}); set NORMLAB_STORE to another "
-                         "file") from None
+        raise StoreError(store_problem(path, e)) from None
     return conn
+
+
+def store_problem(path: Path | str, error: sqlite3.Error) -> str:
+    """A one-line message for an SQLite error about the store file itself."""
+    text = str(error)
+    if "readonly" in text or "read-only" in text:
+        return (f"the store {path} is read-only ({text}); make it and its folder writable, "
+                "or set NORMLAB_STORE to another file")
+    if "not a database" in text or "malformed" in text:
+        return f"{path} is not a NormLab store ({text}); set NORMLAB_STORE to another file"
+    return f"the store {path} cannot be used ({text}); set NORMLAB_STORE to another file"
 
 
 # ---------------------------------------------------------------- connections
@@ -201,7 +215,14 @@ class Database:
         if str(path) == ":memory:":
             raise ValueError("the store must be a file that workers can open too; pass a "
                              "path (e.g. in a temporary folder) instead of ':memory:'")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            raise StoreError(f"{path} is a folder, not a store file; give a file path, e.g. "
+                             f"{path / 'normlab.sqlite'}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create the folder of the store {path} ({e.strerror}); "
+                             "give a path in a writable folder") from None
         self.path = path
         self.autocheckpoint = autocheckpoint
         self._local = threading.local()
@@ -242,9 +263,20 @@ class Database:
     def _write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction: takes the write lock first, so read-then-write is atomic."""
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            if "locked" in str(e) or "busy" in str(e):
+                raise
+            raise StoreError(store_problem(self.path, e)) from None
         try:
             yield conn
+        except sqlite3.OperationalError as e:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if "readonly" in str(e) or "disk" in str(e):
+                raise StoreError(store_problem(self.path, e)) from None
+            raise
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")

@@ -198,6 +198,11 @@ def errors(cfg: RunConfig, train_size: int | None = None) -> dict[str, str]:
     need(cfg.depth <= 64, "depth", f"depth {cfg.depth} is more than 64 layers; use fewer")
     need(cfg.width <= 4096, "width", f"width {cfg.width} is more than 4096; use fewer units")
     need(cfg.steps <= 1_000_000, "steps", f"steps {cfg.steps} is more than 1,000,000")
+    from normlab.training.limits import max_samples  # the cap is documented there
+
+    need(cfg.n_samples <= max_samples(), "n_samples",
+         f"n_samples {cfg.n_samples:,} is more than the cap of {max_samples():,} examples; "
+         "use fewer (NORMLAB_MAX_SAMPLES raises the cap)")
     if cfg.norm in ("batch", "batch_renorm", "whiten") and cfg.batch_size == 1:
         e["batch_size"] = (f"{cfg.norm!r} normalizes over the batch, which needs at least 2 "
                            "examples; raise batch_size to 2 or more, or pick 'layer'")

@@ -29,8 +29,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from normlab.training.config import RunConfig, validate, warnings as config_warnings
+from normlab.training.config import ConfigError, RunConfig, validate
+from normlab.training.config import warnings as config_warnings
 from normlab.training.data import Dataset, load_dataset
+from normlab.training.limits import problems as cap_problems
 from normlab.training.models import build_model
 from normlab.measure.probes import SAMPLE, Probe, accuracy
 from normlab.measure.schema import RecordBatch
@@ -80,6 +82,10 @@ class Trainer:
         self.warnings = config_warnings(cfg, tuple(self.data.input_shape))
         for field, message in self.warnings.items():  # the engine's log is the worker's stderr
             print(f"normlab warning ({field}): {message}", file=sys.stderr, flush=True)
+        over = cap_problems(cfg, tuple(self.data.input_shape), self.data.num_classes,
+                            len(self.data.y_train) + len(self.data.y_val))
+        if over:  # memory and storage caps (normlab.training.limits)
+            raise ConfigError(over)
         torch.manual_seed(cfg.seed)
         self.x_train = self.data.view(self.data.x_train, cfg.model)
         self.x_val = self.data.view(self.data.x_val, cfg.model)

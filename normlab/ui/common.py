@@ -27,6 +27,7 @@ CURRENT = "comparison"  # session key: the comparison the pages show
 RUNS = "compare_runs"  # session key: run ids opened with ?runs= (instead of a comparison)
 _WRITTEN = "_url_written"  # session key: the query params this session last wrote
 _PROBLEMS = "_url_problems"  # session key: messages about the last link's bad values
+HELD = "_held_dataset"  # session key: a link's file dataset, read only once confirmed
 
 
 @st.cache_resource
@@ -147,6 +148,8 @@ def apply_url() -> None:
                                 f"none of the runs {', '.join(missing)} is in this store")
         st.session_state[CURRENT] = None
         st.session_state[RUNS] = [r for r in state.runs if r in known]
+    state, held = urlstate.hold_file_dataset(state)
+    st.session_state[HELD] = held
     if state.given:
         for name in FORM_FIELDS:
             st.session_state[f"cfg_{name}"] = getattr(state.config, name)

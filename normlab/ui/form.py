@@ -9,7 +9,7 @@ import streamlit as st
 from normlab.views import urlstate, compareview as views
 from normlab.training.config import RunConfig
 from normlab.views.urlstate import FORM_FIELDS, View
-from normlab.ui.common import get_store, set_comparison
+from normlab.ui.common import HELD, get_store, set_comparison
 
 _UI = {  # field: (label, help, number step)
     "dataset": ("Dataset", "a built-in set, or type idx:FOLDER / csv:FILE", None),
@@ -80,12 +80,35 @@ def form_values() -> tuple[RunConfig, list[str], list[int], str | None]:
     return config, methods, list(seeds), seed_problem
 
 
+def _use_held(accept: bool) -> None:
+    held = st.session_state.get(HELD)
+    if accept and held:
+        st.session_state["cfg_dataset"] = held
+    st.session_state[HELD] = None
+
+
+def held_dataset_prompt() -> None:
+    """A link's file dataset waits here until the user lets the server read it."""
+    held = st.session_state.get(HELD)
+    if not held:
+        return
+    st.warning(f"The link asks this server to read the data file `{held}`. Files named in "
+               "a link are read only when you confirm.", icon=":material/folder_open:")
+    use, ignore = st.columns(2)
+    use.button("Read this file", key="_held_use", on_click=_use_held, args=(True,),
+                width="stretch")
+    ignore.button("Ignore", key="_held_ignore", on_click=_use_held, args=(False,),
+                  width="stretch")
+
+
 def config_form() -> tuple[RunConfig, list[str], list[int], dict[str, str]]:
     """The comparison form with live validation: (config, methods, seeds, errors).
 
     Every problem (:func:`normlab.views.compareview.form_errors`) is shown right under the row of its
-    field, before anything runs.
+    field, before anything runs. A file dataset from a link waits for confirmation above
+    the form (:func:`held_dataset_prompt`).
     """
+    held_dataset_prompt()
     boxes = {}
     for row in _ROWS:
         for col, name in zip(st.columns(len(row)), row):

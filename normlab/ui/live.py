@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from normlab.views import compareview as views
+from normlab.runs.engine import engine_pid, ensure_engine
 from normlab.runs.store import NotFound
 from normlab.views.urlstate import View
 from normlab.ui.common import PAGE_WIDTH, POLL_SECONDS, get_store
@@ -29,12 +30,26 @@ def live_runs(key: str, ids: list[str], view: View) -> None:
         except NotFound:
             st.warning("Some of these runs were deleted while they were shown; pick again.")
             return
+        if not views.finished(runs):
+            _engine_check()
         _progress(key, runs)
         _charts(key, runs, view)
         if live and views.finished(runs):
             st.rerun()  # everything ended: redraw once without polling
 
     _live()
+
+
+def _engine_check() -> None:
+    """Say so when no engine serves the store while runs wait, with a restart button."""
+    path = get_store().path
+    if engine_pid(path) is not None:
+        return
+    st.warning("No engine is serving the run store right now (it stopped or was killed), "
+               "so these runs are not progressing. Restart it: runs it was training become "
+               "*interrupted*, queued runs go on.", icon=":material/power_off:")
+    if st.button("Restart the engine", key="_restart_engine", icon=":material/restart_alt:"):
+        ensure_engine(path)
 
 
 def _progress(key: str, runs) -> None:

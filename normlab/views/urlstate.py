@@ -169,8 +169,11 @@ def parse_methods(raw: str, model: str = "mlp") -> tuple[tuple[str, ...], str | 
 def parse_seeds(raw: str) -> tuple[tuple[int, ...], str | None]:
     """Seeds from '0, 1, 2': (distinct seeds in order, problem) — (0,) if none is usable."""
     parts = [p.strip() for p in raw.replace(";", ",").split(",") if p.strip()]
-    good = [int(p) for p in parts if p.isdigit() and int(p) <= SEED_MAX]
-    bad = [p for p in parts if not (p.isdigit() and int(p) <= SEED_MAX)]
+    def usable(p: str) -> bool:  # ASCII digits only: '⒈'.isdigit() is True, int() fails
+        return p.isascii() and p.isdigit() and int(p) <= SEED_MAX
+
+    good = [int(p) for p in parts if usable(p)]
+    bad = [p for p in parts if not usable(p)]
     seeds = tuple(dict.fromkeys(good))[:MAX_SEEDS]
     if not seeds:
         return (0,), (f"seeds {raw!r}: give whole numbers 0..{SEED_MAX} separated by commas, "
@@ -256,6 +259,19 @@ def decode(params: Mapping[str, Any]) -> State:
     given = frozenset(k for k in (*FORM_FIELDS, "methods", "seeds") if k in params)
     return State(config, tuple(methods), tuple(seeds), comparison, view, problems, given,
                  runs)
+
+
+def hold_file_dataset(state: State) -> tuple[State, str | None]:
+    """``(state, None)``, or — when the link names a file dataset (``csv:``/``idx:``) —
+    the state with the default dataset and that name, held back.
+
+    A link must not make the server read its files: the page reads a held file only after
+    the user confirms it (``normlab.ui.form``); until then nothing opens the path.
+    """
+    name = state.config.dataset
+    if not name.startswith(FILE_DATASET_PREFIXES):
+        return state, None
+    return replace(state, config=state.config.replace(dataset=RunConfig().dataset)), name
 
 
 def from_comparison(record: Mapping[str, Any]) -> State:
