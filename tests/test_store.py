@@ -679,7 +679,8 @@ def test_migration_of_a_v1_file(tmp_path, monkeypatch):
     path = tmp_path / "old.sqlite"
     with Store(path) as old:
         cid, (rid,) = old.create_comparison(configs("batch"))
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 1
+    version = store_mod.SCHEMA_VERSION
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == version
     calls = []
 
     def v2_add_colour(conn):
@@ -688,7 +689,7 @@ def test_migration_of_a_v1_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(store_mod, "MIGRATIONS", [*store_mod.MIGRATIONS, v2_add_colour])
     with Store(path) as new:
-        assert new._conn().execute("PRAGMA user_version").fetchone()[0] == 2
+        assert new._conn().execute("PRAGMA user_version").fetchone()[0] == version + 1
         assert new.run(rid)["colour"] == "blue" and new.run(rid)["config"]["norm"] == "batch"
     with Store(path):
         pass
@@ -707,7 +708,7 @@ def test_failed_migration_leaves_the_file_as_it_was(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="boom"):
         Store(path)
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == store_mod.SCHEMA_VERSION
     assert "half_done" not in [r[1] for r in conn.execute("PRAGMA table_info(runs)")]
 
 
