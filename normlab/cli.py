@@ -317,6 +317,9 @@ def cmd_ray_driver(args) -> int:
     except raydriver.DriverAlreadyRunning as exc:
         print(f"normlab engine: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except raydriver.RayUnreachable as exc:
+        print(f"normlab engine: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -188,6 +188,10 @@ class DriverAlreadyRunning(RuntimeError):
     pass
 
 
+class RayUnreachable(RuntimeError):
+    """``ray.init`` failed; the queued Ray runs were ended 'failed' with this message."""
+
+
 def connect(address: str | None = None) -> dict:
     """``ray.init`` for the driver: a small local instance, or the cluster at ``address``
     with NormLab's code shipped to its nodes; returns the cluster's resources."""
@@ -224,18 +228,31 @@ def serve(store_path: str | os.PathLike | None = None, address: str | None = Non
     lock.truncate()
     lock.write(str(os.getpid()))
     lock.flush()
+    address = ray_address(address)
+    store = Store(path)
+    store.mark_interrupted()  # runs of a dead driver or engine
+    try:
+        resources = connect(address)
+    except Exception as exc:  # unreachable, refused, wrong token: say so on every run
+        message = (f"could not connect to Ray at {address or 'a new local instance'}: "
+                   f"{type(exc).__name__}: {exc}".splitlines()[0])
+        print(message, flush=True)
+        message += ("; check --ray-address / NORMLAB_RAY_ADDRESS (and RAY_AUTH_MODE=token "
+                    "for a cluster with token authentication)")
+        while (claimed := store.claim_run(os.getpid(), backend="ray")) is not None:
+            store.finish(claimed[0], "failed", 0, message)
+        store.close()
+        lock.close()
+        raise RayUnreachable(message) from exc
     stopping = False
 
     def on_term(signum, frame):
         nonlocal stopping
         stopping = True
 
+    # after ray.init, which installs its own SIGTERM handler (that would skip the cleanup)
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
-    address = ray_address(address)
-    store = Store(path)
-    store.mark_interrupted()  # runs of a dead driver or engine
-    resources = connect(address)
     task = ray.remote(train_task).options(num_cpus=1, max_retries=0,
                                           _generator_backpressure_num_objects=BACKPRESSURE)
     print(f"normlab ray driver {os.getpid()}: {resources.get('CPU', 0):g} CPUs at "

@@ -1,0 +1,290 @@
+"""The Ray backend on a real local Ray cluster (``ray start --head`` on a free port, two
+CPUs, 100 MB object store, stopped at the end): the same metrics as in-process training bit
+for bit, pause/resume/cancel reaching remote runs, a killed Ray worker and a killed driver
+ending runs ``interrupted`` with their flushed records; and, without a cluster, the backend
+column, the claim split between the engines, and the install message without Ray.
+
+Skipped when Ray is not installed, unless NORMLAB_REQUIRE_RAY=1 (CI), where that fails.
+"""
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from normlab import cli
+from normlab.runs import raydriver
+from normlab.runs import store as store_mod
+from normlab.runs.comparisons import compare, wait_for
+from normlab.runs.store import Store
+from normlab.training.config import RunConfig
+
+QUICK = RunConfig(steps=60, eval_interval=20, width=16, depth=2)
+LONG = RunConfig(steps=1_000_000, eval_interval=1000, width=16, depth=2, record_interval=10)
+
+
+def until(predicate, timeout=90.0, poll=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+# ---------------------------------------------------------------- without a cluster
+
+def test_backend_column_splits_the_queue_between_the_engines(tmp_path):
+    with Store(tmp_path / "s.sqlite") as store:
+        _, (local,) = store.create_comparison([QUICK.to_dict()])
+        _, (remote,) = store.create_comparison([QUICK.to_dict()], backend="ray")
+        assert store.run(remote)["backend"] == "ray" and store.run(local)["backend"] == "local"
+        assert store.unfinished(backend="ray") == 1 and store.unfinished() == 2
+        assert store.claim_run(1)[0] == local
+        assert store.claim_run(1) is None  # the local engine never takes a ray run
+        assert store.claim_run(2, backend="ray")[0] == remote
+        assert store.claim_run(2, backend="ray") is None
+        with pytest.raises(ValueError, match="unknown backend 'spark'; use one of local, ray"):
+            store.create_comparison([QUICK.to_dict()], backend="spark")
+
+
+def test_a_version_1_file_gains_the_backend_column_with_local_runs(tmp_path, monkeypatch):
+    path = tmp_path / "v1.sqlite"
+    monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS[:1])
+    Store(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("INSERT INTO comparisons (id, name, created_at) VALUES ('c1', 'old', 1)")
+    conn.execute("INSERT INTO runs (id, comparison_id, position, config, created_at) "
+                 "VALUES ('r1', 'c1', 0, '{}', 1)")
+    conn.commit()
+    conn.close()
+    monkeypatch.undo()
+    with Store(path) as store:
+        assert store.run("r1")["backend"] == "local"
+        assert store.claim_run(1, backend="ray") is None and store.claim_run(1)[0] == "r1"
+
+
+def test_without_ray_the_backend_says_how_to_install_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(raydriver, "ray_available", lambda: False)
+    path = tmp_path / "s.sqlite"
+    code = cli.main(["run", "--norms", "batch", "--steps", "5", "--backend", "ray",
+                     "--store", str(path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert f'python -m pip install "ray=={raydriver.RAY_VERSION}"' in err
+    assert Store(path).runs().empty  # nothing stored
+    with pytest.raises(raydriver.RayMissing, match="pip install"):
+        compare(QUICK, store=path, backend="ray")
+    monkeypatch.setenv("NORMLAB_RAY_ADDRESS", "ray://nowhere:10001")
+    assert raydriver.default_backend() == "ray"
+    with pytest.raises(raydriver.RayMissing):  # the address alone switches the backend
+        compare(QUICK, store=path)
+
+
+def test_importing_normlab_never_imports_ray():
+    code = ("import sys, normlab, normlab.cli, normlab.runs.comparisons, "
+            "normlab.runs.raydriver, normlab.views.compareview; "
+            "normlab.cli.build_parser(); assert 'ray' not in sys.modules, 'ray imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# ---------------------------------------------------------------- a real cluster
+
+def _ray_importable() -> bool:
+    if raydriver.ray_available():
+        return True
+    if os.environ.get("NORMLAB_REQUIRE_RAY") == "1":
+        pytest.fail(f"NORMLAB_REQUIRE_RAY=1 but Ray is not installed: {raydriver.INSTALL}")
+    return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _descendants_and(marker: str) -> list[int]:
+    """Processes whose command line mentions ``marker``, and all their descendants."""
+    parents = {}
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        parents[int(entry.name)] = ppid
+        if marker in cmdline:
+            found.add(int(entry.name))
+    grew = True
+    while grew:
+        grew = False
+        for pid, ppid in parents.items():
+            if ppid in found and pid not in found:
+                found.add(pid)
+                grew = True
+    return sorted(found)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A two-CPU Ray head on a free port, in its own temp dir; killed (only its own
+    processes, by pid) at the end."""
+    if not _ray_importable():
+        pytest.skip(f"Ray is not installed ({raydriver.INSTALL})")
+    temp = tempfile.mkdtemp(prefix="nlray", dir="/tmp")  # short: Ray's socket paths
+    port = _free_port()
+    token = Path(temp) / "auth_token"  # token authentication, as on a real cluster
+    token.write_text(secrets.token_hex(32))
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    saved = {k: os.environ.get(k) for k in auth}
+    os.environ.update(auth)  # for the drivers the tests start, too
+    ray_cli = [sys.executable, "-c", "from ray.scripts.scripts import main; main()"]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    try:
+        subprocess.run([*ray_cli, "start", "--head", f"--port={port}", "--num-cpus=2",
+                        f"--object-store-memory={100 * 2**20}", "--include-dashboard=false",
+                        f"--temp-dir={temp}", "--disable-usage-stats"],
+                       check=True, timeout=180, env=env, stdout=subprocess.DEVNULL)
+        yield {"address": f"127.0.0.1:{port}", "temp": temp}
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        for pid in _descendants_and(temp):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture
+def store(tmp_path, cluster):
+    path = tmp_path / "runs.sqlite"
+    s = Store(path)
+    yield s
+    raydriver.stop_driver(path)
+    s.close()
+
+
+def _reference(cfg: RunConfig):
+    """The run trained in this process at one torch thread, as tidy rows."""
+    import torch
+
+    from normlab.training.trainer import train
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        batch, outcome = train(cfg)
+    finally:
+        torch.set_num_threads(threads)
+    return batch.to_frame(), outcome
+
+
+def _sorted(frame):
+    keys = ["layer", "site", "metric", "step"]
+    return frame[keys + ["value"]].astype({k: str for k in keys[:3]}).sort_values(keys) \
+        .reset_index(drop=True)
+
+
+def test_a_comparison_on_ray_matches_in_process_training_bit_for_bit(store, cluster):
+    cid, runs = compare(QUICK, norms=["batch", "layer"], seeds=[0, 1], store=store,
+                        backend="ray", ray_address=cluster["address"])
+    statuses = wait_for(cid, store=store, timeout=120)
+    assert set(statuses.values()) == {"done"}
+    driver = raydriver.driver_pid(store.path)
+    table = store.runs(comparison=cid)
+    assert (table.worker_pid == driver).all()  # the driver wrote them, not the workers
+    assert (table.step == 60).all()
+    for rid in runs:
+        run = store.run(rid)
+        assert run["backend"] == "ray"
+        expected, outcome = _reference(RunConfig.from_dict(run["config"]))
+        assert outcome.status == "done"
+        got = _sorted(store.metrics(rid))
+        want = _sorted(expected)
+        assert len(got) == len(want) > 100
+        assert (got.drop(columns="value") == want.drop(columns="value")).all().all()
+        assert (got.value.to_numpy() == want.value.to_numpy()).all()  # bit for bit
+
+
+def test_pause_resume_and_cancel_reach_a_remote_run(store, cluster):
+    cid, (rid,) = compare(LONG, norms=["batch"], store=store, backend="ray",
+                          ray_address=cluster["address"])
+    until(lambda: store.run(rid)["step"] > 0)
+    assert len(store.metrics(rid, metrics=["loss"], sites=["train"])) > 0  # live records
+    store.request(rid, "pause")
+    until(lambda: store.run(rid)["status"] == "paused")
+    time.sleep(1.5)  # the task may finish the batch in hand, then backpressure holds it
+    held = store.run(rid)["step"]
+    time.sleep(1.0)
+    assert store.run(rid)["step"] == held
+    store.request(cid, "resume")
+    until(lambda: store.run(rid)["status"] == "running" and store.run(rid)["step"] > held)
+    store.request(cid, "cancel")
+    until(lambda: store.run(rid)["status"] == "cancelled")
+    run = store.run(rid)
+    assert run["step"] > held
+    steps = store.metrics(rid, metrics=["loss"], sites=["train"]).step
+    assert steps.max() <= run["step"]  # nothing past the step it was cancelled at
+
+
+def _train_task_pids(cluster) -> list[int]:
+    return [p for p in _descendants_and(cluster["temp"])
+            if _cmdline(p).startswith("ray::train_task")]
+
+
+def test_a_killed_ray_worker_ends_its_run_interrupted_with_its_records(store, cluster):
+    cid, (rid,) = compare(LONG, norms=["layer"], store=store, backend="ray",
+                          ray_address=cluster["address"])
+    until(lambda: store.run(rid)["step"] > 50)
+    (worker,) = until(lambda: _train_task_pids(cluster))
+    flushed = len(store.metrics(rid))
+    os.kill(worker, signal.SIGKILL)
+    until(lambda: store.run(rid)["status"] == "interrupted")
+    run = store.run(rid)
+    assert "Ray worker lost" in run["error"] and f"step {run['step']}" in run["error"]
+    after = store.metrics(rid)
+    assert len(after) >= flushed > 0  # nothing flushed was lost
+    assert after.step.max() <= run["step"]
+    # the driver goes on: a new run trains on a new worker
+    cid2, (rid2,) = compare(QUICK, store=store, backend="ray", ray_address=cluster["address"])
+    assert wait_for(cid2, store=store, timeout=120) == {rid2: "done"}
+
+
+def test_a_killed_driver_leaves_runs_interrupted_at_the_next_start(store, cluster):
+    cid, (rid,) = compare(LONG, norms=["rms"], store=store, backend="ray",
+                          ray_address=cluster["address"])
+    until(lambda: store.run(rid)["step"] > 0)
+    os.kill(raydriver.driver_pid(store.path), signal.SIGKILL)
+    until(lambda: raydriver.driver_pid(store.path) is None)
+    until(lambda: not _train_task_pids(cluster), timeout=60)  # Ray stops a dead driver's tasks
+    step = store.run(rid)["step"]
+    assert store.run(rid)["status"] == "running"
+    raydriver.ensure_driver(store.path, cluster["address"])
+    until(lambda: store.run(rid)["status"] == "interrupted")
+    assert store.run(rid)["step"] == step and len(store.metrics(rid)) > 0
+
