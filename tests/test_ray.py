@@ -180,9 +180,10 @@ def cluster():
         shutil.rmtree(temp, ignore_errors=True)
 
 
-@pytest.fixture
-def store(tmp_path, cluster):
-    path = tmp_path / "runs.sqlite"
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, cluster):
+    """One store and one driver for the cluster tests: its Ray workers import torch once."""
+    path = tmp_path_factory.mktemp("ray") / "runs.sqlite"
     s = Store(path)
     yield s
     raydriver.stop_driver(path)
@@ -260,7 +261,7 @@ def _train_task_pids(cluster) -> list[int]:
 def test_a_killed_ray_worker_ends_its_run_interrupted_with_its_records(store, cluster):
     cid, (rid,) = compare(LONG, norms=["layer"], store=store, backend="ray",
                           ray_address=cluster["address"])
-    until(lambda: store.run(rid)["step"] > 50)
+    until(lambda: store.run(rid)["step"] > 0)
     (worker,) = until(lambda: _train_task_pids(cluster))
     flushed = len(store.metrics(rid))
     os.kill(worker, signal.SIGKILL)
@@ -288,3 +289,39 @@ def test_a_killed_driver_leaves_runs_interrupted_at_the_next_start(store, cluste
     until(lambda: store.run(rid)["status"] == "interrupted")
     assert store.run(rid)["step"] == step and len(store.metrics(rid)) > 0
 
+
+
+def test_the_dashboard_launches_on_the_backend_chosen_in_the_form(tmp_path, monkeypatch):
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    import normlab.ui.common
+
+    path = tmp_path / "runs.sqlite"
+    monkeypatch.setenv("NORMLAB_STORE", str(path))
+    monkeypatch.delenv("NORMLAB_RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(normlab.ui.common, "ensure_engine", lambda *a, **k: None)
+    started = []
+    monkeypatch.setattr(raydriver, "ensure_driver", lambda *a, **k: started.append(a))
+    monkeypatch.setattr(raydriver, "ray_available", lambda: True)
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    app = str(Path(__file__).resolve().parents[1] / "dashboard.py")
+    at = AppTest.from_file(app, default_timeout=60).switch_page("pages/1_compare.py").run()
+    assert not at.exception and at.selectbox(key="cfg_backend").value == "local"
+    at.selectbox(key="cfg_backend").set_value("ray")
+    at.multiselect(key="cfg_methods").set_value(["batch", "layer"])
+    at = at.run()
+    next(b for b in at.button if b.label == "Launch 2 runs").click()
+    at = at.run()
+    assert not at.exception and len(started) == 1  # the Ray driver, not the engine
+    with Store(path) as store:
+        (cid,) = store.comparisons()["id"]
+        assert {store.run(r)["backend"] for r in store.comparison(cid)["runs"]} == {"ray"}
+    monkeypatch.setattr(raydriver, "ray_available", lambda: False)
+    at = at.run()
+    assert any("Ray is not installed" in e.value and "pip install" in e.value
+               for e in at.error)
+    assert next(b for b in at.button if b.label.startswith("Launch")).disabled
+    st.cache_data.clear()
+    st.cache_resource.clear()
