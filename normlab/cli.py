@@ -42,7 +42,7 @@ def _backend_args(p: argparse.ArgumentParser) -> None:
                    help="who trains the runs: the local engine or Ray tasks (default: ray if "
                    "$NORMLAB_RAY_ADDRESS is set, else local)")
     p.add_argument("--ray-address", metavar="ADDRESS", default=None,
-                   help="the Ray cluster (auto, ray://host:10001; default: "
+                   help="the Ray cluster (auto, HEAD:6379; default: "
                    "$NORMLAB_RAY_ADDRESS, else a local Ray instance)")
 
 

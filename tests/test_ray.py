@@ -90,6 +90,17 @@ def test_without_ray_the_backend_says_how_to_install_it(tmp_path, monkeypatch, c
         compare(QUICK, store=path)
 
 
+def test_a_ray_client_address_is_refused_with_the_reason(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(raydriver, "ray_available", lambda: True)
+    path = tmp_path / "s.sqlite"
+    with pytest.raises(ValueError, match="Ray Client address, which cannot stream"):
+        compare(QUICK, store=path, backend="ray", ray_address="ray://head:10001")
+    code = cli.main(["run", "--steps", "5", "--backend", "ray", "--ray-address",
+                     "ray://head:10001", "--store", str(path)])
+    assert code == 2 and "HEAD:6379" in capsys.readouterr().err
+    assert Store(path).runs().empty
+
+
 def test_importing_normlab_never_imports_ray():
     code = ("import sys, normlab, normlab.cli, normlab.runs.comparisons, "
             "normlab.runs.raydriver, normlab.views.compareview; "

@@ -79,6 +79,7 @@ def submit(configs: list[RunConfig], *, name: str | None = None, base: RunConfig
         raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     if backend == "ray":
         raydriver.require_ray()
+        ray_address = raydriver.ray_address(ray_address)  # a ray:// address: ValueError
     check(configs)
     store = store if isinstance(store, Store) else Store(store)
     cid, run_ids = store.create_comparison([c.to_dict() for c in configs], name=name,

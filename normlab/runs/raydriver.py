@@ -8,8 +8,9 @@ Ray driver per store (``python -m normlab engine --backend ray``, started detach
 local ones. The driver:
 
 * connects with ``ray.init(address)`` — ``None`` starts a local Ray instance on this
-  machine, ``"auto"`` or ``"ray://head:10001"`` joins a cluster (the code of
-  :mod:`normlab` is shipped along; the nodes need the packages of requirements.txt);
+  machine, ``"auto"`` or ``"HEAD:6379"`` joins a cluster (the code of :mod:`normlab` is
+  shipped along; the nodes need the packages of requirements.txt). Ray Client addresses
+  (``ray://``) are refused: streaming generators do not work over Ray Client;
 * claims as many queued runs as the cluster has CPUs and starts each as a Ray *streaming
   generator* task (:func:`train_task`: one CPU, one torch thread, no retries) that yields
   its record batches every ``FLUSH_SECONDS`` and a last ``("end", status, step, message)``;
@@ -73,8 +74,16 @@ def default_backend() -> str:
 
 
 def ray_address(address: str | None = None) -> str | None:
-    """The address to join: ``address``, else $NORMLAB_RAY_ADDRESS, else None (local)."""
-    return address or os.environ.get("NORMLAB_RAY_ADDRESS") or None
+    """The address to join: ``address``, else $NORMLAB_RAY_ADDRESS, else None (local).
+
+    Ray Client addresses (``ray://``) are refused with a ValueError: Ray's streaming
+    generators, which carry the records, do not work over Ray Client."""
+    address = address or os.environ.get("NORMLAB_RAY_ADDRESS") or None
+    if address is not None and address.strip().lower().startswith("ray://"):
+        raise ValueError(f"Ray address {address!r} is a Ray Client address, which cannot "
+                         "stream records; give the cluster's GCS address instead (HEAD:6379, "
+                         "or auto on a cluster node)")
+    return address
 
 
 def lock_path(store_path: Path) -> Path:

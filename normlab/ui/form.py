@@ -114,14 +114,19 @@ def config_form() -> tuple[RunConfig, list[str], list[int], dict[str, str]]:
 def _backend() -> str | None:
     """Where Launch trains the runs; a problem (Ray not installed) or None."""
     st.session_state.setdefault("cfg_backend", raydriver.default_backend())
-    address = raydriver.ray_address() or "a local Ray instance on this machine"
+    try:
+        address = raydriver.ray_address() or "a local Ray instance on this machine"
+    except ValueError as exc:  # NORMLAB_RAY_ADDRESS is a ray:// address
+        address, problem = "NORMLAB_RAY_ADDRESS", f"NORMLAB_RAY_ADDRESS: {exc}"
+    else:
+        problem = None
     choice = st.selectbox("Backend", list(_BACKENDS), format_func=_BACKENDS.get,
                           key="cfg_backend", persist_state="session",
                           help=f"This machine: the local engine. Ray cluster: {address} "
                           "(set NORMLAB_RAY_ADDRESS to point at a cluster)")
     if choice == "ray" and not raydriver.ray_available():
         return f"Ray is not installed; install it with {raydriver.INSTALL}"
-    return None
+    return problem if choice == "ray" else None
 
 
 def launch_button(config, methods, seeds, errors) -> None:
