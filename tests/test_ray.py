@@ -256,12 +256,15 @@ def test_pause_resume_and_cancel_reach_a_remote_run(store, cluster):
     assert store.run(rid)["step"] == held
     store.request(cid, "resume")
     until(lambda: store.run(rid)["status"] == "running" and store.run(rid)["step"] > held)
-    store.request(cid, "cancel")
+    store.request(cid, "pause")
+    until(lambda: store.run(rid)["status"] == "paused")
+    store.request(cid, "cancel")  # while paused: the task is held by backpressure
     until(lambda: store.run(rid)["status"] == "cancelled")
     run = store.run(rid)
     assert run["step"] > held
     steps = store.metrics(rid, metrics=["loss"], sites=["train"]).step
     assert steps.max() <= run["step"]  # nothing past the step it was cancelled at
+    until(lambda: not _train_task_pids(cluster), timeout=30)  # the task ended: CPU freed
 
 
 def _train_task_pids(cluster) -> list[int]:
