@@ -1,11 +1,11 @@
 """``python -m normlab``: run comparisons and manage the run store from a terminal.
 
 Commands: ``run``, ``list``, ``show``, ``export``, ``import``, ``delete``, ``cancel``,
-``pause``, ``resume``, ``tag``, ``annotate``, ``engine``. ``run --backend ray`` trains on
-Ray (:mod:`normlab.runs.raydriver`); ``engine --backend ray`` is that backend's driver. ``run`` takes every
+``pause``, ``resume``, ``tag``, ``annotate``, ``engine``. ``run`` takes every
 :class:`~normlab.training.config.RunConfig` field as a flag of the same name and default; a
 comma-separated value (``--norms batch,layer --seeds 0,1 --lr 0.1,0.01``) makes a
-comparison over every combination.
+comparison over every combination. ``run --backend ray`` trains on Ray
+(:mod:`normlab.runs.raydriver`); ``engine --backend ray`` is that backend's driver.
 
 Bad input (an unknown norm, a negative lr, a bad id, a missing file) prints one line on
 stderr naming the value and what is allowed, exits with code 2, and writes nothing.

@@ -38,8 +38,8 @@ from normlab.runs.chunks import INSERT_CHUNK, MetricQuery, chunk_rows, metrics_f
 from normlab.measure.schema import RecordBatch
 from normlab.runs.storedb import (
     ACTIVE, BACKENDS, COMPARISON_FIELDS, FINISHED, MIGRATIONS, RUN_FIELDS, STATUSES, Database,
-    NotFound, _as_list, _clean_tags, _config_dict, _default_name, _FLOAT_FIELDS, _INT_FIELDS, _new_id,
-    _qmarks, _record, _require, _require_runs, _resolve, _run_selection, migrate,
+    NotFound, _as_list, _clean_tags, _config_dict, _default_name, _FLOAT_FIELDS, _INT_FIELDS,
+    _new_id, _qmarks, _record, _require, _require_runs, _resolve, _run_selection, migrate,
 )
 
 # Not used here: re-exported so that every public name of normlab.runs.store stays importable.
@@ -93,7 +93,8 @@ class Store(Database):
 
     def create_comparison(self, configs: list[dict], name: str | None = None,
                           base: dict | None = None, grid: dict | None = None,
-                          tags: Iterable[str] = (), backend: str = "local") -> tuple[str, list[str]]:
+                          tags: Iterable[str] = (), backend: str = "local"
+                          ) -> tuple[str, list[str]]:
         """Insert a comparison and one queued run per config (position = index), to be
         trained by ``backend`` ('local': the engine; 'ray': :mod:`normlab.runs.raydriver`)."""
         configs = [_config_dict(c, i) for i, c in enumerate(configs)]
