@@ -156,6 +156,28 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def test_an_unreachable_cluster_fails_the_queued_ray_runs_with_the_reason(tmp_path,
+                                                                       monkeypatch):
+    if not _ray_importable():
+        pytest.skip(f"Ray is not installed ({raydriver.INSTALL})")
+    path = tmp_path / "s.sqlite"
+    with Store(path) as s:
+        _, (remote,) = s.create_comparison([QUICK.to_dict()], backend="ray")
+        _, (local,) = s.create_comparison([QUICK.to_dict()])
+
+    def refuse(address):  # what ray.init raises, after its retries, for a wrong address
+        raise ConnectionError(f"Failed to connect to Ray cluster at {address}")
+
+    monkeypatch.setattr(raydriver, "connect", refuse)
+    with pytest.raises(raydriver.RayUnreachable, match="could not connect to Ray at 10.9.9.9"):
+        raydriver.serve(path, address="10.9.9.9:6379")
+    with Store(path) as s:
+        assert s.run(remote)["status"] == "failed"
+        assert "NORMLAB_RAY_ADDRESS" in s.run(remote)["error"]
+        assert s.run(local)["status"] == "queued"  # not the driver's to touch
+    assert raydriver.driver_pid(path) is None  # the lock is released
+
+
 @pytest.fixture(scope="module")
 def cluster():
     """A two-CPU Ray head on a free port, in its own temp dir; killed (only its own
