@@ -178,6 +178,14 @@ def test_an_unreachable_cluster_fails_the_queued_ray_runs_with_the_reason(tmp_pa
     assert raydriver.driver_pid(path) is None  # the lock is released
 
 
+def _kill(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 @pytest.fixture(scope="module")
 def cluster():
     """A two-CPU Ray head on a free port, in its own temp dir; killed (only its own
@@ -185,7 +193,6 @@ def cluster():
     if not _ray_importable():
         pytest.skip(f"Ray is not installed ({raydriver.INSTALL})")
     temp = tempfile.mkdtemp(prefix="nlray", dir="/tmp")  # short: Ray's socket paths
-    port = _free_port()
     token = Path(temp) / "auth_token"  # token authentication, as on a real cluster
     token.write_text(secrets.token_hex(32))
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
@@ -194,10 +201,18 @@ def cluster():
     ray_cli = [sys.executable, "-c", "from ray.scripts.scripts import main; main()"]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     try:
-        subprocess.run([*ray_cli, "start", "--head", f"--port={port}", "--num-cpus=2",
-                        f"--object-store-memory={100 * 2**20}", "--include-dashboard=false",
-                        f"--temp-dir={temp}", "--disable-usage-stats"],
-                       check=True, timeout=180, env=env, stdout=subprocess.DEVNULL)
+        for attempt in range(3):  # Ray gives its raylet 30 s to start: a loaded host
+            port = _free_port()    # can miss that, so start again (own processes killed)
+            started = subprocess.run(
+                [*ray_cli, "start", "--head", f"--port={port}", "--num-cpus=2",
+                 f"--object-store-memory={100 * 2**20}", "--include-dashboard=false",
+                 f"--temp-dir={temp}", "--disable-usage-stats"],
+                timeout=300, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            if started.returncode == 0:
+                break
+            _kill(_descendants_and(temp))
+        else:
+            raise RuntimeError(f"ray start failed 3 times: {started.stderr.decode()[-500:]}")
         yield {"address": f"127.0.0.1:{port}", "temp": temp}
     finally:
         for key, value in saved.items():
@@ -205,11 +220,7 @@ def cluster():
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        for pid in _descendants_and(temp):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _kill(_descendants_and(temp))
         shutil.rmtree(temp, ignore_errors=True)
 
 
