@@ -4,7 +4,8 @@ Commands: ``run``, ``list``, ``show``, ``export``, ``import``, ``delete``, ``can
 ``pause``, ``resume``, ``tag``, ``annotate``, ``engine``. ``run`` takes every
 :class:`~normlab.training.config.RunConfig` field as a flag of the same name and default; a
 comma-separated value (``--norms batch,layer --seeds 0,1 --lr 0.1,0.01``) makes a
-comparison over every combination.
+comparison over every combination. ``run --backend ray`` trains on Ray
+(:mod:`normlab.runs.raydriver`); ``engine --backend ray`` is that backend's driver.
 
 Bad input (an unknown norm, a negative lr, a bad id, a missing file) prints one line on
 stderr naming the value and what is allowed, exits with code 2, and writes nothing.
@@ -36,6 +37,15 @@ def _store_arg(p: argparse.ArgumentParser) -> None:
                    help="the SQLite run store (default: $NORMLAB_STORE or ~/.normlab/normlab.sqlite)")
 
 
+def _backend_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=("local", "ray"), default=None,
+                   help="who trains the runs: the local engine or Ray tasks (default: ray if "
+                   "$NORMLAB_RAY_ADDRESS is set, else local)")
+    p.add_argument("--ray-address", metavar="ADDRESS", default=None,
+                   help="the Ray cluster (auto, HEAD:6379; default: "
+                   "$NORMLAB_RAY_ADDRESS, else a local Ray instance)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="normlab", description="Compare normalization methods on small "
                      "PyTorch runs; results go to a SQLite run store the dashboard reads.")
@@ -56,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="worker processes if the engine has to be started (default: CPU cores)")
     run.add_argument("--no-wait", action="store_true",
                      help="submit and return; the engine keeps running the comparison")
+    _backend_args(run)
     _store_arg(run)
 
     lst = sub.add_parser("list", help="one line per run")
@@ -103,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     eng.add_argument("--status", action="store_true", help="print the engine's pid, if any")
     eng.add_argument("--watch-pid", type=int, default=None, metavar="PID",
                      help="stop when process PID exits (tests use it)")
+    _backend_args(eng)
     _store_arg(eng)
     return parser
 
@@ -137,7 +149,8 @@ def cmd_run(args, store) -> int:
     for message in dict.fromkeys(m for c in configs for m in warnings(c).values()):
         print(f"warning: {message}", file=sys.stderr)
     cid, run_ids = submit(configs, name=args.name, base=base, grid=grid or None, store=store,
-                          workers=args.workers)
+                          workers=args.workers, backend=args.backend,
+                          ray_address=args.ray_address)
     print(f"comparison {cid}: {len(run_ids)} run(s) {' '.join(run_ids)}")
     if args.no_wait:
         return 0
@@ -256,6 +269,7 @@ def cmd_show(args, store) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from normlab.runs.raydriver import RayMissing
     from normlab.runs.store import NotFound, Store, StoreError
 
     parser = build_parser()
@@ -270,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_simple(args, store)
     except UsageError as exc:
         print(str(exc), file=sys.stderr)
+    except RayMissing as exc:
+        print(f"normlab {args.command}: --backend ray: {exc}", file=sys.stderr)
     except ConfigError as exc:
         print(f"normlab {args.command}: " + "; ".join(f"--{PLURALS.get(k, k)}: {m}"
               for k, m in exc.errors.items()), file=sys.stderr)
@@ -307,6 +323,8 @@ def cmd_simple(args, store) -> int:
 def cmd_engine(args) -> int:
     from normlab.runs.engine import EngineAlreadyRunning, engine_pid, serve, stop_engine
 
+    if args.backend == "ray":  # only when asked: `engine` alone is always the local one
+        return cmd_ray_driver(args)
     if args.status:
         pid = engine_pid(args.store)
         print(f"engine running, pid {pid}" if pid else "no engine running")
@@ -320,6 +338,29 @@ def cmd_engine(args) -> int:
     except EngineAlreadyRunning as exc:
         print(f"normlab engine: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    return 0
+
+
+def cmd_ray_driver(args) -> int:
+    from normlab.runs import raydriver
+
+    if args.status:
+        pid = raydriver.driver_pid(args.store)
+        print(f"ray driver running, pid {pid}" if pid else "no ray driver running")
+        return 0
+    if args.stop:
+        print("ray driver stopped" if raydriver.stop_driver(args.store) else
+              "no ray driver running")
+        return 0
+    try:
+        raydriver.serve(args.store, address=args.ray_address, idle_exit=args.idle_exit,
+                        slots=args.workers)
+    except raydriver.DriverAlreadyRunning as exc:
+        print(f"normlab engine: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except raydriver.RayUnreachable as exc:
+        print(f"normlab engine: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -685,6 +685,7 @@ def test_migration_of_a_v1_file_gives_runs_a_source(tmp_path, monkeypatch):
     with Store(path) as new:
         assert new.run(rid)["source"] == "normlab"
         assert new.runs()["source"].tolist() == ["normlab"]
+        assert new.run(rid)["backend"] == "local"
 
 
 def test_migration_of_a_current_file(tmp_path, monkeypatch):

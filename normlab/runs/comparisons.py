@@ -8,6 +8,9 @@ The Python API mirrors the CLI::
     normlab.wait(cid)                                  # or watch it in the dashboard
     frame = normlab.Store().metrics(comparison=cid, metrics=["loss"])
 
+``backend="ray"`` trains the runs as Ray tasks (:mod:`normlab.runs.raydriver`) instead of
+in the local engine; ``ray_address`` (or $NORMLAB_RAY_ADDRESS) names the cluster.
+
 Every config of the grid is validated before anything is stored: one bad value fails the
 whole submission with a :class:`~normlab.training.config.ConfigError` naming each bad field.
 """
@@ -22,7 +25,8 @@ from typing import Any
 
 from normlab.training.config import ConfigError, RunConfig, coerce, errors
 from normlab.runs.engine import engine_pid, ensure_engine
-from normlab.runs.store import FINISHED, Store
+from normlab.runs import raydriver
+from normlab.runs.store import BACKENDS, FINISHED, Store
 
 
 def expand(base: RunConfig, grid: dict[str, Iterable[Any]]) -> list[RunConfig]:
@@ -76,13 +80,27 @@ def check(configs: list[RunConfig]) -> None:
 
 def submit(configs: list[RunConfig], *, name: str | None = None, base: RunConfig | None = None,
            grid: dict | None = None, store: Store | str | None = None, start: bool = True,
-           workers: int | None = None) -> tuple[str, list[str]]:
-    """Queue ``configs`` as one comparison; returns (comparison id, run ids) at once."""
+           workers: int | None = None, backend: str | None = None,
+           ray_address: str | None = None) -> tuple[str, list[str]]:
+    """Queue ``configs`` as one comparison; returns (comparison id, run ids) at once.
+
+    ``backend``: 'local' (the engine) or 'ray'; default 'ray' if $NORMLAB_RAY_ADDRESS is
+    set. Without Ray installed, 'ray' raises :class:`~normlab.runs.raydriver.RayMissing`
+    before anything is stored."""
+    backend = backend or raydriver.default_backend()
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if backend == "ray":
+        raydriver.require_ray()
+        ray_address = raydriver.ray_address(ray_address)  # a ray:// address: ValueError
     check(configs)
     store = store if isinstance(store, Store) else Store(store)
     cid, run_ids = store.create_comparison([c.to_dict() for c in configs], name=name,
-                                           base=base.to_dict() if base else None, grid=grid)
-    if start:
+                                           base=base.to_dict() if base else None, grid=grid,
+                                           backend=backend)
+    if start and backend == "ray":
+        raydriver.ensure_driver(store.path, ray_address)
+    elif start:
         ensure_engine(store.path, workers=workers)
     return cid, run_ids
 
@@ -90,8 +108,10 @@ def submit(configs: list[RunConfig], *, name: str | None = None, base: RunConfig
 def compare(base: RunConfig | None = None, *, norms: Iterable[str] | None = None,
             seeds: Iterable[int] | None = None, grid: dict[str, Iterable[Any]] | None = None,
             name: str | None = None, store: Store | str | None = None, wait: bool = False,
-            workers: int | None = None) -> tuple[str, list[str]]:
-    """Submit base × norms × seeds (× any other ``grid`` field); optionally wait for it."""
+            workers: int | None = None, backend: str | None = None,
+            ray_address: str | None = None) -> tuple[str, list[str]]:
+    """Submit base × norms × seeds (× any other ``grid`` field); optionally wait for it.
+    ``backend`` and ``ray_address``: see :func:`submit`."""
     base = base or RunConfig()
     full: dict[str, list] = {}
     if norms is not None:
@@ -102,7 +122,7 @@ def compare(base: RunConfig | None = None, *, norms: Iterable[str] | None = None
     configs = expand(base, full)
     store = store if isinstance(store, Store) else Store(store)
     cid, run_ids = submit(configs, name=name, base=base, grid=full or None, store=store,
-                          workers=workers)
+                          workers=workers, backend=backend, ray_address=ray_address)
     if wait:
         wait_for(cid, store=store)
     return cid, run_ids

@@ -39,9 +39,9 @@ from normlab.runs import schedule
 from normlab.runs.chunks import INSERT_CHUNK, MetricQuery, chunk_rows, metrics_frame, select_chunks
 from normlab.measure.schema import RecordBatch
 from normlab.runs.storedb import (
-    ACTIVE, COMPARISON_FIELDS, FINISHED, MIGRATIONS, RUN_FIELDS, STATUSES, Database, NotFound,
-    _as_list, _clean_tags, _config_dict, _default_name, _FLOAT_FIELDS, _INT_FIELDS, _new_id,
-    _qmarks, _record, _require, _require_runs, _resolve, _run_selection, migrate,
+    ACTIVE, BACKENDS, COMPARISON_FIELDS, FINISHED, MIGRATIONS, RUN_FIELDS, STATUSES, Database,
+    NotFound, _as_list, _clean_tags, _config_dict, _default_name, _FLOAT_FIELDS, _INT_FIELDS,
+    _new_id, _qmarks, _record, _require, _require_runs, _resolve, _run_selection, migrate,
 )
 
 # Not used here: re-exported so that every public name of normlab.runs.store stays importable.
@@ -100,11 +100,15 @@ class Store(Database):
 
     def create_comparison(self, configs: list[dict], name: str | None = None,
                           base: dict | None = None, grid: dict | None = None,
-                          tags: Iterable[str] = ()) -> tuple[str, list[str]]:
-        """Insert a comparison and one queued run per config (position = index)."""
+                          tags: Iterable[str] = (), backend: str = "local"
+                          ) -> tuple[str, list[str]]:
+        """Insert a comparison and one queued run per config (position = index), to be
+        trained by ``backend`` ('local': the engine; 'ray': :mod:`normlab.runs.raydriver`)."""
         configs = [_config_dict(c, i) for i, c in enumerate(configs)]
         if not configs:
             raise ValueError("a comparison needs at least one config; got an empty list")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
         base = _config_dict(base, -1) if base is not None else None
         tags = _clean_tags(tags)
         with self._write() as conn:
@@ -123,9 +127,10 @@ class Store(Database):
                 rid = _new_id(conn, "runs", "r")
                 conn.execute(
                     "INSERT INTO runs (id, comparison_id, position, config, norm, seed, "
-                    "dataset, model, total_steps, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    "dataset, model, total_steps, created_at, backend) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                     (rid, cid, position, json.dumps(cfg), cfg.get("norm"), cfg.get("seed"),
-                     cfg.get("dataset"), cfg.get("model"), cfg.get("steps"), created))
+                     cfg.get("dataset"), cfg.get("model"), cfg.get("steps"), created, backend))
                 run_ids.append(rid)
         return cid, run_ids
 
@@ -163,8 +168,10 @@ class Store(Database):
                  total_steps, created, name, int(pid), now, now))
         return cid, rid
 
-    def claim_run(self, pid: int) -> tuple[str, dict] | None:
-        """Atomically take the next queued run and mark it running for worker ``pid``.
+    def claim_run(self, pid: int, backend: str = "local") -> tuple[str, dict] | None:
+        """Atomically take the next queued run of ``backend`` and mark it running for
+        worker ``pid`` (for the Ray backend: the driver, the process that writes its records).
+        Runs logged by a user's own loop (``source`` 'external') are never claimed.
 
         Fairness: among comparisons with queued runs that are not held by a pause request,
         take from the one with the FEWEST active (running or paused) runs, so comparisons
@@ -180,13 +187,16 @@ class Store(Database):
                 "  WHERE status IN ('running', 'paused') GROUP BY comparison_id) "
                 "SELECT r.comparison_id FROM runs r JOIN comparisons c ON c.id = r.comparison_id "
                 "LEFT JOIN active a ON a.comparison_id = r.comparison_id "
-                "WHERE r.status = 'queued' AND r.control IS NULL AND r.source = 'normlab' "
-                "ORDER BY coalesce(a.n, 0), c.created_at, c.id, r.position LIMIT 1").fetchone()
+                "WHERE r.status = 'queued' AND r.control IS NULL AND r.backend = ? "
+                "AND r.source = 'normlab' "
+                "ORDER BY coalesce(a.n, 0), c.created_at, c.id, r.position LIMIT 1",
+                (backend,)).fetchone()
             if first is None:
                 return None
             queued = conn.execute(
                 "SELECT id, config, position FROM runs WHERE comparison_id = ? AND "
-                "status = 'queued' AND control IS NULL ORDER BY position", first).fetchall()
+                "status = 'queued' AND control IS NULL AND backend = ? AND source = 'normlab' "
+                "ORDER BY position", (first[0], backend)).fetchall()
             row = queued[schedule.longest_first(conn, queued)]
             now = time.time()
             conn.execute("UPDATE runs SET status = 'running', worker_pid = ?, started_at = ?, "
@@ -331,10 +341,13 @@ class Store(Database):
         out["counts"] = {s: sum(r[1] == s for r in runs) for s in STATUSES}
         return out
 
-    def unfinished(self) -> int:
-        """How many runs are queued, running or paused (a cheap poll for the engine)."""
-        return self._conn().execute("SELECT count(*) FROM runs WHERE status IN "
-                                    "('queued', 'running', 'paused')").fetchone()[0]
+    def unfinished(self, backend: str | None = None) -> int:
+        """How many runs (of ``backend``, or all) are queued, running or paused (a cheap
+        poll for the engine)."""
+        sql = "SELECT count(*) FROM runs WHERE status IN ('queued', 'running', 'paused')"
+        if backend is None:
+            return self._conn().execute(sql).fetchone()[0]
+        return self._conn().execute(sql + " AND backend = ?", (backend,)).fetchone()[0]
 
     def runs(self, comparison: str | None = None, ids: str | Iterable[str] | None = None,
              status: str | Iterable[str] | None = None) -> pd.DataFrame:

@@ -11,8 +11,10 @@ open, one function per version step):
 
 * ``comparisons`` — runs submitted together: name, base config and grid JSON, notes, tags.
 * ``runs`` — one training run: config JSON (its identity, see :mod:`normlab.training.config`), the
-  fields charts group by (norm, seed, dataset, model), status, progress, worker, control.
-  ``source`` says who trains it: NormLab's engine, or a user's own loop (``external``).
+  fields charts group by (norm, seed, dataset, model), status, progress, worker, control,
+  and the backend that trains it (``local`` engine or ``ray``, schema version 2).
+  ``source`` says who trains it: NormLab (from its RunConfig), or a user's own loop
+  (``external``, :func:`normlab.log`; never claimed; schema version 3).
 * ``chunks`` — metrics, a series in chunks of raw numpy bytes (see :mod:`normlab.runs.chunks`).
 
 :class:`Database` gives each thread its own connection and a forked child fresh ones.
@@ -34,6 +36,7 @@ STATUSES = ("queued", "running", "paused", "done", "diverged", "failed", "cancel
             "interrupted")
 FINISHED = frozenset({"done", "diverged", "failed", "cancelled", "interrupted"})
 ACTIVE = ("running", "paused")  # statuses whose run holds a worker process
+BACKENDS = ("local", "ray")  # who trains a run: the local engine or the Ray driver
 BUSY_TIMEOUT_MS = 30_000  # how long a writer waits for another writer's transaction
 RUN_FIELDS = ("id", "comparison_id", "position", "name", "status", "control", "step",
               "total_steps", "steps_per_sec", "norm", "seed", "dataset", "model", "error",
@@ -116,18 +119,24 @@ def _migrate_to_v1(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _migrate_to_v2(conn: sqlite3.Connection) -> None:
+    """Runs say which backend trains them (normlab.runs.raydriver); old runs are local."""
+    conn.execute("ALTER TABLE runs ADD COLUMN backend TEXT NOT NULL DEFAULT 'local'")
+
+
 # MIGRATIONS[i] upgrades a file from version i to i + 1 inside one transaction (which also
 # sets user_version, so a failed step changes nothing). Append a function to change the
 # schema; never edit one that has shipped. foreign_keys is ON: a step that rebuilds a table
 # must keep every reference valid.
-def _migrate_to_v2(conn: sqlite3.Connection) -> None:
-    """Runs get a ``source``: 'normlab' (the engine trains it from its RunConfig) or
+def _migrate_to_v3(conn: sqlite3.Connection) -> None:
+    """Runs get a ``source``: 'normlab' (trained from its RunConfig by a backend) or
     'external' (a user's own loop logs it through :func:`normlab.log`; never claimed)."""
     conn.execute("ALTER TABLE runs ADD COLUMN source TEXT NOT NULL DEFAULT 'normlab' "
                  "CHECK (source IN ('normlab', 'external'))")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_to_v1, _migrate_to_v2]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_to_v1, _migrate_to_v2,
+                                                          _migrate_to_v3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

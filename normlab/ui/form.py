@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from normlab.runs import raydriver
 from normlab.views import urlstate, compareview as views
 from normlab.training.config import RunConfig
 from normlab.views.urlstate import FORM_FIELDS, View
@@ -32,6 +33,7 @@ _ROWS = (("dataset",), ("model", "activation"), ("depth", "width"), ("init", "in
          ("optimizer", "lr"), ("batch_size", "steps"), ("methods",),
          ("seeds", "record_interval"), ("eval_interval",))
 _DEFAULTS = RunConfig()
+_BACKENDS = {"local": "This machine", "ray": "Ray cluster"}
 
 
 def _on_model_change() -> None:
@@ -126,10 +128,31 @@ def config_form() -> tuple[RunConfig, list[str], list[int], dict[str, str]]:
                 box.error(f"**{_UI.get(name, (name.capitalize(),))[0]}**: {errors[name]}")
             elif name in warnings:
                 box.warning(f"**{_UI.get(name, (name.capitalize(),))[0]}**: {warnings[name]}")
-    shown = {n for row in _ROWS for n in row}
+    if problem := _backend():
+        errors["backend"] = problem
+        st.error(f"**Backend**: {problem}")
+    shown = {n for row in _ROWS for n in row} | {"backend"}
     for name in errors.keys() - shown:  # fields the form does not show
         st.error(f"**{name}**: {errors[name]}")
     return config, methods, seeds, errors
+
+
+def _backend() -> str | None:
+    """Where Launch trains the runs; a problem (Ray not installed) or None."""
+    st.session_state.setdefault("cfg_backend", raydriver.default_backend())
+    try:
+        address = raydriver.ray_address() or "a local Ray instance on this machine"
+    except ValueError as exc:  # NORMLAB_RAY_ADDRESS is a ray:// address
+        address, problem = "NORMLAB_RAY_ADDRESS", f"NORMLAB_RAY_ADDRESS: {exc}"
+    else:
+        problem = None
+    choice = st.selectbox("Backend", list(_BACKENDS), format_func=_BACKENDS.get,
+                          key="cfg_backend", persist_state="session",
+                          help=f"This machine: the local engine. Ray cluster: {address} "
+                          "(set NORMLAB_RAY_ADDRESS to point at a cluster)")
+    if choice == "ray" and not raydriver.ray_available():
+        return f"Ray is not installed; install it with {raydriver.INSTALL}"
+    return problem if choice == "ray" else None
 
 
 def launch_button(config, methods, seeds, errors) -> None:
@@ -140,7 +163,8 @@ def launch_button(config, methods, seeds, errors) -> None:
                  disabled=bool(errors), width="stretch",
                  help="fix the messages above first" if errors else None):
         try:
-            cid, problems = views.launch(get_store(), config, methods, seeds)
+            cid, problems = views.launch(get_store(), config, methods, seeds,
+                                         backend=st.session_state.get("cfg_backend"))
         except Exception as exc:  # the store or the engine: say so, never a traceback
             st.error(f"Could not start the runs: {exc}")
             return

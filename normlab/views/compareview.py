@@ -115,8 +115,10 @@ def comparison_name(config: RunConfig, methods: Iterable[str], seeds: Iterable[i
 
 
 def launch(store: Store, config: RunConfig, methods: Iterable[str], seeds: Iterable[int],
-           name: str | None = None) -> tuple[str | None, dict[str, str]]:
-    """Submit method × seed on ``config``: (comparison id, {}) or (None, field errors)."""
+           name: str | None = None, backend: str | None = None
+           ) -> tuple[str | None, dict[str, str]]:
+    """Submit method × seed on ``config``: (comparison id, {}) or (None, field errors).
+    ``backend``: 'local' or 'ray' (see :func:`normlab.runs.comparisons.submit`)."""
     from normlab.runs.comparisons import submit
 
     methods, seeds = list(methods), [int(s) for s in seeds]
@@ -126,7 +128,7 @@ def launch(store: Store, config: RunConfig, methods: Iterable[str], seeds: Itera
     try:
         cid, _ = submit(configs_for(config, methods, seeds), base=config,
                         name=name or comparison_name(config, methods, seeds),
-                        grid={"norm": methods, "seed": seeds}, store=store)
+                        grid={"norm": methods, "seed": seeds}, store=store, backend=backend)
     except ConfigError as exc:
         return None, dict(exc.errors)
     return cid, {}
