@@ -15,22 +15,25 @@ Every measurement NormLab makes is a *tidy row*::
 
 Metric names by site:
 
-=============  ==========================================================================
-site           metrics
-=============  ==========================================================================
-pre_norm,      ``mean``, ``var`` (biased, over every element of the batch's activation),
-post_norm,     ``p15``, ``p50``, ``p85`` (percentiles, the BN paper's Figure 1 view),
-post_act       ``hist_00`` ... ``hist_{HIST_BINS-1}`` (fraction of values per fixed bin,
-               see :func:`hist_edges`; the first and last bins also catch values outside)
-post_act       ``saturated`` (sigmoid/tanh: fraction of values where the activation's
-               derivative is below 5% of its maximum) or ``dead`` (relu/gelu: fraction of
-               units that are <= 0 for every example of the batch)
-param          ``grad_norm`` (L2 norm of the gradient of the layer's weight parameters),
-               ``weight_norm`` (their L2 norm), ``update_ratio`` (||Δw|| / ||w|| of the
-               optimizer step taken from there: the effective learning rate)
-train          ``loss``, ``acc`` (on the training batch), ``grad_norm`` (global, all params)
-val            ``loss``, ``acc`` (whole validation split), every ``eval_interval`` steps
-=============  ==========================================================================
+===============  =========================================================================
+site             metrics
+===============  =========================================================================
+pre_norm,        ``mean``, ``var`` (biased, over every element of the batch's activation),
+post_norm,       ``p15``, ``p50``, ``p85`` (percentiles, the BN paper's Figure 1 view),
+post_act         ``hist_00`` ... ``hist_{HIST_BINS-1}`` (fraction of values per fixed bin,
+                 see :func:`hist_edges`; the first and last bins also catch values outside)
+post_act         ``saturated`` (sigmoid/tanh: fraction of values where the activation's
+                 derivative is below 5% of its maximum) or ``dead`` (relu/gelu: fraction of
+                 units that are <= 0 for every example of the batch)
+param            ``grad_norm`` (L2 norm of the gradient of the layer's weight parameters),
+                 ``weight_norm`` (their L2 norm), ``update_ratio`` (||Δw|| / ||w|| of the
+                 optimizer step taken from there: the effective learning rate)
+train            ``loss``, ``acc`` (on the training batch), ``grad_norm`` (global, all params)
+val              ``loss``, ``acc`` (whole validation split), every ``eval_interval`` steps
+val_train_mode   ``loss``, ``acc`` of the validation split with the model in training mode
+                 (batch statistics over batches of ``batch_size``; opt-in:
+                 ``RunConfig.eval_train_mode``), at the same steps as ``val``
+===============  =========================================================================
 
 Trainers emit :class:`RecordBatch` objects (a steps x series matrix, cheap to build
 without a Python object per value); ``RecordBatch.to_frame()`` gives the tidy rows.
