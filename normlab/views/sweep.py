@@ -111,7 +111,8 @@ def sweep_frame(runs: pd.DataFrame, finals: pd.Series, field: str) -> pd.DataFra
     ``runs``: ``Store.runs(...)`` rows (``config`` a dict); ``finals``: run → value
     (:func:`final_values`). ``series`` is the method, followed by ``name=value`` of any
     other numeric field that varies independently of ``field``. A diverged run's value is
-    NaN (it did not finish); runs still queued or training are ``pending``.
+    NaN (it did not finish); runs still queued or training are ``pending``, also NaN
+    (their last value is not final).
     """
     configs = pd.DataFrame(list(runs["config"]))
     if field not in configs.columns:
@@ -124,12 +125,13 @@ def sweep_frame(runs: pd.DataFrame, finals: pd.Series, field: str) -> pd.DataFra
     value = runs["id"].map(finals).to_numpy(dtype=float)
     diverged = (status == "diverged") | ((status == "done") & ~np.isfinite(value)
                                          & runs["id"].isin(finals.index).to_numpy())
-    value = np.where(diverged, np.nan, value)
+    pending = np.isin(status, PENDING)
+    value = np.where(diverged | pending, np.nan, value)  # unfinished: no final value yet
     return pd.DataFrame({
         "run": runs["id"].to_numpy(), "method": configs["norm"].astype(str).to_numpy(),
         "series": series.to_numpy(), "x": configs[field].astype(float).to_numpy(),
         "seed": configs["seed"].to_numpy(), "value": value, "status": status,
-        "diverged": diverged, "pending": np.isin(status, PENDING),
+        "diverged": diverged, "pending": pending,
         "error": runs["error"].fillna("").astype(str).to_numpy() if "error" in runs else "",
     })
 

@@ -2,7 +2,7 @@
 
 A :class:`Preset` is a named set of run configs — usually ``base`` × ``grid`` (every
 combination, as :func:`normlab.runs.comparisons.expand` makes it), optionally with
-``tied`` fields computed from each config (Lab 6 scales the learning rate and the number
+``tied`` fields computed from each config and the base (Lab 6 scales the learning rate and the number
 of steps with the batch size). :func:`preset_configs` builds the configs, :func:`launch`
 submits them as one stored comparison through the engine, so a lab's experiment is
 reopenable by link (``?comparison=``), pausable and exportable like any comparison.
@@ -28,7 +28,8 @@ class Preset:
     label: str  # the button's text
     base: RunConfig  # every field not in the grid
     grid: dict[str, tuple] = field(default_factory=dict)  # field -> values (norm, seed, ...)
-    tied: Callable[[RunConfig], dict[str, Any]] | None = None  # fields set from each config
+    tied: Callable[[RunConfig, RunConfig], dict[str, Any]] | None = None  # (config, base) ->
+    #   fields set from each config (e.g. lr scaled with its batch size)
     tied_note: str = ""  # what ``tied`` does, in words (shown on the form)
 
     @property
@@ -68,7 +69,7 @@ def preset_configs(preset: Preset) -> list[RunConfig]:
 
     configs = expand(preset.base, {k: list(v) for k, v in preset.grid.items()})
     if preset.tied is not None:
-        configs = [c.replace(**preset.tied(c)) for c in configs]
+        configs = [c.replace(**preset.tied(c, preset.base)) for c in configs]
     return configs
 
 
