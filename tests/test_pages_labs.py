@@ -124,3 +124,29 @@ def test_batch_lab_view_with_train_mode(store):
 def test_a_missing_comparison_link_says_so(store):
     at = ok(lab_page("pages/5_lr_init.py", comparison="cdoesnotexist"))
     assert "There is no comparison 'cdoesnotexist'" in texts(at)
+
+
+def test_compare_page_offers_the_sweep_view_for_a_grid(store):
+    from test_pages import compare
+
+    configs = [RunConfig(norm="batch", lr=lr, seed=s, **TINY) for lr in (0.01, 0.1)
+               for s in (0, 1)]
+    cid, _ = fill(store, configs, "a plain lr grid", {"lr": [0.01, 0.1], "seed": [0, 1]})
+    at = ok(compare(comparison=cid))
+    assert at.tabs[0].label == "Sweep"
+    assert at.selectbox(key=f"sw_field_{cid}").value == "lr"
+    assert any("sweep table" in e.label.lower() for e in at.expander)
+
+
+def test_compare_page_summarizes_a_big_grid_per_method(store):
+    from test_pages import compare
+
+    configs = [RunConfig(norm=n, lr=lr, **TINY) for n in ("batch", "layer", "none")
+               for lr in (0.001, 0.01, 0.1, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0)]
+    cid, ids = store.create_comparison([c.to_dict() for c in configs], name="big",
+                                       grid={"norm": ["batch", "layer", "none"]})
+    at = ok(compare(comparison=cid))
+    assert "Runs — 27: progress per method" in texts(at)
+    assert len(at.progress) == 1
+    table = next(d.value for d in at.dataframe if "finished" in d.value.columns)
+    assert list(table["runs"]) == [9, 9, 9] and list(table["queued"]) == [9, 9, 9]

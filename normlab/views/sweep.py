@@ -96,13 +96,13 @@ def final_values(rows: pd.DataFrame, how: str = "last", k: int = 3,
 
 def _series_fields(configs: pd.DataFrame, field: str) -> list[str]:
     """Other varied fields that are not a function of ``field`` (they split the lines)."""
-    out = []
-    for name in swept_fields(configs.to_dict("records")):
-        if name == field:
-            continue
-        if configs.groupby(field)[name].nunique().max() > 1:
-            out.append(name)
-    return out
+    numeric = [n for n, kind in FIELD_TYPES.items() if kind in ("int", "float")
+               and n not in ("seed", field) and n in configs.columns]
+    varied = [n for n in numeric if configs[n].nunique() > 1]
+    if not varied:
+        return []
+    per_x = configs.groupby(field)[varied].nunique().max()
+    return [n for n in varied if per_x[n] > 1]
 
 
 def sweep_frame(runs: pd.DataFrame, finals: pd.Series, field: str) -> pd.DataFrame:
@@ -142,9 +142,9 @@ def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
     df = frame.assign(finite=np.isfinite(frame["value"]))
     keys = ["method", "series", "x"]
     good = df[df["finite"]]
-    stats = good.groupby(keys, sort=False)["value"].agg(
-        mean="mean", std=lambda s: float(np.std(s.to_numpy())), min="min", max="max",
-        n="size")
+    groups = good.groupby(keys, sort=False)["value"]
+    stats = pd.DataFrame({"mean": groups.mean(), "std": groups.std(ddof=0),
+                          "min": groups.min(), "max": groups.max(), "n": groups.size()})
     counts = df.groupby(keys, sort=False).agg(n_diverged=("diverged", "sum"),
                                               n_pending=("pending", "sum"))
     out = counts.join(stats, how="left").reset_index()
