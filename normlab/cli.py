@@ -164,18 +164,37 @@ def cmd_run(args, store) -> int:
 
 
 class _ProgressBars:
-    """One tqdm bar per run, fed from the store's progress columns."""
+    """One tqdm bar per run, fed from the store's progress columns; a grid of more than
+    ``MANY_RUNS`` runs gets one overall bar (steps of all runs, finished ones counted)."""
+
+    MANY_RUNS = 24
 
     def __init__(self, run_ids, configs, grid):
         from tqdm import tqdm
 
         self.bars = {}
+        self.total = None
+        if len(run_ids) > self.MANY_RUNS:
+            self.total = tqdm(total=sum(c.steps for c in configs), unit="step",
+                              desc=f"{len(run_ids)} runs", dynamic_ncols=True)
+            return
         for i, (rid, cfg) in enumerate(zip(run_ids, configs)):
             label = " ".join(f"{k}={getattr(cfg, k)}" for k in grid) or cfg.norm
             self.bars[rid] = tqdm(total=cfg.steps, desc=f"{rid} {label}", position=i,
                                   unit="step", leave=True, dynamic_ncols=True)
 
     def update(self, runs) -> None:
+        if self.total is not None:
+            from normlab.runs.store import FINISHED
+
+            finished = runs["status"].isin(FINISHED)
+            steps = runs["step"].fillna(0).astype(int).where(~finished, runs["total_steps"])
+            counts = runs["status"].value_counts()
+            self.total.n = int(steps.fillna(0).sum())
+            self.total.set_postfix_str(", ".join(f"{n} {s}" for s, n in counts.items()),
+                                       refresh=False)
+            self.total.refresh()
+            return
         for row in runs.itertuples():
             bar = self.bars.get(row.id)
             if bar is not None:
@@ -184,6 +203,8 @@ class _ProgressBars:
                 bar.refresh()
 
     def close(self) -> None:
+        if self.total is not None:
+            self.total.close()
         for bar in self.bars.values():
             bar.close()
 

@@ -309,7 +309,7 @@ def weight_readout(frame: pd.DataFrame, layer: str) -> str:
     for (method, wd), g in rows.groupby(["method", "weight_decay"], sort=True):
         w0, w1 = _ends(g[g["metric"] == "weight_norm"])
         r0, r1 = _ends(g[g["metric"] == "update_ratio"])
-        parts.append(f"{method} wd {wd:g}: ‖w‖ ×{w1 / w0:.2f}, ‖Δw‖/‖w‖ ×{r1 / r0:.2f}")
+        parts.append(f"{method} wd {wd:g}: ‖w‖ ×{w1 / w0:.2g}, ‖Δw‖/‖w‖ ×{r1 / r0:.2g}")
     return (f"{layer}, last tenth of training against the first — " + "; ".join(parts) + "."
             if parts else "No weight measurements yet.")
 
