@@ -114,7 +114,10 @@ def sweep_frame(runs: pd.DataFrame, finals: pd.Series, field: str) -> pd.DataFra
     NaN (it did not finish); runs still queued or training are ``pending``, also NaN
     (their last value is not final).
     """
-    configs = pd.DataFrame(list(runs["config"]))
+    dicts = list(runs["config"])
+    wanted = ["norm", "seed"] + [n for n, kind in FIELD_TYPES.items() if kind in ("int", "float")]
+    configs = pd.DataFrame({n: [c.get(n) for c in dicts] for n in dict.fromkeys(wanted)
+                            if any(n in c for c in dicts[:1])})
     if field not in configs.columns:
         raise ValueError(f"{field!r} is not a config field of these runs")
     extra = _series_fields(configs, field)
