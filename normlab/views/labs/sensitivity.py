@@ -130,29 +130,30 @@ BATCH_BASE = RunConfig(dataset="digits", model="mlp", depth=3, width=100,
                        activation="relu", optimizer="sgd", lr=0.1, batch_size=32,
                        steps=200, eval_interval=20, record_interval=10,
                        eval_train_mode=True)
-EXAMPLES = 6400  # examples seen by every run of the batch-size sweep
+EXAMPLES = 3200  # examples seen by every run of the batch-size sweep (~2.2 epochs of digits)
 
 
 def scaled_for_batch(cfg: RunConfig, base: RunConfig = BATCH_BASE,
                      examples: int = EXAMPLES) -> dict:  # base: lr₀ and B₀
     """The fields tied to the batch size: lr scaled linearly from ``base`` (lr₀ at B₀),
-    steps = ``examples`` / B, and 10 evaluations and ~20 records per run."""
+    steps = ``examples`` / B, 5 evaluations and ~10 records per run (a training-mode
+    evaluation at batch 2 is 180 forward passes)."""
     steps = max(1, examples // cfg.batch_size)
     return {"lr": float(f"{base.lr * cfg.batch_size / base.batch_size:.4g}"),
-            "steps": steps, "eval_interval": max(1, steps // 10),
-            "record_interval": max(1, steps // 20)}
+            "steps": steps, "eval_interval": max(1, steps // 5),
+            "record_interval": max(1, steps // 10)}
 
 
 BATCH_LAB = Lab(
     key="batch_size", title="Batch size",
     claim=("BatchNorm normalizes with statistics of the mini-batch, so with small batches "
-           "its statistics are noisy — and the running averages it uses at evaluation no "
-           "longer match what the network saw in training. GroupNorm and LayerNorm "
-           "normalize each example on its own and do not depend on the batch (Wu & He "
-           "2018, Fig. 1)."),
+           "those statistics are noisy: the network trains worse, and the running averages "
+           "it uses at evaluation are estimated from them. GroupNorm and LayerNorm normalize "
+           "each example on its own and do not depend on the batch (Wu & He 2018, Fig. 1)."),
     look_for=("BatchNorm's validation error rising as the batch shrinks while GroupNorm's "
-              "and LayerNorm's stay flat; switch the metric to training-mode evaluation to "
-              "see how much of BatchNorm's gap comes from its evaluation statistics."),
+              "and LayerNorm's stay flat. Switch the metric to *training mode* to see "
+              "BatchNorm evaluated as it trained, with the statistics of each batch of B "
+              "validation examples."),
     presets=(
         Preset("batch", "Batch size 2 to 128 (lr ∝ batch, examples fixed)", BATCH_BASE,
                {"norm": ("batch", "group", "layer", "none"), "batch_size": BATCH_SIZES,
