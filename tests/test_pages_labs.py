@@ -150,3 +150,20 @@ def test_compare_page_summarizes_a_big_grid_per_method(store):
     assert len(at.progress) == 1
     table = next(d.value for d in at.dataframe if "finished" in d.value.columns)
     assert list(table["runs"]) == [9, 9, 9] and list(table["queued"]) == [9, 9, 9]
+
+
+def test_compare_page_switches_between_a_sweep_and_a_plain_comparison(store):
+    from test_pages import compare
+
+    plain = [RunConfig(norm=n, **TINY) for n in ("batch", "none")]
+    pid, _ = fill(store, plain, "plain", {"norm": ["batch", "none"]})
+    grid = [RunConfig(norm="batch", lr=lr, **TINY) for lr in (0.01, 0.1)]
+    sid, _ = fill(store, grid, "lr grid", {"lr": [0.01, 0.1]})
+    at = ok(compare(comparison=sid))
+    assert at.tabs[0].label == "Sweep"
+    at.selectbox(key="_pick").set_value(pid)
+    at = ok(at.run())
+    assert "Sweep" not in [t.label for t in at.tabs]
+    at.selectbox(key="_pick").set_value(sid)
+    at = ok(at.run())
+    assert at.tabs[0].label == "Sweep"

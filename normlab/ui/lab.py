@@ -57,7 +57,7 @@ def shown(lab: Lab) -> str | None:
         st.session_state[f"_{_state_key(lab)}_link"] = linked
         if views.comparison_record(get_store(), linked) is None:
             st.warning(f"There is no comparison {linked!r} in this store (deleted, or made "
-                       "with another store): launch the preset below.",
+                       "with another store): press a preset button above.",
                        icon=":material/link_off:")
         else:
             st.session_state[_state_key(lab)] = linked
