@@ -4,7 +4,12 @@ Commands: ``run``, ``list``, ``show``, ``export``, ``import``, ``delete``, ``can
 ``pause``, ``resume``, ``tag``, ``annotate``, ``engine``. ``run`` takes every
 :class:`~normlab.training.config.RunConfig` field as a flag of the same name and default; a
 comma-separated value (``--norms batch,layer --seeds 0,1 --lr 0.1,0.01``) makes a
-comparison over every combination. ``run --backend ray`` trains on Ray
+comparison over every combination; a numeric field also takes a range,
+``--lr logspace:0.001:10:9`` or ``--init_scale linspace:0.5:2:4`` (ends included; integer
+fields round, ``--batch_size logspace:2:128:7`` gives 2, 4, ..., 128). ``show`` of a
+comparison that varies a numeric field also prints its sweep table (final validation
+accuracy per value and method, mean ± std over seeds).
+``run --backend ray`` trains on Ray
 (:mod:`normlab.runs.raydriver`); ``engine --backend ray`` is that backend's driver.
 
 Bad input (an unknown norm, a negative lr, a bad id, a missing file) prints one line on
@@ -120,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _grid(args: argparse.Namespace) -> tuple[RunConfig, dict[str, list[str]]]:
-    """The base config (single values) and the grid (comma-separated values)."""
+    """The base config (single values) and the grid (comma-separated values or ranges)."""
+    from normlab.runs.comparisons import RANGE_KINDS, parse_values
+
     single, grid = {}, {}
     for f in fields(RunConfig):
         raw = getattr(args, f.name)
@@ -129,6 +136,13 @@ def _grid(args: argparse.Namespace) -> tuple[RunConfig, dict[str, list[str]]]:
         parts = [p.strip() for p in str(raw).split(",")]
         if f.name == "dataset" and str(raw).startswith(("idx:", "csv:")):
             parts = [str(raw)]  # a path may hold commas
+        if parts[0].split(":", 1)[0].lower() in RANGE_KINDS and len(parts) == 1:
+            values = parse_values(f.name, parts[0])
+            if len(values) == 1:
+                single[f.name] = values[0]
+            else:
+                grid[f.name] = values
+            continue
         if any(p == "" for p in parts):
             raise UsageError(f"normlab run: --{PLURALS.get(f.name, f.name)} {raw!r} has an "
                              "empty item; give comma-separated values like a,b")
@@ -170,18 +184,37 @@ def cmd_run(args, store) -> int:
 
 
 class _ProgressBars:
-    """One tqdm bar per run, fed from the store's progress columns."""
+    """One tqdm bar per run, fed from the store's progress columns; a grid of more than
+    ``MANY_RUNS`` runs gets one overall bar (steps of all runs, finished ones counted)."""
+
+    MANY_RUNS = 24
 
     def __init__(self, run_ids, configs, grid):
         from tqdm import tqdm
 
         self.bars = {}
+        self.total = None
+        if len(run_ids) > self.MANY_RUNS:
+            self.total = tqdm(total=sum(c.steps for c in configs), unit="step",
+                              desc=f"{len(run_ids)} runs", dynamic_ncols=True)
+            return
         for i, (rid, cfg) in enumerate(zip(run_ids, configs)):
             label = " ".join(f"{k}={getattr(cfg, k)}" for k in grid) or cfg.norm
             self.bars[rid] = tqdm(total=cfg.steps, desc=f"{rid} {label}", position=i,
                                   unit="step", leave=True, dynamic_ncols=True)
 
     def update(self, runs) -> None:
+        if self.total is not None:
+            from normlab.runs.store import FINISHED
+
+            finished = runs["status"].isin(FINISHED)
+            steps = runs["step"].fillna(0).astype(int).where(~finished, runs["total_steps"])
+            counts = runs["status"].value_counts()
+            self.total.n = int(steps.fillna(0).sum())
+            self.total.set_postfix_str(", ".join(f"{n} {s}" for s, n in counts.items()),
+                                       refresh=False)
+            self.total.refresh()
+            return
         for row in runs.itertuples():
             bar = self.bars.get(row.id)
             if bar is not None:
@@ -195,6 +228,8 @@ class _ProgressBars:
         tqdm.write(f"normlab run: {text}", file=sys.stderr)
 
     def close(self) -> None:
+        if self.total is not None:
+            self.total.close()
         for bar in self.bars.values():
             bar.close()
 
@@ -265,7 +300,23 @@ def cmd_show(args, store) -> int:
         print(f"runs: {counts}")
         runs = store.runs(comparison=args.id).set_index("id")[["norm", "seed", "status", "step"]]
         print(runs.join(final_metrics(store, list(runs.index))).to_string())
+        _print_sweep(store, args.id, comp.get("grid"))
     return 0
+
+
+def _print_sweep(store, cid: str, grid: dict | None) -> None:
+    """The sweep table of a comparison that varies a numeric field (else nothing)."""
+    from normlab.views import sweep
+
+    runs = store.runs(comparison=cid)
+    fields_ = sweep.swept_fields(list(runs["config"]), grid)
+    if not fields_:
+        return
+    rows = store.metrics(list(runs["id"]), metrics=["acc"], sites=["val"])
+    frame = sweep.sweep_frame(runs, sweep.final_values(rows, "last"), fields_[0])
+    print(f"\nsweep over {fields_[0]}: final validation accuracy, mean ± std over seeds "
+          "(÷N: N runs diverged; …: not finished)")
+    print(sweep.sweep_table(frame, fields_[0]).to_string())
 
 
 def main(argv: list[str] | None = None) -> int:

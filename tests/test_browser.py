@@ -213,8 +213,12 @@ def test_quick_start_live_charts_layout_link_and_layers(server, capsys):
 # Each page's URL (its file name in pages/ without the number), a query a copied link may
 # carry, and the page's title.
 DEEP_LINKS = [("/home", "Home"), ("/compare?dataset=mnist1d&steps=300", "Compare"),
-              ("/layers?comparison=cdoesnotexist", "Layer dynamics"), ("/runs", "Runs")]
-MENU = ["Home", "Compare", "Layer dynamics", "Runs"]
+              ("/layers?comparison=cdoesnotexist", "Layer dynamics"), ("/runs", "Runs"),
+              ("/invariance", "Re-scaling invariance"),
+              ("/lr_init?comparison=cdoesnotexist", "Learning rate and initialization"),
+              ("/batch_size", "Batch size")]
+MENU = ["Home", "Compare", "Layer dynamics", "Runs",  # then the labs, in menu order
+        "Re-scaling invariance", "Learning rate and initialization", "Batch size"]
 
 
 @pytest.mark.parametrize("link,title", DEEP_LINKS, ids=[t for _, t in DEEP_LINKS])

@@ -15,38 +15,41 @@ Every measurement NormLab makes is a *tidy row*::
 
 Metric names by site:
 
-=============  ==========================================================================
-site           metrics
-=============  ==========================================================================
-pre_norm,      ``mean``, ``var`` (biased, over every element of the batch's activation),
-post_norm,     ``p15``, ``p50``, ``p85`` (percentiles of the probe's sample: every value
-post_act       of a tensor of at most ``SAMPLE`` values, else a fixed random sample of
-               that many; the BN paper's Figure 1 view), ``p50_lo``, ``p50_hi`` (the 95%
-               interval of the median's sampling error: the sample's order statistics at
-               ranks m·(0.5 ∓ 1.96·sqrt(0.25·(N−m)/((N−1)·m))) for a sample of m of N
-               values; both equal ``p50`` when every value is used),
-               ``hist_00`` ... ``hist_{HIST_BINS-1}`` (fraction of the sample per bin of
-               equal width from ``hist_lo`` to ``hist_hi``), ``hist_under``,
-               ``hist_over`` (fraction below ``hist_lo`` / at or above ``hist_hi``: counted
-               apart, never in the end bins), ``hist_lo``, ``hist_hi`` (the range: fitted
-               per run and layer at the first recorded step, see :func:`fit_range`; fixed
-               for sigmoid/tanh outputs), ``u{i}_p{q}`` (exact q-th percentile of unit i —
-               feature or channel i — over the batch and positions; units 0, C//2, C−1)
-post_act       ``saturated`` (sigmoid/tanh: fraction of values where the activation's
-               derivative is below 5% of its maximum) or ``dead`` (relu/gelu: fraction of
-               units that are <= 0 for every example of the batch)
-param          ``grad_norm`` (L2 norm of the gradient of the loss with respect to the
-               layer's weight w), ``weight_norm`` (||w||), ``update_ratio`` (||Δw|| / ||w||
-               of the optimizer step taken from there: the effective learning rate). For
-               weight-space layers w is the *effective* weight the map uses:
-               WeightNorm's g·v/||v|| (so weight_norm = ||g||), CosineNorm's
-               scale·w/||w|| per unit; ``grad_norm`` is then the gradient with respect to
-               that weight, and ``grad_norm_v`` / ``grad_norm_g`` those of the direction
-               (WeightNorm's v, CosineNorm's weight) and magnitude parameters (WeightNorm's
-               g, CosineNorm's learned scale; absent when the scale is fixed)
-train          ``loss``, ``acc`` (on the training batch), ``grad_norm`` (global, all params)
-val            ``loss``, ``acc`` (whole validation split), every ``eval_interval`` steps
-=============  ==========================================================================
+===============  =========================================================================
+site             metrics
+===============  =========================================================================
+pre_norm,        ``mean``, ``var`` (biased, over every element of the batch's activation),
+post_norm,       ``p15``, ``p50``, ``p85`` (percentiles of the probe's sample: every value
+post_act         of a tensor of at most ``SAMPLE`` values, else a fixed random sample of
+                 that many; the BN paper's Figure 1 view), ``p50_lo``, ``p50_hi`` (the 95%
+                 interval of the median's sampling error: the sample's order statistics at
+                 ranks m·(0.5 ∓ 1.96·sqrt(0.25·(N−m)/((N−1)·m))) for a sample of m of N
+                 values; both equal ``p50`` when every value is used),
+                 ``hist_00`` ... ``hist_{HIST_BINS-1}`` (fraction of the sample per bin of
+                 equal width from ``hist_lo`` to ``hist_hi``), ``hist_under``,
+                 ``hist_over`` (fraction below ``hist_lo`` / at or above ``hist_hi``: counted
+                 apart, never in the end bins), ``hist_lo``, ``hist_hi`` (the range: fitted
+                 per run and layer at the first recorded step, see :func:`fit_range`; fixed
+                 for sigmoid/tanh outputs), ``u{i}_p{q}`` (exact q-th percentile of unit i —
+                 feature or channel i — over the batch and positions; units 0, C//2, C−1)
+post_act         ``saturated`` (sigmoid/tanh: fraction of values where the activation's
+                 derivative is below 5% of its maximum) or ``dead`` (relu/gelu: fraction of
+                 units that are <= 0 for every example of the batch)
+param            ``grad_norm`` (L2 norm of the gradient of the loss with respect to the
+                 layer's weight w), ``weight_norm`` (||w||), ``update_ratio`` (||Δw|| / ||w||
+                 of the optimizer step taken from there: the effective learning rate). For
+                 weight-space layers w is the *effective* weight the map uses:
+                 WeightNorm's g·v/||v|| (so weight_norm = ||g||), CosineNorm's
+                 scale·w/||w|| per unit; ``grad_norm`` is then the gradient with respect to
+                 that weight, and ``grad_norm_v`` / ``grad_norm_g`` those of the direction
+                 (WeightNorm's v, CosineNorm's weight) and magnitude parameters (WeightNorm's
+                 g, CosineNorm's learned scale; absent when the scale is fixed)
+train            ``loss``, ``acc`` (on the training batch), ``grad_norm`` (global, all params)
+val              ``loss``, ``acc`` (whole validation split), every ``eval_interval`` steps
+val_train_mode   ``loss``, ``acc`` of the validation split with the model in training mode
+                 (batch statistics over batches of ``batch_size``; opt-in:
+                 ``RunConfig.eval_train_mode``), at the same steps as ``val``
+===============  =========================================================================
 
 Trainers emit :class:`RecordBatch` objects (a steps x series matrix, cheap to build
 without a Python object per value); ``RecordBatch.to_frame()`` gives the tidy rows.

@@ -11,6 +11,11 @@ The Python API mirrors the CLI::
 ``backend="ray"`` trains the runs as Ray tasks (:mod:`normlab.runs.raydriver`) instead of
 in the local engine; ``ray_address`` (or $NORMLAB_RAY_ADDRESS) names the cluster.
 
+A list of values can also be a range, as the CLI and the lab forms take it
+(:func:`parse_values`): ``logspace:0.001:10:9`` (9 values evenly spaced on a log axis, ends
+included, 3 significant digits), ``linspace:0:1:5``; integer fields round and de-duplicate
+(``--batch_size logspace:2:128:7`` gives 2, 4, ..., 128).
+
 Every config of the grid is validated before anything is stored: one bad value fails the
 whole submission with a :class:`~normlab.training.config.ConfigError` naming each bad field.
 """
@@ -23,10 +28,56 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from typing import Any
 
+import numpy as np
+
 from normlab.training.config import ConfigError, RunConfig, coerce, errors
 from normlab.runs.engine import engine_pid, ensure_engine
 from normlab.runs import raydriver
 from normlab.runs.store import BACKENDS, FINISHED, Store
+
+
+RANGE_KINDS = ("logspace", "linspace")
+MAX_RANGE = 1000  # values one range may make
+
+
+def parse_values(field: str, text: str) -> list[Any]:
+    """The values ``text`` gives for config field ``field``: a comma list (``0.1,0.01``) or
+    a range ``logspace:LOW:HIGH:N`` / ``linspace:LOW:HIGH:N`` (ends included). Values are
+    coerced to the field's type; integer fields round and drop repeats. ConfigError names
+    the field and the fix."""
+    from normlab.training.config import FIELD_TYPES
+
+    if field not in FIELD_TYPES:
+        raise ConfigError({field: f"unknown config field {field!r}"})
+    text = str(text).strip()
+    kind = text.split(":", 1)[0].strip().lower()
+    if kind not in RANGE_KINDS:
+        parts = [p.strip() for p in text.split(",")]
+        if any(p == "" for p in parts):
+            raise ConfigError({field: f"{text!r} has an empty item; give comma-separated "
+                                      "values like 0.1,0.01 or a range like logspace:0.001:10:9"})
+        return [coerce(field, p) for p in parts]
+    if FIELD_TYPES[field] not in ("int", "float"):
+        raise ConfigError({field: f"{kind} ranges are for numeric fields; give {field} as a "
+                                  "comma-separated list"})
+    usage = f"write {kind}:LOW:HIGH:N, e.g. {kind}:0.001:10:9"
+    parts = text.split(":")
+    try:
+        low, high, n = float(parts[1]), float(parts[2]), int(parts[3])
+        if len(parts) != 4:
+            raise ValueError
+    except (IndexError, ValueError):
+        raise ConfigError({field: f"{text!r} is not a range; {usage}"}) from None
+    if not (math.isfinite(low) and math.isfinite(high)) or not 1 <= n <= MAX_RANGE:
+        raise ConfigError({field: f"{text!r}: LOW and HIGH must be numbers and N between 1 "
+                                  f"and {MAX_RANGE}; {usage}"})
+    if kind == "logspace" and (low <= 0 or high <= 0):
+        raise ConfigError({field: f"{text!r}: a logspace needs LOW and HIGH above 0; "
+                                  "use linspace for a range through 0"})
+    values = (np.geomspace(low, high, n) if kind == "logspace" else np.linspace(low, high, n))
+    if FIELD_TYPES[field] == "int":
+        return list(dict.fromkeys(int(round(v)) for v in values))
+    return [float(f"{v:.3g}") for v in values]
 
 
 def expand(base: RunConfig, grid: dict[str, Iterable[Any]]) -> list[RunConfig]:

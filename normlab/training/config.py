@@ -58,6 +58,8 @@ class RunConfig:
     # measurement
     eval_interval: int = 100  # validation loss/accuracy every this many steps (and at the end)
     record_interval: int = 1  # probes measure every this many steps
+    eval_train_mode: bool = False  # also evaluate validation in training mode (batch statistics
+    #   over batches of batch_size, running statistics untouched): site "val_train_mode"
     seed: int = 0  # seeds data split, init and batch order: same config, same numbers
     # added later (kept last so stored configs stay valid)
     weight_init: str = "data"  # weight: data (g, b from a first batch, Salimans & Kingma) | plain (g = ‖v‖)

@@ -39,6 +39,10 @@ from normlab.measure.schema import RecordBatch
 from normlab.methods.weightnorm import data_dependent_init
 
 
+VAL_KEYS = [("model", "val", "loss"), ("model", "val", "acc")]
+TRAIN_MODE_KEYS = [("model", "val_train_mode", "loss"), ("model", "val_train_mode", "acc")]
+
+
 def load_for(cfg: RunConfig) -> Dataset:
     """The dataset a config names, with its split and standardization."""
     return load_dataset(cfg.dataset, seed=cfg.seed, val_fraction=cfg.val_fraction,
@@ -115,6 +119,33 @@ class Trainer:
         self.model.train()
         return loss, acc
 
+    def _evaluate_train_mode(self) -> tuple[float, float]:
+        """Validation loss and accuracy with the model in training mode, as it normalizes
+        during training: batch statistics over consecutive batches of ``batch_size``
+        validation examples (a last partial batch joins the one before it). Running
+        statistics and every other buffer are restored afterwards, so training is unchanged.
+        """
+        model, x, y = self.model, self.x_val, self.data.y_val
+        size = self.cfg.batch_size
+        saved = [(b, b.detach().clone()) for b in model.buffers()]
+        starts = list(range(0, len(y), size))
+        if len(starts) > 1 and len(y) - starts[-1] < size:
+            starts.pop()  # the partial tail goes with the previous batch
+        ends = starts[1:] + [len(y)]
+        total_loss, correct = 0.0, 0
+        model.train()
+        try:
+            with torch.no_grad():
+                for a, b in zip(starts, ends):
+                    logits = model(x[a:b])
+                    total_loss += F.cross_entropy(logits, y[a:b], reduction="sum").item()
+                    correct += int((logits.argmax(1) == y[a:b]).sum())
+        finally:
+            with torch.no_grad():
+                for buf, value in saved:
+                    buf.copy_(value)
+        return total_loss / len(y), correct / len(y)
+
     def batches(self, flush_seconds: float = 1.0,
                 first_flush_after: int | None = None) -> Iterator[RecordBatch]:
         """Train, yielding the records at least every ``flush_seconds`` and at the end
@@ -128,7 +159,6 @@ class Trainer:
         """
         cfg, probe, model, opt = self.cfg, self.probe, self.model, self.optimizer
         n = len(self.data.y_train)
-        val_keys = [("model", "val", "loss"), ("model", "val", "acc")]
         pending_val: list[RecordBatch] = []
         last_flush = time.monotonic()
         model.train()
@@ -138,7 +168,7 @@ class Trainer:
                 x, y = self.x_train[idx], self.data.y_train[idx]
                 recorded = probe.arm(step)
                 if step % cfg.eval_interval == 0:
-                    pending_val.append(_single(step, val_keys, self._evaluate()))
+                    pending_val.append(self._validation(step))
                 logits = model(x)
                 probe.after_forward()
                 loss = F.cross_entropy(logits, y)
@@ -161,10 +191,18 @@ class Trainer:
                     pending_val, last_flush = [], time.monotonic()
             else:
                 self.outcome = Outcome("done", cfg.steps)
-                pending_val.append(_single(cfg.steps, val_keys, self._evaluate()))
+                pending_val.append(self._validation(cfg.steps))
         batch = self._collect(pending_val)
         if len(batch):
             yield batch
+
+    def _validation(self, step: int) -> RecordBatch:
+        """The validation rows of ``step`` (and the training-mode ones if asked for)."""
+        keys, values = list(VAL_KEYS), list(self._evaluate())
+        if self.cfg.eval_train_mode:
+            keys += TRAIN_MODE_KEYS
+            values += self._evaluate_train_mode()
+        return _single(step, keys, values)
 
     def _collect(self, pending_val: list[RecordBatch]) -> RecordBatch:
         """The probe's rows, then the validation rows (a step can have one of each: every

@@ -1,6 +1,8 @@
 """The Compare page's live view: progress, pause/resume/cancel and the charts of
 :data:`normlab.views.compareview.CHART_GROUPS`, polled from the store by an ``st.fragment`` while runs
-train; finished comparisons' frames and charts are cached by run statuses.
+train; finished comparisons' frames and charts are cached by run statuses. A comparison
+that varies a numeric field also gets the sweep view (:mod:`normlab.ui.sweep`); a grid of
+more than ``MANY_RUNS`` runs shows its progress per method, not one bar per run.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from normlab.runs.engine import engine_pid, ensure_engine
 from normlab.runs.store import NotFound
 from normlab.views.urlstate import View
 from normlab.ui.common import PAGE_WIDTH, POLL_SECONDS, get_store
+from normlab.ui.sweep import fields_of as sweep_fields, sweep_view
 
 
 def live_runs(key: str, ids: list[str], view: View) -> None:
@@ -55,6 +58,17 @@ def _engine_check() -> None:
 def _progress(key: str, runs) -> None:
     summary = views.progress_summary(runs)
     top = st.container(horizontal=True, vertical_alignment="center")
+    if len(runs) > views.MANY_RUNS:  # a big grid: one row per method, not one bar per run
+        with st.expander(f"Runs — {len(runs)}: progress per method"):
+            st.dataframe(views.progress_groups(runs), hide_index=True, column_config={
+                "done": st.column_config.ProgressColumn("progress", min_value=0,
+                                                        max_value=1)})
+        failed = runs[runs["status"].isin(("failed", "interrupted"))]
+        if len(failed):
+            st.warning(f"{len(failed)} run(s) failed or were interrupted, e.g.: "
+                       f"{failed['error'].fillna('no reason').iloc[0]}")
+        _controls(top, key, summary, list(runs["id"]), "all")
+        return
     table = views.progress_table(get_store(), runs)
     with st.expander(f"Runs — {len(runs)}: progress, steps/s, ETA, validation accuracy"):
         picked = st.dataframe(
@@ -73,6 +87,11 @@ def _progress(key: str, runs) -> None:
     rows = [i for i in (picked.selection.rows if picked else []) if i < len(table)]
     ids = list(table["run"].iloc[rows]) if rows else list(table["run"])
     which = f"{len(rows)} selected" if rows else "all"
+    _controls(top, key, summary, ids, which)
+
+
+def _controls(top, key: str, summary: dict, ids: list[str], which: str) -> None:
+    """The overall progress bar and pause / resume / cancel for ``ids``."""
     with top:
         st.progress(summary["fraction"], text=summary["text"], width="stretch")
         for action, icon in (("pause", ":material/pause:"), ("resume", ":material/play_arrow:"),
@@ -104,12 +123,26 @@ def _build(frame, spec_key: str, view: View, n_seeds: int, width: int):
                              width=width)
 
 
+SWEEP_TAB = "Sweep"
+
+
 def _charts(key: str, runs, view: View) -> None:
-    tabs = st.tabs(list(views.CHART_GROUPS), key="chart_group", on_change="rerun")
-    for tab, group in zip(tabs, views.CHART_GROUPS):
+    """The chart groups as tabs; a comparison that varies a numeric field (a sweep) gets
+    the sweep view as its first tab."""
+    grid = None
+    if not key.startswith("runs-"):
+        record = views.comparison_record(get_store(), key)
+        grid = record.get("grid") if record else None
+    swept = sweep_fields(runs, grid)
+    names = ([SWEEP_TAB] if swept else []) + list(views.CHART_GROUPS)
+    tabs = st.tabs(names, key="chart_group", on_change="rerun")
+    for tab, group in zip(tabs, names):
         if tab.open:
             with tab:
-                _group(key, runs, group, view)
+                if group == SWEEP_TAB:
+                    sweep_view(runs, key, grid, fields=swept)
+                else:
+                    _group(key, runs, group, view)
 
 
 def _group(key: str, runs, group: str, view: View) -> None:

@@ -206,6 +206,31 @@ def progress_summary(runs: pd.DataFrame) -> dict:
             "finished": bool(done_runs.all())}
 
 
+MANY_RUNS = 24  # above this, the live view summarizes progress per method, not per run
+
+
+def progress_groups(runs: pd.DataFrame) -> pd.DataFrame:
+    """Progress per method for a large grid: runs, how many finished / running / queued /
+    diverged or failed, and the share of steps done (one row per method, not per run)."""
+    total = runs["total_steps"].fillna(0).astype(float)
+    done_runs = runs["status"].isin(FINISHED)
+    step = runs["step"].fillna(0).astype(float).clip(upper=total).where(~done_runs, total)
+    df = pd.DataFrame({"method": runs["norm"].astype(str), "status": runs["status"],
+                       "step": step, "total": total})
+    rows = []
+    for method, g in df.groupby("method", sort=False):
+        rows.append({"method": method, "runs": len(g),
+                     "finished": int(g["status"].isin(FINISHED).sum()),
+                     "running": int(g["status"].isin(("running", "paused")).sum()),
+                     "queued": int((g["status"] == "queued").sum()),
+                     "diverged": int((g["status"] == "diverged").sum()),
+                     "failed": int(g["status"].isin(("failed", "interrupted")).sum()),
+                     "done": float(g["step"].sum() / g["total"].sum()) if g["total"].sum()
+                     else 1.0})
+    return pd.DataFrame(rows, columns=["method", "runs", "finished", "running", "queued",
+                                       "diverged", "failed", "done"])
+
+
 def run_label(runs: pd.DataFrame) -> dict[str, str]:
     """Run id → 'method · seed N' (the seed only when the comparison has several)."""
     several = runs["seed"].nunique() > 1

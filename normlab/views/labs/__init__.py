@@ -1,0 +1,14 @@
+"""The labs: each one makes a claim of the normalization literature checkable on live runs.
+
+A lab is data (:class:`~normlab.views.labs.scaffold.Lab`): the claim in plain sentences,
+what to look for, and one-click presets (:class:`~normlab.views.labs.scaffold.Preset`,
+the configs a preset launches through the engine). Each lab module adds what its page
+draws — frames, Altair chart builders, and a one-line readout computed from the runs
+shown, never written in advance. Streamlit-free, like every module under ``normlab/views``:
+the pages in ``pages/`` draw these through :mod:`normlab.ui.lab`.
+
+* :mod:`~normlab.views.labs.invariance` — Lab 4, re-scaling invariance (Ba et al. 2016,
+  Table 1, computed live; the gradient's 1/λ; weight growth over training);
+* :mod:`~normlab.views.labs.sensitivity` — Lab 5, learning rate and initialization, and
+  Lab 6, batch size, both read through the sweep view (:mod:`normlab.views.sweep`).
+"""
