@@ -51,7 +51,8 @@ def test_issue_repros_are_refused_with_estimate_and_limit(capsys, tmp_path):
         (["--dataset", "moons", "--n_samples", "1000000000"],
          "--n_samples: n_samples 1,000,000,000 is more than the cap of 1,000,000"),
         (["--depth", "64", "--width", "8", "--steps", "2000"],
-         "--record_interval: the run would store about 14,743,368 values"),
+         "--record_interval: the run would store about "
+         f"{limits.values_stored(RunConfig(depth=64, width=8, steps=2000)):,} values"),
         (["--seeds", ",".join(map(str, range(100_000)))],
          "--runs: 100,000 runs in one comparison is more than the cap of 200"),
     ]
@@ -74,7 +75,8 @@ def test_suggested_record_interval_fits():
 
 def test_caps_follow_the_environment(monkeypatch, capsys, tmp_path):
     big = RunConfig(depth=64, width=8, steps=2000)
-    monkeypatch.setenv("NORMLAB_MAX_VALUES", "20000000")
+    assert limits.problems(big)
+    monkeypatch.setenv("NORMLAB_MAX_VALUES", str(limits.values_stored(big)))
     assert not limits.problems(big)
     monkeypatch.setenv("NORMLAB_MAX_RUNS", "3")
     assert cli.main(["run", "--norms", "batch,layer,none,rms", "--store",

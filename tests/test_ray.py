@@ -28,7 +28,7 @@ from normlab.runs.store import Store
 from normlab.training.config import RunConfig
 
 QUICK = RunConfig(steps=60, eval_interval=20, width=16, depth=2)
-LONG = RunConfig(steps=1_000_000, eval_interval=1000, width=16, depth=2, record_interval=10)
+LONG = RunConfig(steps=1_000_000, eval_interval=1000, width=16, depth=2, record_interval=100)
 
 
 def until(predicate, timeout=300.0, poll=0.05):  # generous: a loaded host, cold workers
@@ -70,6 +70,7 @@ def test_a_version_1_file_gains_the_backend_column_with_local_runs(tmp_path, mon
     monkeypatch.undo()
     with Store(path) as store:
         assert store.run("r1")["backend"] == "local"
+        assert store.run("r1")["source"] == "normlab"  # schema v3: trained by NormLab
         assert store.claim_run(1, backend="ray") is None and store.claim_run(1)[0] == "r1"
 
 

@@ -675,19 +675,6 @@ def test_export_format_errors(store, exported, tmp_path):
 
 # ---------------------------------------------------------------- migrations
 
-def test_migration_of_a_v1_file_gives_runs_a_source(tmp_path, monkeypatch):
-    path = tmp_path / "v1.sqlite"
-    monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS[:1])
-    with Store(path) as old:
-        cid, (rid,) = old.create_comparison(configs("batch"))
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 1
-    monkeypatch.undo()
-    with Store(path) as new:
-        assert new.run(rid)["source"] == "normlab"
-        assert new.runs()["source"].tolist() == ["normlab"]
-        assert new.run(rid)["backend"] == "local"
-
-
 def test_migration_of_a_current_file(tmp_path, monkeypatch):
     path = tmp_path / "old.sqlite"
     version = store_mod.SCHEMA_VERSION

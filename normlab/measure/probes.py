@@ -45,7 +45,7 @@ from normlab.measure import kernels
 
 from normlab.methods import norms, weightnorm, whitening
 from normlab.measure.schema import (HIST_BINS, HIST_EXTRA, HIST_METRICS, MEDIAN_CI, PERCENTILES,
-                                    UNIT_PERCENTILES, RecordBatch, fit_range, hist_edges,
+                                    UNIT_PERCENTILES, UNITS, RecordBatch, fit_range, hist_edges,
                                     unit_metric, unit_picks)
 
 WRAPPER_TYPES = (weightnorm.WeightNorm, weightnorm.CosineNorm)  # a layer inside: one unit
@@ -68,7 +68,6 @@ _SATURATION_BOUNDS = {"sigmoid": (_SIG_A, 1 - _SIG_A),
 # layer (0.06 σ with the 501 values used before, which made the median jump 0.14–0.18
 # from step to step); p50_lo / p50_hi record its 95% interval.
 SAMPLE = 6401
-UNITS = 3  # units per layer with exact percentiles over the batch (schema.unit_picks)
 Z95 = 1.959963984540054  # the normal 97.5% quantile
 _ACT_STATS = (("mean", "var") + tuple(f"p{q}" for q in PERCENTILES) + MEDIAN_CI
               + HIST_METRICS + HIST_EXTRA)

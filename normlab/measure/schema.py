@@ -82,6 +82,10 @@ HIST_METRICS = tuple(f"hist_{i:02d}" for i in range(HIST_BINS))
 HIST_EXTRA = ("hist_under", "hist_over", "hist_lo", "hist_hi")  # overflow and the range
 MEDIAN_CI = ("p50_lo", "p50_hi")  # 95% sampling interval of the median
 UNIT_PERCENTILES = PERCENTILES  # exact percentiles of single units
+UNITS = 3  # units per layer with exact percentiles over the batch (unit_picks)
+# values one activation site records at a step (limits' storage estimate counts on it)
+SITE_VALUES = (2 + len(PERCENTILES) + len(MEDIAN_CI) + len(HIST_METRICS) + len(HIST_EXTRA)
+               + UNITS * len(UNIT_PERCENTILES))
 FIT_MARGIN = 0.25  # fit_range widens the first step's span by this much on each side
 DEFAULT_METRICS = ("loss", "acc", "grad_norm")  # what the loss/accuracy charts load
 

@@ -32,6 +32,8 @@ from __future__ import annotations
 import math
 import os
 
+from normlab.measure.schema import SITE_VALUES
+
 # ``cfg`` arguments are normlab.training.config.RunConfig objects; not imported here,
 # because config.errors imports this module for the n_samples cap.
 
@@ -41,8 +43,9 @@ DEFAULT_MAX_VALUES = 10_000_000  # measured values stored per run (12 bytes each
 DEFAULT_MAX_SAMPLES = 1_000_000  # n_samples of the synthetic 2-D sets
 DEFAULT_MAX_FILE_MB = 512  # a data file, read or decompressed, in MB
 BYTES_PER_VALUE = 12  # int32 step + float64 value in a stored chunk
-VALUES_PER_LAYER = 115  # 3 sites × (mean, var, 3 percentiles, 32 bins) + 1 + 3 param
-VALUES_PER_MODEL = 8  # out layer's 3 param metrics, train loss/acc/grad_norm, val loss/acc
+VALUES_PER_LAYER = 3 * SITE_VALUES + 1 + 3  # 3 activation sites, saturation, 3 param metrics
+VALUES_PER_MODEL = SITE_VALUES + 3 + 5  # the head's output site and 3 param metrics;
+#                                         train loss/acc/grad_norm, val loss/acc
 ACTIVATION_COPIES = 6  # float32 tensors autograd and the probes keep per layer output
 INPUT_SHAPES = {  # per-example shape of the built-in sets (idx: MNIST's, csv: a guess)
     "digits": (1, 8, 8), "mnist1d": (1, 40), "spirals": (2,), "moons": (2,),
@@ -155,8 +158,10 @@ def memory_bytes(cfg: RunConfig, input_shape: tuple | None = None,
 
 
 def values_per_record(cfg: RunConfig) -> int:
-    """Values the probes store at one recorded step."""
-    return VALUES_PER_LAYER * cfg.depth + VALUES_PER_MODEL
+    """Values the probes store at one recorded step (an upper bound)."""
+    wrapped = 2 if cfg.norm in ("weight", "cosine") else 0  # grad_norm_v, grad_norm_g
+    train_mode = 2 if getattr(cfg, "eval_train_mode", False) else 0  # val_train_mode
+    return (VALUES_PER_LAYER + wrapped) * cfg.depth + VALUES_PER_MODEL + train_mode
 
 
 def values_stored(cfg: RunConfig, record_interval: int | None = None) -> int:
