@@ -57,7 +57,12 @@ def log_path(store_path: Path) -> Path:
 
 def engine_pid(store_path: str | os.PathLike | None = None) -> int | None:
     """The pid of the engine serving ``store_path``, or None if none is running."""
-    path = lock_path(_store_path(store_path))
+    return lock_holder(lock_path(_store_path(store_path)))
+
+
+def lock_holder(path: Path) -> int | None:
+    """The pid written in lock file ``path`` while a process holds its lock (-1 when the
+    holder wrote none yet), or None when no process holds it."""
     if not path.exists():
         return None
     with open(path, "a+") as f:

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from normlab.runs.engine import lock_holder
 from normlab.runs.store import NotFound, Store, default_store_path, pid_alive
 
 RAY_VERSION = "2.60.0"  # the version requirements-dev.txt pins and the tests run
@@ -100,18 +101,7 @@ def _store_path(store_path: str | os.PathLike | None) -> Path:
 
 def driver_pid(store_path: str | os.PathLike | None = None) -> int | None:
     """The pid of the Ray driver serving ``store_path``, or None if none is running."""
-    path = lock_path(_store_path(store_path))
-    if not path.exists():
-        return None
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            text = f.read().strip()
-            return int(text) if text.isdigit() else -1
-        fcntl.flock(f, fcntl.LOCK_UN)
-        return None
+    return lock_holder(lock_path(_store_path(store_path)))
 
 
 def ensure_driver(store_path: str | os.PathLike | None = None, address: str | None = None,
