@@ -248,6 +248,8 @@ def test_deep_link_as_a_fresh_servers_first_request(tmp_path, link, title):
             _no_exception(page)
             page.screenshot(path=str(ARTIFACTS / f"deeplink_{title.split()[0].lower()}.png"))
             if title == "Compare":
-                assert sidebar.get_by_role("spinbutton", name="Steps").input_value() == "300"  # the link's setup
+                steps = sidebar.get_by_role("spinbutton", name="Steps")
+                _wait(lambda: steps.count() == 1 and steps.input_value() == "300", 30,
+                      "the link's setup in the form", page)
         finally:
             browser.close()
