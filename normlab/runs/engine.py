@@ -94,20 +94,31 @@ def ensure_engine(store_path: str | os.PathLike | None = None, workers: int | No
         cmd += ["--workers", str(workers)]
     if os.environ.get(WATCH_ENV) == "1":
         cmd += ["--watch-pid", str(os.getpid())]
-    with open(log_path(path), "ab") as log:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+    return spawn(cmd, log_path(path))
+
+
+def spawn(cmd: list[str], log: Path) -> int:
+    """Start ``cmd`` in the background, in its own session, appending to ``log``; its pid."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                 start_new_session=True, cwd=os.getcwd())
     return proc.pid
 
 
 def stop_engine(store_path: str | os.PathLike | None = None, timeout: float = 10.0) -> bool:
     """Stop the engine (its runs become 'interrupted'); True if one was stopped."""
-    pid = engine_pid(store_path)
+    return stop_holder(lock_path(_store_path(store_path)), timeout)
+
+
+def stop_holder(lock: Path, timeout: float) -> bool:
+    """SIGTERM the process holding ``lock`` and wait (up to ``timeout`` s) until it lets
+    go; True if one was stopped."""
+    pid = lock_holder(lock)
     if not pid or pid < 0:
         return False
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and engine_pid(store_path) is not None:
+    while time.monotonic() < deadline and lock_holder(lock) is not None:
         time.sleep(0.05)
     return True
 

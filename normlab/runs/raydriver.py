@@ -34,7 +34,6 @@ import fcntl
 import importlib.util
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -42,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from normlab.runs.engine import lock_holder
+from normlab.runs.engine import lock_holder, spawn, stop_holder
 from normlab.runs.store import NotFound, Store, default_store_path, pid_alive
 
 RAY_VERSION = "2.60.0"  # the version requirements-dev.txt pins and the tests run
@@ -118,22 +117,12 @@ def ensure_driver(store_path: str | os.PathLike | None = None, address: str | No
            "--idle-exit", str(idle_exit)]
     if (address := ray_address(address)) is not None:
         cmd += ["--ray-address", address]
-    with open(log_path(path), "ab") as log:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                start_new_session=True, cwd=os.getcwd())
-    return proc.pid
+    return spawn(cmd, log_path(path))
 
 
 def stop_driver(store_path: str | os.PathLike | None = None, timeout: float = 20.0) -> bool:
     """Stop the Ray driver (its runs become 'interrupted'); True if one was stopped."""
-    pid = driver_pid(store_path)
-    if not pid or pid < 0:
-        return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and driver_pid(store_path) is not None:
-        time.sleep(0.05)
-    return True
+    return stop_holder(lock_path(_store_path(store_path)), timeout)
 
 
 # -- the worker side: a Ray task that never sees the store ------------------------------
