@@ -32,7 +32,7 @@ TINY = dict(steps=12, width=8, depth=2, eval_interval=6, record_interval=3, batc
 
 
 def test_invariance_page_shows_the_table_and_its_readout(store):
-    at = ok(lab_page("pages/4_invariance.py"))
+    at = ok(lab_page("pages/7_invariance.py"))
     assert at.title[0].value == "Re-scaling invariance"
     table = at.dataframe[0].value
     assert len(table) == 10 and "⚠" not in table.to_string()
@@ -42,7 +42,7 @@ def test_invariance_page_shows_the_table_and_its_readout(store):
 
 
 def test_invariance_preset_launches_a_stored_comparison(store):
-    at = lab_page("pages/4_invariance.py")
+    at = lab_page("pages/7_invariance.py")
     next(b for b in at.button if b.label.startswith("Run: Weight growth")).click()
     at = ok(at.run())
     (cid,) = store.comparisons()["id"]
@@ -57,7 +57,7 @@ def test_invariance_training_view_reads_the_runs(store):
     configs = [RunConfig(norm=n, weight_decay=wd, **TINY) for wd in (0.0, 0.01)
                for n in ("batch", "none")]
     cid, _ = fill(store, configs, "Re-scaling invariance · test", {"weight_decay": [0, 0.01]})
-    at = ok(lab_page("pages/4_invariance.py", comparison=cid))
+    at = ok(lab_page("pages/7_invariance.py", comparison=cid))
     assert len(charts(at)) == 2  # the gradient plot and the training panels
     assert any("hidden2, last tenth" in s.value and "batch wd 0.01" in s.value
                for s in at.success)
@@ -68,7 +68,7 @@ def test_lr_lab_on_a_small_sweep_with_a_diverged_run(store):
                for lr in (0.01, 0.1, 1.0)]
     cid, _ = fill(store, configs, "Learning rate and initialization · test",
                   {"norm": ["batch", "none"], "lr": [0.01, 0.1, 1.0]}, diverge=5)
-    at = ok(lab_page("pages/5_lr_init.py", comparison=cid))
+    at = ok(lab_page("pages/8_lr_init.py", comparison=cid))
     assert at.title[0].value == "Learning rate and initialization"
     assert len(charts(at)) == 1
     assert any("lr range reaching ≥ 90%" in s.value for s in at.success)
@@ -76,7 +76,7 @@ def test_lr_lab_on_a_small_sweep_with_a_diverged_run(store):
 
 
 def test_lr_lab_preset_and_form(store):
-    at = lab_page("pages/5_lr_init.py")
+    at = lab_page("pages/8_lr_init.py")
     assert [b.label for b in at.button][:2] == [f"Run: {p.label}"
                                                 for p in sensitivity.LR_LAB.presets]
     at.text_input(key="lf_lr_init_lr_lr").input("logspace:0.01:1:3")
@@ -91,7 +91,7 @@ def test_lr_lab_preset_and_form(store):
 
 
 def test_lr_lab_form_reports_a_bad_range(store):
-    at = lab_page("pages/5_lr_init.py")
+    at = lab_page("pages/8_lr_init.py")
     at.text_input(key="lf_lr_init_lr_lr").input("logspace:0:1:3")
     at = ok(at.run())
     assert any("logspace needs LOW and HIGH above 0" in e.value for e in at.error)
@@ -99,7 +99,7 @@ def test_lr_lab_form_reports_a_bad_range(store):
 
 
 def test_batch_lab_preset_ties_lr_and_steps(store):
-    at = lab_page("pages/6_batch_size.py")
+    at = lab_page("pages/9_batch_size.py")
     assert at.title[0].value == "Batch size"
     next(b for b in at.button if b.label.startswith("Run: Batch size")).click()
     at = ok(at.run())
@@ -115,14 +115,14 @@ def test_batch_lab_view_with_train_mode(store):
                          **{k: v for k, v in TINY.items() if k != "batch_size"})
                for n in ("batch", "layer") for b in (4, 16)]
     cid, _ = fill(store, configs, "Batch size · test", {"batch_size": [4, 16]})
-    at = ok(lab_page("pages/6_batch_size.py", comparison=cid))
+    at = ok(lab_page("pages/9_batch_size.py", comparison=cid))
     line = next(s.value for s in at.success if s.value.startswith("Validation error"))
     assert "at B=4" in line and "training mode" in line
     assert "validation accuracy, training mode" in at.selectbox(key=f"sw_metric_{cid}").options
 
 
 def test_a_missing_comparison_link_says_so(store):
-    at = ok(lab_page("pages/5_lr_init.py", comparison="cdoesnotexist"))
+    at = ok(lab_page("pages/8_lr_init.py", comparison="cdoesnotexist"))
     assert "There is no comparison 'cdoesnotexist'" in texts(at)
 
 

@@ -1,6 +1,6 @@
 """The lab scaffold in the dashboard: claim → one-click preset → view → measured readout.
 
-Every lab page (``pages/4_invariance.py``, ...) is a few calls into this module:
+Every lab page (``pages/7_invariance.py``, ...) is a few calls into this module:
 
 * :func:`header` — the title, the claim in plain sentences and what to look for;
 * :func:`presets` — one button per preset, launching it through the engine as a stored
