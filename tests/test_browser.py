@@ -73,6 +73,7 @@ def _serve(folder: Path, cold: bool = False):
         cache = folder / "numba-cache"
         cache.mkdir()
         env["NUMBA_CACHE_DIR"] = str(cache)
+        env["NORMLAB_KERNELS"] = "auto"  # a fresh machine's default: numpy until compiled
     url = f"http://127.0.0.1:{port}"
     log = open(folder / "streamlit.log", "wb")
     proc = subprocess.Popen(

@@ -1,17 +1,33 @@
-"""The compiled statistics kernels against numpy and torch: exact order statistics of the
+"""The statistics kernels against numpy and torch: exact order statistics of the
 sample whatever its distribution (narrow, outliers, ties, a single value, NaN), the
 histogram against a binary search over the sorted sample, moments, saturation and dead
-units, parameter norms, accuracy, and tensors that are not contiguous float32."""
+units, parameter norms, accuracy, and tensors that are not contiguous float32. Every test
+runs twice: with the compiled kernels and with the numpy fallback
+(:mod:`normlab.measure.backends`)."""
+import os
+
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from normlab.measure import kernels
+from normlab.measure import backends
 from normlab.measure.probes import (_ACT_STATS, _SLOT_WIDTH, accuracy, activation_row,
                                     addresses, quantiles_for, saturation)
 from normlab.measure.schema import unit_picks, hist_edges
+
+@pytest.fixture(scope="module", params=["compiled", "fallback"], autouse=True)
+def kern(request):
+    """The kernels every test of this module uses (through NORMLAB_KERNELS)."""
+    before = os.environ.get(backends.MODE_ENV)
+    os.environ[backends.MODE_ENV] = request.param
+    yield backends.current()
+    if before is None:
+        del os.environ[backends.MODE_ENV]
+    else:
+        os.environ[backends.MODE_ENV] = before
+
 
 WIDTH = len(_ACT_STATS)  # mean, var, p15, p50, p85, p50_lo, p50_hi, histogram, extras
 
@@ -133,15 +149,15 @@ def test_saturation_and_dead_units():
     assert saturation(conv, "relu") == pytest.approx(2 / 6)
 
 
-def test_parameter_norms_snapshot_and_step():
+def test_parameter_norms_snapshot_and_step(kern):
     params = [torch.randn(30, 20), torch.randn(7), torch.randn(20, 5)]
     keep: list = []
     sizes = np.array([p.numel() for p in params], dtype=np.int64)
     grad2, weight2 = np.empty(3), np.empty(3)
     buffer = np.empty(int(sizes.sum()), dtype=np.float32)
     grads = [torch.randn_like(p) for p in params]
-    kernels.before_step(addresses(grads, keep), sizes, grad2, addresses(params, keep), sizes,
-                        buffer, weight2)
+    kern.before_step(addresses(grads, keep), sizes, grad2, addresses(params, keep), sizes,
+                     buffer, weight2)
     np.testing.assert_allclose(grad2, [g.double().square().sum().item() for g in grads], rtol=1e-12)
     np.testing.assert_allclose(weight2, [p.double().square().sum().item() for p in params], rtol=1e-12)
     before = [p.clone() for p in params]
@@ -150,8 +166,8 @@ def test_parameter_norms_snapshot_and_step():
     row = np.empty(1 + 3 * 2)
     owner, in_all = np.array([0, 0, 1]), np.array([0, 1, 2])
     no_tensors = np.zeros(0, dtype=np.int64)  # the gradients were measured before the step
-    kernels.parameter_stats(addresses(params, keep), sizes, buffer, True, no_tensors, sizes,
-                            grad2, weight2, in_all, owner, row)
+    kern.parameter_stats(addresses(params, keep), sizes, buffer, True, no_tensors, sizes,
+                         grad2, weight2, in_all, owner, row)
     w = [np.sqrt(sum(b.double().square().sum().item() for b in before[:2])), before[2].double().norm().item()]
     d = [np.sqrt(sum((p - b).double().square().sum().item() for p, b in zip(params[:2], before[:2]))),
          (params[2] - before[2]).double().norm().item()]
@@ -160,12 +176,12 @@ def test_parameter_norms_snapshot_and_step():
     np.testing.assert_allclose(row[5:7], np.array(d) / w, rtol=1e-5)
     # measuring the gradients after the step instead (they are unchanged) gives the same row
     again, fresh = np.empty_like(row), np.full(3, np.nan)
-    kernels.parameter_stats(addresses(params, keep), sizes, buffer, True, addresses(grads, keep),
-                            sizes, fresh, weight2, in_all, owner, again)
+    kern.parameter_stats(addresses(params, keep), sizes, buffer, True, addresses(grads, keep),
+                         sizes, fresh, weight2, in_all, owner, again)
     np.testing.assert_array_equal(again, row)
     # without a copy of the weights: their norms now, no update ratio
-    kernels.parameter_stats(addresses(params, keep), sizes, buffer, False, no_tensors, sizes,
-                            grad2, weight2, in_all, owner, again)
+    kern.parameter_stats(addresses(params, keep), sizes, buffer, False, no_tensors, sizes,
+                         grad2, weight2, in_all, owner, again)
     now = [np.sqrt(sum(p.double().square().sum().item() for p in params[:2])), params[2].double().norm().item()]
     np.testing.assert_allclose(again[3:5], now, rtol=1e-12)
     assert np.isnan(again[5:7]).all() and again[0] == row[0]

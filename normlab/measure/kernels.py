@@ -13,7 +13,9 @@ Determinism: float64 sums are split over vector lanes in an order fixed when the
 is compiled ("reassoc"; no run-time alignment peeling on x86), so a run's metrics are
 bit-identical in a fresh process on the same machine (not bit-equal to numpy's pairwise
 sums). Kernels are cached on disk by numba (``cache=True``): the first process on a
-machine compiles them (a few seconds), later ones load them in a fraction of a second.
+machine compiles them (10-20 s of CPU), later ones load them in a fraction of a second;
+until they are compiled, probes use the same statistics in numpy
+(:mod:`normlab.measure.backends`, :mod:`normlab.measure.fallback`).
 
 Definitions (the contract in :mod:`normlab.measure.schema`):
 
@@ -43,10 +45,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-FINE = 8  # select buckets per histogram bin
-SMALL = 64  # a bucket this small is sorted; a larger one is bucketed again
-UNWANTED = 64  # region of a bucket holding no wanted rank (at most 64 ranks)
-KIND_NONE, KIND_BOUNDS, KIND_DEAD = 0, 1, 2  # what saturation a slot measures
+from normlab.measure.backends import (FINE, KIND_BOUNDS, KIND_DEAD, KIND_NONE,  # noqa: F401
+                                      SMALL, UNWANTED, workspace)
 
 _jit = njit(cache=True)  # holding the GIL: releasing it costs ~3 µs a call in a training loop
 _sums = njit(cache=True, fastmath={"reassoc"})  # see "Determinism"
@@ -456,14 +456,6 @@ def after_forward(addresses, shapes, samples, sample_index, edges, kinds, bounds
                      quantiles, units_at, unit_quantiles, row, base, saturation_at, work32,
                      work64)
     copy_weights(weight_addresses, weight_sizes, buffer, weight2)
-
-
-def workspace(sample_size: int, bins: int, percentiles: int, unit_size: int = 0
-              ) -> tuple[int, int]:
-    """The float32 and int64 scratch lengths :func:`activation_stats` needs (``unit_size``:
-    the most values a single unit holds, for the per-unit percentiles)."""
-    return (max(2 * sample_size, unit_size),
-            sample_size + 2 * bins * FINE + 256 + 5 * (2 * percentiles + 1))
 
 
 @_jit

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from normlab.measure import kernels
+from normlab.measure import backends
 
 from normlab.measure.sites import LayerSites, find_layers  # noqa: F401 (find_layers re-exported)
 from normlab.methods import weightnorm
@@ -146,7 +146,7 @@ class _Layout:
         self.quantiles = np.array([quantiles_for(int(m), int(n)) for (_, m), n in
                                    zip(self.samples, self.shapes.prod(axis=1))]
                                   ).reshape(-1, len(PERCENTILES) + 2)
-        n32, n64 = kernels.workspace(max(longest, 1), HIST_BINS, len(PERCENTILES) + 2, unit)
+        n32, n64 = backends.workspace(max(longest, 1), HIST_BINS, len(PERCENTILES) + 2, unit)
         self.work32, self.work64 = np.empty(n32, np.float32), np.empty(n64, np.int64)
 
 
@@ -192,6 +192,7 @@ class Probe:
             raise ValueError(f"sample must be at least 1 or None for every value (got {sample})")
         self.model, self.every, self.sample = model, every, sample
         self.activation_sites = activation_sites
+        self.kernels = backends.current()  # compiled, or numpy until they are (one per probe)
         self.groups = find_layers(model)  # every name records are kept under
         self.layers = [g for g in self.groups if g.weight is not None]  # weight metrics
         if not self.layers:
@@ -416,7 +417,7 @@ class Probe:
         grads.update([p.grad for p in self._all_params])
         held = self._weight_tensors(before=True)  # alive until the kernel has read them
         weights = self._weights.update(held) if not self._copied else _NO_TENSORS
-        kernels.before_step(grads.addresses, grads.sizes, self._grad2, weights,
+        self.kernels.before_step(grads.addresses, grads.sizes, self._grad2, weights,
                             self._weights.sizes, self._snapshot, self._weight2)
         self._copied = self._graded = True
 
@@ -440,7 +441,7 @@ class Probe:
         else:
             grads = self._grads.update([p.grad for p in self._all_params])
         held = self._weight_tensors(before=False)  # alive until the kernel has read them
-        kernels.parameter_stats(weights.update(held), weights.sizes, self._snapshot, self._copied, grads,
+        self.kernels.parameter_stats(weights.update(held), weights.sizes, self._snapshot, self._copied, grads,
                                 self._grads.sizes, self._grad2, self._weight2,
                                 self._layer_in_all, self._param_owner, row)
         if self._wrapped:
@@ -462,7 +463,7 @@ class Probe:
         layout = self._layout(shapes)
         held = self._weight_tensors(before=True)  # alive until the kernel has read them
         weights = self._weights.update(held) if copy_weights else _NO_TENSORS
-        kernels.after_forward(pointers, layout.shapes, layout.samples, layout.sample_index,
+        self.kernels.after_forward(pointers, layout.shapes, layout.samples, layout.sample_index,
                               self._edge_matrix, self._kinds, self._bounds,
                               layout.quantiles, self._units_at, _UNIT_QUANTILES,
                               self._row(), self._act_base, self._saturation_at,
@@ -631,8 +632,8 @@ _NO_TENSORS = np.zeros(0, dtype=np.int64)  # no addresses: a kernel skips that p
 
 def _saturation_kind(activation: str | None) -> int:
     if activation in _SATURATION_BOUNDS:
-        return kernels.KIND_BOUNDS
-    return kernels.KIND_NONE if activation is None else kernels.KIND_DEAD
+        return backends.KIND_BOUNDS
+    return backends.KIND_NONE if activation is None else backends.KIND_DEAD
 
 
 def saturation(y: torch.Tensor, activation: str) -> float:
@@ -656,7 +657,7 @@ def activation_row(t: torch.Tensor, sample: np.ndarray, edges: np.ndarray,
                      np.array([[0, len(sample)]], dtype=np.int64), sample.astype(np.int32))
     units = np.array([_padded(unit_picks(int(layout.shapes[0, 1])))], dtype=np.int64)
     row = np.full(_SLOT_WIDTH + 1, np.nan)
-    kernels.activation_stats(pointers, layout.shapes, layout.samples, layout.sample_index,
+    backends.current().activation_stats(pointers, layout.shapes, layout.samples, layout.sample_index,
                              np.asarray(edges, dtype=np.float64)[None],
                              np.array([_saturation_kind(activation)], dtype=np.int64),
                              np.array([_SATURATION_BOUNDS.get(activation, (np.nan, np.nan))]),
@@ -666,12 +667,13 @@ def activation_row(t: torch.Tensor, sample: np.ndarray, edges: np.ndarray,
     return row
 
 
-def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
+def accuracy(logits: torch.Tensor, targets: torch.Tensor, kernels=None) -> float:
     """Fraction of rows of ``logits`` (N, classes) whose argmax is the target (one
-    compiled pass instead of four tensor operations and a sync)."""
+    compiled pass instead of four tensor operations and a sync; ``kernels``: a probe's
+    :attr:`Probe.kernels`, default :func:`normlab.measure.backends.current`)."""
     shape = logits.shape
     if (len(shape) == 2 and logits.dtype is torch.float32 and targets.dtype is torch.int64
             and logits.is_cpu and targets.is_cpu and logits.is_contiguous()
             and targets.is_contiguous() and targets.shape == shape[:1]):
-        return kernels.accuracy(logits.data_ptr(), shape[0], shape[1], targets.data_ptr())
+        return (kernels or backends.current()).accuracy(logits.data_ptr(), shape[0], shape[1], targets.data_ptr())
     return (logits.argmax(1) == targets).float().mean().item()

@@ -183,7 +183,7 @@ class Trainer:
                 opt.step()  # so the probe reads them in after_update (no after_backward)
                 if recorded:
                     probe.after_update({("model", "train", "loss"): loss_value,
-                                        ("model", "train", "acc"): accuracy(logits, y)})
+                                        ("model", "train", "acc"): accuracy(logits, y, probe.kernels)})
                 self.outcome.step = step + 1
                 if (time.monotonic() - last_flush >= flush_seconds
                         or step + 1 == first_flush_after):

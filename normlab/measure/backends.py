@@ -1,0 +1,166 @@
+"""Which statistics kernels a probe uses: compiled (numba) once they are compiled, numpy
+until then — so a freshly installed machine shows its first curve without waiting for
+the compiler.
+
+The probes' arithmetic has two implementations with one contract (the constants and
+:func:`workspace` below, the functions' signatures and outputs):
+
+* :mod:`normlab.measure.kernels` — compiled by numba, a few tens of µs per recorded step,
+  cached on disk; compiling every kernel takes 10–20 s of CPU on a fresh machine;
+* :mod:`normlab.measure.fallback` — the same outputs from numpy's vectorized calls
+  (exact order statistics, the same bucket arithmetic, float64 sums), a few hundred µs
+  more per recorded step, and nothing to compile.
+
+:func:`current` picks one when a probe is made, for the probe's whole life (so every row
+of a run comes from one implementation). ``NORMLAB_KERNELS`` decides: ``compiled`` (the
+test suite, and anyone who wants bit-identical metrics across runs), ``fallback``, or
+``auto`` (the default): compiled if a marker says this machine's kernel cache is built,
+else the fallback, while one background process (``python -m normlab.measure.backends``,
+one per machine at a time, behind a lock file) compiles the kernels and writes the marker.
+The engine starts that compile at its warm-up, so runs claimed later use the compiled
+kernels.
+
+What differs between the two: means, variances and norms are float64 sums taken in a
+different order, so they can differ in the last bits (relative 1e-15); percentiles,
+median intervals, histograms, saturation, dead units and accuracy are identical (the
+same order statistics and the same float64 bucket arithmetic).
+"""
+from __future__ import annotations
+
+import fcntl
+import functools
+import hashlib
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from types import ModuleType
+
+FINE = 8  # select buckets per histogram bin
+SMALL = 64  # a bucket this small is sorted; a larger one is bucketed again
+UNWANTED = 64  # region of a bucket holding no wanted rank (at most 64 ranks)
+KIND_NONE, KIND_BOUNDS, KIND_DEAD = 0, 1, 2  # what saturation a slot measures
+MODE_ENV = "NORMLAB_KERNELS"  # compiled | fallback | auto (default)
+MODES = ("auto", "compiled", "fallback")
+
+_started = False  # this process already started the background compile
+
+
+def workspace(sample_size: int, bins: int, percentiles: int, unit_size: int = 0
+              ) -> tuple[int, int]:
+    """The float32 and int64 scratch lengths ``activation_stats`` needs (``unit_size``:
+    the most values a single unit holds, for the per-unit percentiles)."""
+    return (max(2 * sample_size, unit_size),
+            sample_size + 2 * bins * FINE + 256 + 5 * (2 * percentiles + 1))
+
+
+def mode() -> str:
+    """``NORMLAB_KERNELS``, checked (a bad value names the good ones)."""
+    value = os.environ.get(MODE_ENV, "auto").strip().lower() or "auto"
+    if value not in MODES:
+        raise ValueError(f"{MODE_ENV}={value!r} is not a kernel mode; use one of "
+                         f"{', '.join(MODES)}")
+    return value
+
+
+@functools.cache
+def _key() -> str:
+    source = Path(__file__).with_name("kernels.py").read_bytes()
+    try:
+        numba_version = metadata.version("numba")
+    except metadata.PackageNotFoundError:
+        numba_version = "none"
+    return hashlib.sha1(b"\0".join([source, numba_version.encode(), sys.version.encode(),
+                                    platform.machine().encode()])).hexdigest()[:16]
+
+
+def marker() -> Path:
+    """The file that says the compiled kernels of this source, numba, Python and machine
+    are in numba's cache (next to the cache: ``NUMBA_CACHE_DIR``, else the package's
+    ``__pycache__``, else ``~/.cache/normlab``)."""
+    name = f"normlab-kernels-{_key()}.ready"
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return Path(os.environ["NUMBA_CACHE_DIR"]) / name
+    in_tree = Path(__file__).parent / "__pycache__"
+    if os.access(in_tree if in_tree.exists() else in_tree.parent, os.W_OK):
+        return in_tree / name
+    return Path.home() / ".cache" / "normlab" / name
+
+
+def ready() -> bool:
+    """Whether the compiled kernels load from the cache (the marker exists)."""
+    return marker().exists()
+
+
+def current() -> ModuleType:
+    """The kernels a new probe uses (see the module docstring); in ``auto`` mode without
+    compiled kernels, starts the background compile once per process."""
+    chosen = mode()
+    if chosen == "compiled" or (chosen == "auto" and ready()):
+        from normlab.measure import kernels
+        return kernels
+    if chosen == "auto":
+        start_compile()
+    from normlab.measure import fallback
+    return fallback
+
+
+def start_compile() -> subprocess.Popen | None:
+    """Start ``python -m normlab.measure.backends`` in the background (once per process;
+    the child itself exits at once if another compile holds the lock)."""
+    global _started
+    if _started or ready():
+        return None
+    _started = True
+    root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ, **{MODE_ENV: "compiled"})
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    try:
+        return subprocess.Popen([sys.executable, "-m", "normlab.measure.backends"],
+                                cwd=root, env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+    except OSError:  # no process to spare: the fallback stays, runs still work
+        return None
+
+
+def compile_kernels() -> bool:
+    """Compile (or load) every kernel by running what a training run calls, then write
+    the marker. Returns False without compiling if another process holds the lock."""
+    path = marker()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        if path.exists():
+            return True
+        os.environ[MODE_ENV] = "compiled"
+        import torch
+
+        torch.set_num_threads(1)
+        from normlab.measure.probes import accuracy, saturation
+        from normlab.training.config import RunConfig
+        from normlab.training.trainer import train
+
+        for model in ("mlp", "cnn"):
+            train(RunConfig(dataset="moons" if model == "mlp" else "digits", model=model,
+                            n_samples=64, steps=2, batch_size=8, width=4, depth=1,
+                            eval_interval=2), threads=1)
+        saturation(torch.randn(4, 3).sigmoid(), "sigmoid")
+        accuracy(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]))
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("compiled\n")
+        tmp.replace(path)
+        return True
+
+
+if __name__ == "__main__":  # the background compile
+    try:
+        compile_kernels()
+    except Exception as exc:  # reported where the marker would be; the fallback stays
+        print(f"normlab: compiling the statistics kernels failed: {exc}", file=sys.stderr)
+        sys.exit(1)
