@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from normlab.measure import backends, fallback, kernels
+from normlab.measure import backends, fallback, kernels, precompile
 from normlab.training.config import RunConfig
 from normlab.training.trainer import train
 
@@ -22,7 +22,7 @@ def test_auto_uses_numpy_and_starts_one_compile_until_the_marker_exists(marker, 
     monkeypatch.setattr(backends.subprocess, "Popen", lambda *a, **k: started.append(a[0]))
     monkeypatch.setenv(backends.MODE_ENV, "auto")
     assert backends.current() is fallback and backends.current() is fallback
-    assert started == [[backends.sys.executable, "-m", "normlab.measure.backends"]]  # once
+    assert started == [[backends.sys.executable, "-m", "normlab.measure.precompile"]]  # once
     marker.write_text("compiled\n")
     assert backends.current() is kernels
 
@@ -43,8 +43,8 @@ def test_compile_writes_the_marker_and_a_held_lock_skips_it(marker):
 
     with open(f"{marker}.lock", "a+") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
-        assert backends.compile_kernels() is False and not marker.exists()
-    assert backends.compile_kernels() is True and marker.exists()  # the kernels are cached
+        assert precompile.compile_kernels() is False and not marker.exists()
+    assert precompile.compile_kernels() is True and marker.exists()  # the kernels are cached
 
 
 def test_the_marker_names_this_source_and_sits_in_numbas_cache_folder(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ The probes' arithmetic has two implementations with one contract (the constants 
 of a run comes from one implementation). ``NORMLAB_KERNELS`` decides: ``compiled`` (the
 test suite, and anyone who wants bit-identical metrics across runs), ``fallback``, or
 ``auto`` (the default): compiled if a marker says this machine's kernel cache is built,
-else the fallback, while one background process (``python -m normlab.measure.backends``,
+else the fallback, while one background process (``python -m normlab.measure.precompile``,
 one per machine at a time, behind a lock file) compiles the kernels and writes the marker.
 The engine starts that compile at its warm-up, so runs claimed later use the compiled
 kernels.
@@ -27,7 +27,6 @@ same order statistics and the same float64 bucket arithmetic).
 """
 from __future__ import annotations
 
-import fcntl
 import functools
 import hashlib
 import os
@@ -38,22 +37,11 @@ from importlib import metadata
 from pathlib import Path
 from types import ModuleType
 
-FINE = 8  # select buckets per histogram bin
-SMALL = 64  # a bucket this small is sorted; a larger one is bucketed again
-UNWANTED = 64  # region of a bucket holding no wanted rank (at most 64 ranks)
-KIND_NONE, KIND_BOUNDS, KIND_DEAD = 0, 1, 2  # what saturation a slot measures
 MODE_ENV = "NORMLAB_KERNELS"  # compiled | fallback | auto (default)
 MODES = ("auto", "compiled", "fallback")
+COMPILE_MODULE = "normlab.measure.precompile"  # python -m ...: the background compile
 
 _started = False  # this process already started the background compile
-
-
-def workspace(sample_size: int, bins: int, percentiles: int, unit_size: int = 0
-              ) -> tuple[int, int]:
-    """The float32 and int64 scratch lengths ``activation_stats`` needs (``unit_size``:
-    the most values a single unit holds, for the per-unit percentiles)."""
-    return (max(2 * sample_size, unit_size),
-            sample_size + 2 * bins * FINE + 256 + 5 * (2 * percentiles + 1))
 
 
 def mode() -> str:
@@ -108,7 +96,7 @@ def current() -> ModuleType:
 
 
 def start_compile() -> subprocess.Popen | None:
-    """Start ``python -m normlab.measure.backends`` in the background (once per process;
+    """Start ``python -m normlab.measure.precompile`` in the background (once per process;
     the child itself exits at once if another compile holds the lock)."""
     global _started
     if _started or ready():
@@ -118,49 +106,11 @@ def start_compile() -> subprocess.Popen | None:
     env = dict(os.environ, **{MODE_ENV: "compiled"})
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     try:
-        return subprocess.Popen([sys.executable, "-m", "normlab.measure.backends"],
-                                cwd=root, env=env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
-    except OSError:  # no process to spare: the fallback stays, runs still work
+        log_file = marker().with_suffix(".log")  # why a compile failed, if one does
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_file, "ab") as log:
+            return subprocess.Popen([sys.executable, "-m", COMPILE_MODULE],
+                                    cwd=root, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=log, start_new_session=True)
+    except OSError:  # no process or file to spare: the fallback stays, runs still work
         return None
-
-
-def compile_kernels() -> bool:
-    """Compile (or load) every kernel by running what a training run calls, then write
-    the marker. Returns False without compiling if another process holds the lock."""
-    path = marker()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{path}.lock", "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        if path.exists():
-            return True
-        os.environ[MODE_ENV] = "compiled"
-        import torch
-
-        torch.set_num_threads(1)
-        from normlab.measure.probes import accuracy, saturation
-        from normlab.training.config import RunConfig
-        from normlab.training.trainer import train
-
-        for model in ("mlp", "cnn"):
-            train(RunConfig(dataset="moons" if model == "mlp" else "digits", model=model,
-                            n_samples=64, steps=2, batch_size=8, width=4, depth=1,
-                            eval_interval=2), threads=1)
-        saturation(torch.randn(4, 3).sigmoid(), "sigmoid")
-        accuracy(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]))
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("compiled\n")
-        tmp.replace(path)
-        return True
-
-
-if __name__ == "__main__":  # the background compile
-    try:
-        compile_kernels()
-    except Exception as exc:  # reported where the marker would be; the fallback stays
-        print(f"normlab: compiling the statistics kernels failed: {exc}", file=sys.stderr)
-        sys.exit(1)

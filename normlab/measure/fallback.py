@@ -18,7 +18,7 @@ import ctypes
 
 import numpy as np
 
-from normlab.measure.backends import (FINE, KIND_BOUNDS, KIND_DEAD, KIND_NONE,  # noqa: F401
+from normlab.measure.kernelspec import (FINE, KIND_BOUNDS, KIND_DEAD, KIND_NONE,  # noqa: F401
                                       workspace)
 
 

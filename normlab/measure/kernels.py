@@ -45,7 +45,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from normlab.measure.backends import (FINE, KIND_BOUNDS, KIND_DEAD, KIND_NONE,  # noqa: F401
+from normlab.measure.kernelspec import (FINE, KIND_BOUNDS, KIND_DEAD, KIND_NONE,  # noqa: F401
                                       SMALL, UNWANTED, workspace)
 
 _jit = njit(cache=True)  # holding the GIL: releasing it costs ~3 µs a call in a training loop

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from normlab.measure import backends
+from normlab.measure import backends, kernelspec
 
 from normlab.measure.sites import LayerSites, find_layers  # noqa: F401 (find_layers re-exported)
 from normlab.methods import weightnorm
@@ -146,7 +146,7 @@ class _Layout:
         self.quantiles = np.array([quantiles_for(int(m), int(n)) for (_, m), n in
                                    zip(self.samples, self.shapes.prod(axis=1))]
                                   ).reshape(-1, len(PERCENTILES) + 2)
-        n32, n64 = backends.workspace(max(longest, 1), HIST_BINS, len(PERCENTILES) + 2, unit)
+        n32, n64 = kernelspec.workspace(max(longest, 1), HIST_BINS, len(PERCENTILES) + 2, unit)
         self.work32, self.work64 = np.empty(n32, np.float32), np.empty(n64, np.int64)
 
 
@@ -632,8 +632,8 @@ _NO_TENSORS = np.zeros(0, dtype=np.int64)  # no addresses: a kernel skips that p
 
 def _saturation_kind(activation: str | None) -> int:
     if activation in _SATURATION_BOUNDS:
-        return backends.KIND_BOUNDS
-    return backends.KIND_NONE if activation is None else backends.KIND_DEAD
+        return kernelspec.KIND_BOUNDS
+    return kernelspec.KIND_NONE if activation is None else kernelspec.KIND_DEAD
 
 
 def saturation(y: torch.Tensor, activation: str) -> float:
