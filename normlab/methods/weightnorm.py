@@ -104,7 +104,9 @@ class WeightNorm(_WrappedLayer):
     def weight(self) -> Tensor:
         """The effective weight ``g · v / ‖v‖``, shaped like the layer's weight."""
         g = self.g.view((-1,) + (1,) * (self.v.dim() - 1))  # (out, 1, ...)
-        return self.v * (g / self._unit_norm(self.v))
+        # torch's fused kernel (what parametrizations.weight_norm calls): v · g / ‖v‖ with
+        # ‖v‖ over every axis but 0, forward and backward in one op each
+        return torch._weight_norm(self.v, g, 0)
 
     def effective_weight(self) -> Tensor:
         return self.weight
