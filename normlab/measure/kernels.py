@@ -312,6 +312,25 @@ def _select_within(values, rank, work):
 
 # -- activations -----------------------------------------------------------------------
 @_jit
+def _count_buckets(values, low, scale, nb, finite, bucket_of, counts):
+    """One pass over the sample: each value's fine bucket (``bucket_of``), the bucket
+    ``counts``, and how many values lie below and at or above the range; NaN goes to
+    bucket 0 and counts in neither."""
+    under = over = 0
+    for j in range(values.shape[0]):
+        f = (np.float64(values[j]) - low) * scale
+        if finite:
+            b = int(min(max(f, 0.0), nb - 1.0))
+        else:
+            b = _bucket(values[j], low, scale, nb)
+        bucket_of[j] = b
+        counts[b] += 1
+        under += f < 0.0
+        over += f >= nb
+    return under, over
+
+
+@_jit
 def activation_stats(addresses, shapes, samples, sample_index, edges, kinds, bounds,
                      quantiles, units_at, unit_quantiles, row, base, saturation_at, work32,
                      work64):
@@ -372,26 +391,14 @@ def activation_stats(addresses, shapes, samples, sample_index, edges, kinds, bou
         # the sample: fine buckets over the histogram's range, summed into its bins
         low, scale = edges[s, 0], nb / (edges[s, bins] - edges[s, 0])
         finite = np.isfinite(s2)
-        for j in range(m):
-            sample[j] = x[sample_index[first + j]]
-        under = over = 0
-        if finite:  # simple loops: they vectorize
+        if m == n:  # every value (the positions are sorted and distinct): read in place
+            values = x
+        else:
             for j in range(m):
-                f = (np.float64(sample[j]) - low) * scale
-                bucket_of[j] = int(min(max(f, 0.0), nb - 1.0))
-            for j in range(m):
-                f = (np.float64(sample[j]) - low) * scale
-                under += f < 0.0
-                over += f >= nb
-        else:  # NaN-safe (NaN goes to bucket 0)
-            for j in range(m):
-                bucket_of[j] = _bucket(sample[j], low, scale, nb)
-                f = (np.float64(sample[j]) - low) * scale
-                under += f < 0.0
-                over += f >= nb
+                sample[j] = x[sample_index[first + j]]
+            values = sample[:m]
         counts[:] = 0
-        for j in range(m):
-            counts[bucket_of[j]] += 1
+        under, over = _count_buckets(values, low, scale, nb, finite, bucket_of, counts)
         for k in range(bins):
             inside = counts[k * FINE:(k + 1) * FINE].sum()
             if k == 0:
@@ -408,12 +415,12 @@ def activation_stats(addresses, shapes, samples, sample_index, edges, kinds, bou
             ranks[2 * p] = int(np.floor(position))
             ranks[2 * p + 1] = min(ranks[2 * p] + 1, m - 1)
         if finite:
-            _select(sample[:m], bucket_of, counts, ranks, ordered, pick, region_of, work, scratch)
+            _select(values, bucket_of, counts, ranks, ordered, pick, region_of, work, scratch)
         else:  # NaN or inf somewhere (a diverging run): a NaN in the sample makes the
             nans = 0  # percentiles NaN, as numpy; else sort the sample whole
             for j in range(m):  # (element loops, not slice copies: much faster to compile)
-                pick[j] = sample[j]
-                nans += sample[j] != sample[j]
+                pick[j] = values[j]
+                nans += values[j] != values[j]
             if nans == 0:
                 _shell_sort(pick[:m])
             for j in range(2 * P):
