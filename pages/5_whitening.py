@@ -16,8 +16,7 @@ def view(runs) -> None:
     curves = wh.curve_frame(get_store().metrics(ids, metrics=list(CURVE_METRICS),
                                                 sites=list(CURVE_SITES)), runs)
     if curves.empty:
-        st.info("Waiting for the first measurements… (runs need `decorrelation` on: "
-                "launch the preset)")
+        st.info(wh.waiting_message(runs))
         return
     layers = sorted(curves["layer"].unique())
     layer = st.segmented_control("Layer", layers, default=layers[len(layers) // 2],

@@ -57,6 +57,14 @@ def _with_runs(rows: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def waiting_message(runs: pd.DataFrame) -> str:
+    """What to say when the runs shown have no decorrelation rows (yet)."""
+    if not any(c.get("decorrelation") for c in runs["config"]):
+        return ("These runs did not measure decorrelation (`decorrelation` and "
+                "`corr_snapshots` are off): launch the preset, or turn them on.")
+    return "Waiting for the first measurements…"
+
+
 # ------------------------------------------------------------------ over training
 
 def curve_frame(metrics: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
@@ -178,7 +186,8 @@ def spectrum_chart(frame: pd.DataFrame) -> alt.HConcatChart:
                                                               color="gray").encode(y="y:Q")
         # one line per method
         lines = alt.Chart(rows).mark_line(point=True).encode(
-            x=alt.X("rank:Q", title="rank (1 = largest)"),
+            x=alt.X("rank:Q", title="rank (1 = largest)",
+                    scale=alt.Scale(domain=[1, int(frame["rank"].max())])),
             y=alt.Y("shown:Q", scale=alt.Scale(type="log"), title="eigenvalue"),
             color=alt.Color("method:N", scale=color_scale(methods), title="method"),
             tooltip=["method:N", "rank:Q", alt.Tooltip("value:Q", format=".3g")])
@@ -228,7 +237,7 @@ def readout(frame: pd.DataFrame) -> str:
 
     decor = names("decorrelates", lambda m, r: (
         f"{m} (|r| {r.corr_offdiag_group:.2g} within groups, {r.corr_offdiag:.2g} over all "
-        "pairs)"))
+        "pairs" + (": within its groups only)" if r.corr_offdiag >= DECORRELATED else ")")))
     equal = names("equalizes", lambda m, r: (
         f"{m} (spreads {max(r.mean_spread, r.var_spread):.1g}, |r| within groups "
         f"{r.corr_offdiag_group:.2f})"))
