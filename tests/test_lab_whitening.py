@@ -139,3 +139,10 @@ def test_page_preset_launches_and_old_runs_say_what_is_missing(store):
     (cid,) = store.comparisons()["id"]
     assert len(store.runs(comparison=cid)) == 4
     assert "Waiting for the first measurements" in texts(at)
+
+
+def test_waiting_message_says_when_runs_lack_the_measurements():
+    old = pd.DataFrame({"config": [RunConfig().to_dict()]})
+    assert "did not measure decorrelation" in wh.waiting_message(old)
+    new = pd.DataFrame({"config": [RunConfig(decorrelation=True).to_dict()]})
+    assert wh.waiting_message(new) == "Waiting for the first measurements…"

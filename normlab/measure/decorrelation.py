@@ -35,6 +35,8 @@ Storage (bounded): per layer and snapshot, F(F − 1) + 2F values (F = 32: 1,056
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import torch
 from torch import nn
@@ -107,14 +109,20 @@ def correlation(cov: np.ndarray) -> np.ndarray:
     return np.clip(corr, -1.0, 1.0)
 
 
-def mean_abs_offdiag(corr: np.ndarray, group: int | None = None) -> float:
-    """Mean |r_ij| over feature pairs i < j (only pairs in the same consecutive group of
-    ``group`` features if given), NaN entries left out; NaN if there is none."""
-    i, j = np.triu_indices(len(corr), k=1)
+@lru_cache(maxsize=64)
+def _pairs(features: int, group: int | None) -> np.ndarray:
+    """Flat indices of the pairs i < j of a (features × features) matrix (in one group)."""
+    i, j = np.triu_indices(features, k=1)
     if group is not None:
         keep = i // group == j // group
         i, j = i[keep], j[keep]
-    values = np.abs(corr[i, j])
+    return i * features + j
+
+
+def mean_abs_offdiag(corr: np.ndarray, group: int | None = None) -> float:
+    """Mean |r_ij| over feature pairs i < j (only pairs in the same consecutive group of
+    ``group`` features if given), NaN entries left out; NaN if there is none."""
+    values = np.abs(corr.ravel()[_pairs(len(corr), group)])
     values = values[np.isfinite(values)]
     return float(values.mean()) if len(values) else float("nan")
 
