@@ -177,3 +177,14 @@ def test_cli_flags_and_exports(tmp_path, whiten_run):
     back = exchange.read_bundle(exchange.export(store, cid, tmp_path / "e.json")).metrics
     for site in ("xhat", "matrix_in", "matrix_out"):
         assert (back["site"] == site).sum() == (frame["site"] == site).sum() > 0
+
+
+def test_a_cnn_whitens_its_channels_over_examples_and_positions():
+    cfg = RunConfig(model="cnn", norm="whiten", width=8, depth=1, group_size=4, steps=2,
+                    batch_size=16, eval_interval=2, decorrelation=True, corr_snapshots=1)
+    frame = train(cfg)[0].to_frame()
+    out = frame[(frame["site"] == "xhat") & (frame["layer"] == "conv1")
+                & (frame["step"] == 1)].set_index("metric")["value"]
+    assert out["corr_offdiag_group"] < 1e-3 < out["corr_offdiag"]
+    eig = frame[(frame["site"] == "matrix_out") & frame["metric"].str.startswith("geig")]
+    np.testing.assert_allclose(eig["value"], 1.0, atol=1e-2)
