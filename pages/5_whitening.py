@@ -25,7 +25,8 @@ def view(runs) -> None:
                                                      sites=["matrix_out"]))
     st.subheader("Correlation matrices: the norm's input and output")
     if snaps:
-        step = st.select_slider("Snapshot step", snaps, value=snaps[-1], key="wh_step")
+        step = st.select_slider("Snapshot step", snaps, value=snaps[-1],  # a new snapshot:
+                                key=f"wh_step_{len(snaps)}_{snaps[-1]}")  # the newest shown
         shot = get_store().metrics(ids, layers=[layer], sites=list(MATRIX_SITES),
                                    steps=(step, step))
         st.caption("The first features of the layer, in the layer's order (whiten's groups "

@@ -127,8 +127,11 @@ def test_page_shows_heatmaps_spectrum_curves_and_the_readout(store):
     assert at.title[0].value == "How far from whitening?"
     assert len(charts(at)) == 3  # heatmaps, spectrum, curves
     assert any("decorrelates" in s.value and "whiten (" in s.value for s in at.success)
-    at.select_slider(key="wh_step").set_value(0)
-    ok(at.run())
+    (slider,) = at.select_slider
+    assert slider.label == "Snapshot step" and slider.value == 7
+    slider.set_value(0)
+    at = ok(at.run())
+    assert at.select_slider[0].value == 0 and len(charts(at)) == 3
 
 
 def test_page_preset_launches_and_old_runs_say_what_is_missing(store):
