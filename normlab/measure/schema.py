@@ -49,6 +49,18 @@ val              ``loss``, ``acc`` (whole validation split), every ``eval_interv
 val_train_mode   ``loss``, ``acc`` of the validation split with the model in training mode
                  (batch statistics over batches of ``batch_size``; opt-in:
                  ``RunConfig.eval_train_mode``), at the same steps as ``val``
+---------------  -------------------------------------------------------------------------
+*Lab 2, opt-in*  (:mod:`normlab.measure.decorrelation`; per normalization layer)
+pre_norm, xhat   ``RunConfig.decorrelation``, every recorded step: ``corr_offdiag`` (mean
+                 |correlation| over feature pairs), ``corr_offdiag_group`` (over pairs in
+                 the same whitening group), ``mean_spread``, ``var_spread`` (spread across
+                 features of per-feature means and variances); ``xhat`` is the norm's
+                 output before its learned g and b, (y − b) / g
+matrix_in,       ``RunConfig.corr_snapshots`` log-spaced steps: ``r{i:02d}_{j:02d}`` (i < j,
+matrix_out       the correlation matrix's upper triangle over the first <= 32 features) of
+                 the norm's input / of xhat; at ``matrix_out`` also ``eig{k:02d}`` and
+                 ``geig{k:02d}`` (eigenvalues of xhat's covariance, all features / pooled
+                 per group, largest first)
 ===============  =========================================================================
 
 Trainers emit :class:`RecordBatch` objects (a steps x series matrix, cheap to build

@@ -63,6 +63,13 @@ class RunConfig:
     seed: int = 0  # seeds data split, init and batch order: same config, same numbers
     # added later (kept last so stored configs stay valid)
     weight_init: str = "data"  # weight: data (g, b from a first batch, Salimans & Kingma) | plain (g = ‖v‖)
+    # -- Lab 2, how far from whitening (opt-in; normlab.measure.decorrelation) --
+    decorrelation: bool = False  # per norm layer, every recorded step: mean |off-diagonal
+    #   correlation| (all pairs, within groups) and the spread of per-feature means and
+    #   variances, of the norm's input (pre_norm) and standardized output (xhat)
+    corr_snapshots: int = 0  # at this many log-spaced steps (0 = none, at most 12): the
+    #   correlation matrices of the norm's input and output (first <= 32 features) and the
+    #   eigenvalues of the output's covariance
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -197,6 +204,10 @@ def errors(cfg: RunConfig, train_size: int | None = None) -> dict[str, str]:
     need(0 < cfg.val_fraction < 1, "val_fraction",
          f"val_fraction must be between 0 and 1 (got {cfg.val_fraction})")
     need(cfg.rmax >= 1, "rmax", f"rmax must be at least 1 (got {cfg.rmax})")
+    from normlab.measure.decorrelation import MAX_SNAPSHOTS  # Lab 2's snapshot cap
+
+    need(0 <= cfg.corr_snapshots <= MAX_SNAPSHOTS, "corr_snapshots",
+         f"corr_snapshots must be 0 (none) to {MAX_SNAPSHOTS} (got {cfg.corr_snapshots})")
     need(cfg.depth <= 64, "depth", f"depth {cfg.depth} is more than 64 layers; use fewer")
     need(cfg.width <= 4096, "width", f"width {cfg.width} is more than 4096; use fewer units")
     need(cfg.steps <= 1_000_000, "steps", f"steps {cfg.steps} is more than 1,000,000")

@@ -33,6 +33,8 @@ import math
 import os
 
 from normlab.measure.schema import SITE_VALUES
+from normlab.measure.decorrelation import (CURVE_METRICS, CURVE_SITES, MATRIX_FEATURES,
+                                           values_per_snapshot)
 
 # ``cfg`` arguments are normlab.training.config.RunConfig objects; not imported here,
 # because config.errors imports this module for the n_samples cap.
@@ -161,13 +163,27 @@ def values_per_record(cfg: RunConfig) -> int:
     """Values the probes store at one recorded step (an upper bound)."""
     wrapped = 2 if cfg.norm in ("weight", "cosine") else 0  # grad_norm_v, grad_norm_g
     train_mode = 2 if getattr(cfg, "eval_train_mode", False) else 0  # val_train_mode
-    return (VALUES_PER_LAYER + wrapped) * cfg.depth + VALUES_PER_MODEL + train_mode
+    decorrelation = DECORRELATION_VALUES if getattr(cfg, "decorrelation", False) else 0
+    return ((VALUES_PER_LAYER + wrapped + decorrelation) * cfg.depth + VALUES_PER_MODEL
+            + train_mode)
 
 
 def values_stored(cfg: RunConfig, record_interval: int | None = None) -> int:
     """Values a run stores from start to end (an upper bound)."""
     every = record_interval or cfg.record_interval
-    return values_per_record(cfg) * (cfg.steps // every + 1)
+    return values_per_record(cfg) * (cfg.steps // every + 1) + snapshot_values(cfg)
+
+
+# -- Lab 2: decorrelation curves and correlation-matrix snapshots ------------------------
+DECORRELATION_VALUES = len(CURVE_SITES) * len(CURVE_METRICS)  # per layer and recorded step
+
+
+def snapshot_values(cfg: RunConfig) -> int:
+    """Values the correlation-matrix snapshots store over a run (an upper bound)."""
+    snapshots = getattr(cfg, "corr_snapshots", 0)
+    if not snapshots:
+        return 0
+    return snapshots * cfg.depth * values_per_snapshot(min(cfg.width, MATRIX_FEATURES))
 
 
 def _size(n: float) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import math
@@ -35,6 +36,7 @@ from normlab.training.data import Dataset, load_dataset
 from normlab.training.limits import problems as cap_problems
 from normlab.training.models import build_model
 from normlab.measure.probes import SAMPLE, Probe, accuracy
+from normlab.measure.decorrelation import DecorrelationProbe
 from normlab.measure.schema import RecordBatch
 from normlab.methods.weightnorm import data_dependent_init
 
@@ -99,6 +101,7 @@ class Trainer:
         self.optimizer = make_optimizer(cfg, self.model.parameters())
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.probe = Probe(self.model, every=cfg.record_interval, sample=probe_sample)
+        self.decorrelation = DecorrelationProbe.for_config(self.model, cfg)  # Lab 2, opt-in
         self.outcome = Outcome("running", 0)
 
     def init_batch(self) -> torch.Tensor:
@@ -162,11 +165,14 @@ class Trainer:
         pending_val: list[RecordBatch] = []
         last_flush = time.monotonic()
         model.train()
-        with probe:
+        decor = self.decorrelation
+        with probe, (decor if decor is not None else nullcontext()):
             for step in range(cfg.steps):
                 idx = torch.randint(0, n, (cfg.batch_size,), generator=self.generator)
                 x, y = self.x_train[idx], self.data.y_train[idx]
                 recorded = probe.arm(step)
+                if decor is not None:
+                    decor.arm(step)
                 if step % cfg.eval_interval == 0:
                     pending_val.append(self._validation(step))
                 logits = model(x)
@@ -207,7 +213,8 @@ class Trainer:
     def _collect(self, pending_val: list[RecordBatch]) -> RecordBatch:
         """The probe's rows, then the validation rows (a step can have one of each: every
         series is measured at most once per step, so nothing needs merging to store)."""
-        parts = [b for b in [self.probe.flush(), *pending_val] if b is not None]
+        decor = self.decorrelation.flush() if self.decorrelation is not None else None
+        parts = [b for b in [self.probe.flush(), decor, *pending_val] if b is not None]
         return RecordBatch.concat(parts)
 
 
