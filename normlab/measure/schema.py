@@ -49,6 +49,17 @@ val              ``loss``, ``acc`` (whole validation split), every ``eval_interv
 val_train_mode   ``loss``, ``acc`` of the validation split with the model in training mode
                  (batch statistics over batches of ``batch_size``; opt-in:
                  ``RunConfig.eval_train_mode``), at the same steps as ``val``
+ics              Lab 3, internal covariate shift (opt-in: ``RunConfig.ics_interval``; every
+                 such step; :mod:`normlab.measure.ics` defines each exactly). Layers
+                 ``hidden2`` … and ``out``, about the layer's *input*: ``drift`` (per-unit
+                 1-Wasserstein distance to the previous measured step, fixed examples, in
+                 units of the input's initial spread σ₀), ``drift_noise`` (its sampling
+                 error), ``drift_total`` (to the first measured step), ``drift_floor`` (W1
+                 between two disjoint halves of the examples at the same step);
+                 Santurkar et al.'s ICS: ``ics_diff`` ‖G − G′‖, ``ics_rel`` ‖G − G′‖/‖G‖,
+                 ``ics_cos`` cos(G, G′). Layer ``model``: ``loss_min``, ``loss_max``,
+                 ``grad_change_min``, ``grad_change_max``, ``beta`` (the landscape along
+                 the gradient at 0.5–4 × lr)
 ===============  =========================================================================
 
 Trainers emit :class:`RecordBatch` objects (a steps x series matrix, cheap to build

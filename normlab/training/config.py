@@ -63,6 +63,9 @@ class RunConfig:
     seed: int = 0  # seeds data split, init and batch order: same config, same numbers
     # added later (kept last so stored configs stay valid)
     weight_init: str = "data"  # weight: data (g, b from a first batch, Salimans & Kingma) | plain (g = ‖v‖)
+    # Lab 3, internal covariate shift (normlab.measure.ics)
+    ics_interval: int = 0  # drift, Santurkar's ICS and smoothness every this many steps
+    #   (0 = off; each measured step costs ~depth + 9 extra forward/backward passes)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -196,6 +199,8 @@ def errors(cfg: RunConfig, train_size: int | None = None) -> dict[str, str]:
     need(0 < cfg.momentum <= 1, "momentum", f"momentum must be in (0, 1] (got {cfg.momentum})")
     need(0 < cfg.val_fraction < 1, "val_fraction",
          f"val_fraction must be between 0 and 1 (got {cfg.val_fraction})")
+    need(cfg.ics_interval >= 0, "ics_interval",
+         f"ics_interval must be 0 (off) or a positive number of steps (got {cfg.ics_interval})")
     need(cfg.rmax >= 1, "rmax", f"rmax must be at least 1 (got {cfg.rmax})")
     need(cfg.depth <= 64, "depth", f"depth {cfg.depth} is more than 64 layers; use fewer")
     need(cfg.width <= 4096, "width", f"width {cfg.width} is more than 4096; use fewer units")
