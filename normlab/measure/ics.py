@@ -66,16 +66,23 @@ def unit_values(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(B, C, -1).transpose(1, 2).reshape(-1, C)  # (B·S, C)
 
 
-def unit_w1(a: torch.Tensor, b: torch.Tensor, *, presorted: bool = False) -> torch.Tensor:
+def sorted_units(values) -> np.ndarray:
+    """(n, U) samples → (U, n) float64, each unit's values sorted (its empirical quantile
+    function; numpy sorts rows ~6× faster than torch here)."""
+    return np.sort(np.asarray(values, dtype=np.float64).T, axis=1)
+
+
+def unit_w1(a, b, *, presorted: bool = False) -> np.ndarray:
     """Per-unit 1-Wasserstein distance between two samples of equal size: ``a``, ``b`` are
-    (n, U); returns (U,). With equal sizes the quantile functions are step functions on the
-    same grid, so W1 = mean_j |a_(j) − b_(j)| over the sorted columns."""
-    if a.shape != b.shape:
-        raise ValueError(f"unit_w1 needs samples of equal shape, got {tuple(a.shape)} and "
-                         f"{tuple(b.shape)}")
+    (n, U) arrays or tensors (or, ``presorted``, :func:`sorted_units` of them); returns
+    (U,). With equal sizes the quantile functions are step functions on the same grid, so
+    W1 = mean_j |a_(j) − b_(j)| over each unit's sorted values."""
+    if np.shape(a) != np.shape(b):
+        raise ValueError(f"unit_w1 needs samples of equal shape, got {tuple(np.shape(a))} "
+                         f"and {tuple(np.shape(b))}")
     if not presorted:
-        a, b = a.sort(0).values, b.sort(0).values
-    return (a - b).abs().mean(0)
+        a, b = sorted_units(a), sorted_units(b)
+    return np.abs(a - b).mean(1)
 
 
 class IcsMeter:
@@ -187,13 +194,13 @@ class IcsMeter:
             self._capturing = False
         h = self.half
         for name in self.names[1:]:
-            values = unit_values(self._inputs.pop(name)).double()  # (N·S, U) over examples
+            values = unit_values(self._inputs.pop(name)).numpy()  # (N·S, U) over examples
             per = values.shape[0] // len(self.probe_x)  # positions per example
-            halves = (values[: h * per].sort(0).values,  # A: the first half of the examples
-                      values[h * per: 2 * h * per].sort(0).values)  # B: the second
+            halves = (sorted_units(values[: h * per]),  # A: the first half of the examples
+                      sorted_units(values[h * per: 2 * h * per]))  # B: the second
             if name not in self._sigma0:
-                self._sigma0[name] = max(float(values.var(0, unbiased=False).mean().sqrt()),
-                                         1e-12)
+                self._sigma0[name] = max(float(np.sqrt(values.var(0, dtype=np.float64)
+                                                       .mean())), 1e-12)
                 self._first[name] = halves
             s0 = self._sigma0[name]
 
