@@ -28,6 +28,8 @@ from normlab.views.palette import color_scale, method_order
 
 SITE = "ics"
 KEYS = ["method", "lr", "layer", "metric", "step"]
+LOG_AXIS = alt.Axis(tickCount=5, format="~g", grid=True)  # few labelled ticks on log axes
+PANEL_ORDER = {"quantity": ["loss", "gradient change"]}  # panels that are not layers
 
 
 def _layer_order(layers) -> list[str]:
@@ -63,11 +65,13 @@ def _series_order(frame: pd.DataFrame) -> list[str]:
     return list(pairs["series"])
 
 
-def _encodings(frame: pd.DataFrame) -> dict:
+def _encodings(frame: pd.DataFrame, legend: bool = True) -> dict:
     """Colour = method (the shared palette), dash = learning rate."""
+    solid = alt.Legend(symbolOpacity=1, symbolType="stroke", symbolStrokeWidth=2)
     return {"color": alt.Color("method:N", scale=color_scale(frame["method"].unique()),
-                               title="method"),
-            "strokeDash": alt.StrokeDash("lr:O", title="lr")}
+                               title="method", legend=solid if legend else None),
+            "strokeDash": alt.StrokeDash("lr:O", title="lr",
+                                         legend=solid if legend else None)}
 
 
 def lines_chart(frame: pd.DataFrame, metric: str, title: str, *, log: bool = False,
@@ -82,18 +86,19 @@ def lines_chart(frame: pd.DataFrame, metric: str, title: str, *, log: bool = Fal
     scale = alt.Scale(type="log") if log else alt.Scale(zero=False)
     base = alt.Chart(rows).encode(
         x=alt.X("step:Q", title="step"),
-        y=alt.Y("value:Q", scale=scale, title=title),
+        y=alt.Y("value:Q", scale=scale, title=title, axis=LOG_AXIS if log else alt.Axis()),
         tooltip=["series:N", f"{panel}:N", "step:Q", alt.Tooltip("value:Q", format=".3g")],
         **_encodings(rows))
     # one line per method and lr
     return base.mark_line().properties(width=width, height=220).facet(
         column=alt.Column(f"{panel}:N", title=None, sort=_layer_order(rows[panel])
-                          if panel == "layer" else None))
+                          if panel == "layer" else PANEL_ORDER.get(panel)))
 
 
 def drift_chart(frame: pd.DataFrame, width: int = 250) -> alt.FacetChart:
-    """Drift over training per input layer (σ₀ units, log y): lines, a band of ±2 sampling
-    errors around each, and the grey band of the two-samples floor (min–max over runs)."""
+    """Drift over training per input layer (σ₀ units, log y): one line per method and lr,
+    a band of ±2 sampling errors around it, and a faint line of the same style: that
+    run's two-samples floor (what two different samples of the step are apart)."""
     d = frame[frame["metric"].isin(["drift", "drift_noise", "drift_floor"])]
     wide = d.pivot_table(index=["method", "lr", "series", "layer", "step"], columns="metric",
                          values="value").reset_index()
@@ -103,28 +108,26 @@ def drift_chart(frame: pd.DataFrame, width: int = 250) -> alt.FacetChart:
     noise = wide.get("drift_noise", pd.Series(0.0, index=wide.index)).fillna(0.0)
     wide["lo"] = np.maximum(wide["drift"] - 2 * noise, wide["drift"] / 3)  # log axis: > 0
     wide["hi"] = wide["drift"] + 2 * noise
-    floor = d[d["metric"] == "drift_floor"].groupby(["layer", "step"], as_index=False)[
-        "value"].agg(floor_lo="min", floor_hi="max")
-    data = wide.merge(floor, on=["layer", "step"], how="left")
     x = alt.X("step:Q", title="step")
-    y_title = "drift per k steps (W1 / σ₀)"
-    base = alt.Chart(data)
-    # grey: two different samples of the same step (what resampling alone reads as drift)
-    floor_band = base.mark_area(color="#bbbbbb", opacity=0.5).encode(
-        x=x, y=alt.Y("floor_lo:Q", scale=alt.Scale(type="log"), title=y_title),
-        y2="floor_hi:Q", tooltip=[alt.Tooltip("floor_hi:Q", format=".3g",
-                                              title="two-samples floor")])
-    enc = _encodings(data)
-    # ±2 sampling errors of the drift itself (the two halves' disagreement)
-    band = base.mark_area(opacity=0.18).encode(x=x, y="lo:Q", y2="hi:Q", color=enc["color"],
-                                               detail="series:N")
+    y = alt.Y("drift:Q", scale=alt.Scale(type="log"), axis=LOG_AXIS,
+              title="drift per k steps (W1 / σ₀)")
+    enc = faint = _encodings(wide)  # one legend for the three layers, drawn solid
+    base = alt.Chart(wide)
+    # faint: each run's floor, two different samples of the same step (no drift at all)
+    floor = base.mark_line(opacity=0.35, strokeWidth=1.2).encode(
+        x=x, y=alt.Y("drift_floor:Q"), **faint, detail="series:N",
+        tooltip=["series:N", alt.Tooltip("drift_floor:Q", format=".3g",
+                                         title="two-samples floor")])
+    # ±2 sampling errors of the drift itself (its two halves' disagreement)
+    band = base.mark_area(opacity=0.2).encode(x=x, y="lo:Q", y2="hi:Q",
+                                              color=faint["color"], detail="series:N")
     # the drift, one line per method and lr
     line = base.mark_line().encode(
-        x=x, y="drift:Q", **enc,
+        x=x, y=y, **enc,
         tooltip=["series:N", "layer:N", "step:Q", alt.Tooltip("drift:Q", format=".3g"),
                  alt.Tooltip("drift_noise:Q", format=".2g", title="sampling error")])
-    return alt.layer(floor_band, band, line).properties(width=width, height=220).facet(
-        column=alt.Column("layer:N", title=None, sort=_layer_order(data["layer"])))
+    return alt.layer(line, band, floor).properties(width=width, height=220).facet(
+        column=alt.Column("layer:N", title=None, sort=_layer_order(wide["layer"])))
 
 
 def depth_frame(frame: pd.DataFrame) -> pd.DataFrame:
@@ -141,21 +144,25 @@ def depth_frame(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def depth_chart(depth: pd.DataFrame) -> alt.LayerChart:
-    """Median drift against the input layer's depth, one line per method and lr; grey
-    ticks: the two-samples floor of each."""
+    """Median drift against the input layer's depth, one line per method and lr; faint
+    ticks of the same colour: each run's two-samples floor at that layer."""
     if depth.empty:
         raise ValueError("no drift rows to draw")
     order = _layer_order(depth["layer"])
-    base = alt.Chart(depth).encode(x=alt.X("layer:N", sort=order, title="input of layer"))
+    enc = _encodings(depth)
+    base = alt.Chart(depth).encode(
+        x=alt.X("layer:N", sort=order, title="input of layer", axis=alt.Axis(labelAngle=0)))
+    y = alt.Y("drift:Q", scale=alt.Scale(type="log"), axis=LOG_AXIS,
+              title="median drift (W1 / σ₀)")
+    tip = ["series:N", "layer:N", alt.Tooltip("drift:Q", format=".3g"),
+           alt.Tooltip("drift_floor:Q", format=".3g", title="two-samples floor")]
     # drift per layer, one line per method and lr
-    line = base.mark_line(point=True).encode(
-        y=alt.Y("drift:Q", scale=alt.Scale(type="log"), title="median drift (W1 / σ₀)"),
-        tooltip=["series:N", "layer:N", alt.Tooltip("drift:Q", format=".3g"),
-                 alt.Tooltip("drift_floor:Q", format=".3g", title="two-samples floor")],
-        **_encodings(depth))
-    # the floor per layer (what two different samples differ by)
-    floor = base.mark_tick(color="#999999", thickness=2, size=18).encode(y="drift_floor:Q")
-    return alt.layer(floor, line).properties(width=260, height=220)
+    line = base.mark_line().encode(y=y, **enc)
+    points = base.mark_point(filled=True).encode(y="drift:Q", color=enc["color"], tooltip=tip)
+    # each run's floor at the layer (what two different samples differ by)
+    floor = base.mark_tick(opacity=0.4, thickness=2, size=16).encode(
+        y="drift_floor:Q", color=enc["color"], tooltip=tip)
+    return alt.layer(line, points, floor).properties(width=240, height=220)
 
 
 def smooth_frame(frame: pd.DataFrame) -> pd.DataFrame:
