@@ -21,9 +21,9 @@ def view(runs) -> None:
     st.caption(f"Per unit, the 1-Wasserstein distance between the input's distributions "
                f"{k} steps apart on the same {ics.PROBE_EXAMPLES} training examples, "
                "averaged over units, in units of the input's initial spread σ₀. Shaded: "
-               "±2 sampling errors; grey: how far two *different* samples of the same "
-               "step are apart with no drift at all (comparing batches would read that as "
-               "drift).")
+               "±2 sampling errors. Faint line (and tick, right): how far two *different* "
+               "samples of that step are apart with no drift at all — comparing one batch "
+               "with another would read that much as drift.")
     left, right = st.columns([3, 1])
     left.altair_chart(ics.drift_chart(frame, width=210), width="content")
     right.altair_chart(ics.depth_chart(ics.depth_frame(frame)), width="content")

@@ -21,12 +21,12 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+from normlab.measure.ics import PROBE_EXAMPLES, SITE  # noqa: F401 (the page names them)
 from normlab.training.config import RunConfig
 from normlab.views.frames import natural_key
 from normlab.views.labs.scaffold import Lab, Preset
 from normlab.views.palette import color_scale, method_order
 
-SITE = "ics"
 KEYS = ["method", "lr", "layer", "metric", "step"]
 LOG_AXIS = alt.Axis(tickCount=5, format="~g", grid=True)  # few labelled ticks on log axes
 PANEL_ORDER = {"quantity": ["loss", "gradient change"]}  # panels that are not layers
@@ -190,22 +190,24 @@ def _per_series(frame: pd.DataFrame, metric: str, layer: str) -> dict[str, float
 
 
 def drift_readout(frame: pd.DataFrame) -> str:
-    """Median drift per k steps at the lowest and the highest input layer, per series,
-    with the largest sampling error and the two-samples floor."""
+    """Median drift per k steps at the lowest and the highest input layer, per series;
+    at the highest, the largest median sampling error and the range of the runs' median
+    two-samples floors."""
     layers = _layer_order(frame["layer"][(frame["metric"] == "drift")])
     if not layers:
         return "No drift measured yet (it needs two measured steps)."
     low, high = layers[0], layers[-1]
     a, b = _per_series(frame, "drift", low), _per_series(frame, "drift", high)
     parts = [f"{s} {a[s]:.3f} → {b[s]:.3f}" for s in b if s in a]
-    noise = frame.loc[frame["metric"] == "drift_noise", "value"]
-    noise = noise.groupby(frame["series"]).median().max() if len(noise) else float("nan")
-    floor = frame.loc[frame["metric"] == "drift_floor", "value"].median()
+    noise = max(_per_series(frame, "drift_noise", high).values(), default=float("nan"))
+    floors = sorted(_per_series(frame, "drift_floor", high).values())
+    floor = (f"{floors[0]:.3f}" if floors[-1] - floors[0] < 0.0005 else
+             f"{floors[0]:.3f}–{floors[-1]:.3f}")
     ks = sorted(set(frame["every"]))
     k = f"{ks[0]}" if len(ks) == 1 else "k"
     return (f"Median drift per {k} steps, input of {low} → {high} (W1 in σ₀): "
-            + "; ".join(parts) + f". Its sampling error ≤ {noise:.3f}σ₀; two different "
-            f"samples of the same step differ by {floor:.3f}σ₀.")
+            + "; ".join(parts) + f". At {high}, its sampling error ≤ {noise:.3f}σ₀; two "
+            f"different samples of the same step differ by {floor}σ₀.")
 
 
 def ics_readout(frame: pd.DataFrame) -> str:
