@@ -217,10 +217,12 @@ def test_quick_start_live_charts_layout_link_and_layers(server, capsys):
 # carry, and the page's title.
 DEEP_LINKS = [("/home", "Home"), ("/compare?dataset=mnist1d&steps=300", "Compare"),
               ("/layers?comparison=cdoesnotexist", "Layer dynamics"), ("/runs", "Runs"),
+              ("/ics?comparison=cdoesnotexist", "Internal covariate shift"),
               ("/invariance", "Re-scaling invariance"),
               ("/lr_init?comparison=cdoesnotexist", "Learning rate and initialization"),
               ("/batch_size", "Batch size")]
 MENU = ["Home", "Compare", "Layer dynamics", "Runs",  # then the labs, in menu order
+        "Internal covariate shift",
         "Re-scaling invariance", "Learning rate and initialization", "Batch size"]
 
 

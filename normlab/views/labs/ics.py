@@ -249,8 +249,8 @@ LAB = Lab(
            "below update, found that BatchNorm does not reduce it, and found instead a "
            "smoother loss landscape."),
     look_for=("Drift: higher layers moving more, and BatchNorm keeping its lines low — "
-              "always against the grey floor (two different samples of the same step "
-              "differ that much with no drift at all). ICS: whether BatchNorm's ‖G − G′‖ "
+              "always against each run's faint floor line (two different samples of the "
+              "same step differ that much with no drift at all). ICS: whether BatchNorm's ‖G − G′‖ "
               "is smaller at all. Landscape: BatchNorm's loss and gradient ranges along "
               "the gradient staying small at the larger learning rate."),
     presets=(
