@@ -202,3 +202,27 @@ def test_ics_interval_must_not_be_negative():
 
     assert "ics_interval" in errors(RunConfig(ics_interval=-1))
     assert "ics_interval" not in errors(RunConfig(ics_interval=10))
+
+
+def test_cli_flag_and_export_carry_the_measurement(tmp_path):
+    from normlab.cli import _grid, build_parser
+    from normlab.runs import exchange
+    from normlab.runs.store import Store
+
+    args = build_parser().parse_args(["run", "--norms", "none,batch", "--ics-interval", "7"])
+    base, grid = _grid(args)
+    assert base.ics_interval == 7 and grid["norm"] == ["none", "batch"]
+    store = Store(tmp_path / "a.sqlite")
+    cfg = RunConfig(steps=8, width=8, depth=2, batch_size=16, eval_interval=4, ics_interval=4)
+    cid, (rid,) = store.create_comparison([cfg.to_dict()], name="ics")
+    batch, outcome = train(cfg)
+    store.append(rid, batch)
+    store.finish(rid, outcome.status, outcome.step)
+    fresh = Store(tmp_path / "b.sqlite")
+    exchange.import_file(fresh, exchange.export(store, cid, tmp_path / "out.json"))
+    before = store.metrics(rid, sites=["ics"]).drop(columns="run")
+    after = fresh.metrics(rid, sites=["ics"]).drop(columns="run")
+    # steps 0 and 4; 2 layers × 7 metrics + 5 model metrics; step 0 has no drift yet
+    assert len(before) == 2 * (2 * 7 + 5) - 2 * 2
+    assert before.astype(str).reset_index(drop=True).equals(
+        after.astype(str).reset_index(drop=True))
