@@ -21,12 +21,11 @@ def view(runs) -> None:
     st.caption(f"Per unit, the 1-Wasserstein distance between the input's distributions "
                f"{k} steps apart on the same {ics.PROBE_EXAMPLES} training examples, "
                "averaged over units, in units of the input's initial spread σ₀. Shaded: "
-               "±2 sampling errors. Faint line (and tick, right): how far two *different* "
+               "±2 sampling errors. Faint line (and tick, below): how far two *different* "
                "samples of that step are apart with no drift at all — comparing one batch "
                "with another would read that much as drift.")
-    left, right = st.columns([3, 1])
-    left.altair_chart(ics.drift_chart(frame, width=210), width="content")
-    right.altair_chart(ics.depth_chart(ics.depth_frame(frame)), width="content")
+    st.altair_chart(ics.drift_chart(frame, width=230), width="content")
+    st.altair_chart(ics.depth_chart(ics.depth_frame(frame)), width="content")
     lab.readout(ics.drift_readout(frame))
 
     st.subheader("Santurkar et al.'s ICS: does a layer's gradient change when the layers "

@@ -28,7 +28,6 @@ from normlab.views.labs.scaffold import Lab, Preset
 from normlab.views.palette import color_scale, method_order
 
 KEYS = ["method", "lr", "layer", "metric", "step"]
-LOG_AXIS = alt.Axis(tickCount=5, format="~g", grid=True)  # few labelled ticks on log axes
 PANEL_ORDER = {"quantity": ["loss", "gradient change"]}  # panels that are not layers
 
 
@@ -56,6 +55,16 @@ def ics_frame(metrics: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     out = out.groupby([*KEYS, "every"], as_index=False)["value"].mean()
     out["series"] = [f"{m} · lr {lr:g}" for m, lr in zip(out["method"], out["lr"])]
     return out
+
+
+def _log_axis(values) -> alt.Axis:
+    """A log axis with one tick and grid line per decade the positive ``values`` span."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v) & (v > 0)]
+    if not len(v):
+        return alt.Axis(format="~g")
+    lo, hi = int(np.floor(np.log10(v.min()))), int(np.ceil(np.log10(v.max())))
+    return alt.Axis(values=[10.0 ** k for k in range(lo, hi + 1)], format="~g")
 
 
 def _series_order(frame: pd.DataFrame) -> list[str]:
@@ -86,7 +95,8 @@ def lines_chart(frame: pd.DataFrame, metric: str, title: str, *, log: bool = Fal
     scale = alt.Scale(type="log") if log else alt.Scale(zero=False)
     base = alt.Chart(rows).encode(
         x=alt.X("step:Q", title="step"),
-        y=alt.Y("value:Q", scale=scale, title=title, axis=LOG_AXIS if log else alt.Axis()),
+        y=alt.Y("value:Q", scale=scale, title=title,
+                axis=_log_axis(rows["value"]) if log else alt.Axis()),
         tooltip=["series:N", f"{panel}:N", "step:Q", alt.Tooltip("value:Q", format=".3g")],
         **_encodings(rows))
     # one line per method and lr
@@ -109,8 +119,8 @@ def drift_chart(frame: pd.DataFrame, width: int = 250) -> alt.FacetChart:
     wide["lo"] = np.maximum(wide["drift"] - 2 * noise, wide["drift"] / 3)  # log axis: > 0
     wide["hi"] = wide["drift"] + 2 * noise
     x = alt.X("step:Q", title="step")
-    y = alt.Y("drift:Q", scale=alt.Scale(type="log"), axis=LOG_AXIS,
-              title="drift per k steps (W1 / σ₀)")
+    y = alt.Y("drift:Q", scale=alt.Scale(type="log"), title="drift per k steps (W1 / σ₀)",
+              axis=_log_axis(np.r_[wide["lo"], wide["hi"], wide.get("drift_floor", [])]))
     enc = faint = _encodings(wide)  # one legend for the three layers, drawn solid
     base = alt.Chart(wide)
     # faint: each run's floor, two different samples of the same step (no drift at all)
@@ -151,9 +161,10 @@ def depth_chart(depth: pd.DataFrame) -> alt.LayerChart:
     order = _layer_order(depth["layer"])
     enc = _encodings(depth)
     base = alt.Chart(depth).encode(
-        x=alt.X("layer:N", sort=order, title="input of layer", axis=alt.Axis(labelAngle=0)))
-    y = alt.Y("drift:Q", scale=alt.Scale(type="log"), axis=LOG_AXIS,
-              title="median drift (W1 / σ₀)")
+        x=alt.X("layer:N", sort=order, title="input of layer", axis=alt.Axis(labelAngle=0),
+                scale=alt.Scale(padding=0.3)))
+    y = alt.Y("drift:Q", scale=alt.Scale(type="log"), title="median drift (W1 / σ₀)",
+              axis=_log_axis(np.r_[depth["drift"], depth.get("drift_floor", [])]))
     tip = ["series:N", "layer:N", alt.Tooltip("drift:Q", format=".3g"),
            alt.Tooltip("drift_floor:Q", format=".3g", title="two-samples floor")]
     # drift per layer, one line per method and lr
@@ -162,7 +173,7 @@ def depth_chart(depth: pd.DataFrame) -> alt.LayerChart:
     # each run's floor at the layer (what two different samples differ by)
     floor = base.mark_tick(opacity=0.4, thickness=2, size=16).encode(
         y="drift_floor:Q", color=enc["color"], tooltip=tip)
-    return alt.layer(line, points, floor).properties(width=240, height=220)
+    return alt.layer(line, points, floor).properties(width=alt.Step(90), height=220)
 
 
 def smooth_frame(frame: pd.DataFrame) -> pd.DataFrame:
