@@ -97,6 +97,14 @@ def test_preset_is_the_issues_grid():
                                                  ("batch", 0.1), ("batch", 0.5)]
     assert all(c.dataset == "digits" and c.depth == 3 and c.width == 100 and
                c.activation == "sigmoid" and c.ics_interval > 0 for c in configs)
+    from normlab.training.config import validate
+    from normlab.training.limits import ics_values, problems
+
+    for c in configs:
+        validate(c)
+        assert not problems(c)
+        # 3 input layers × 7 values + 5 model values, at steps 0, 10, …, 1000
+        assert ics_values(c) == (3 * 7 + 5) * 101
 
 
 def test_page_on_a_small_stored_comparison(store):
