@@ -181,17 +181,19 @@ def test_smoothness_on_a_quadratic_has_the_closed_form():
     assert rows[("model", "beta")] == pytest.approx(beta, rel=1e-12)
 
 
-@pytest.mark.parametrize("norm", ["batch", "batch_renorm"])
-def test_training_is_bit_identical_with_the_measurement(norm):
-    cfg = RunConfig(norm=norm, steps=24, width=16, batch_size=32, record_interval=4,
-                    eval_interval=12, lr=0.5)
+@pytest.mark.parametrize("model,norm", [("mlp", "batch"), ("mlp", "batch_renorm"),
+                                        ("mlp", "weight"), ("cnn", "batch")])
+def test_training_is_bit_identical_with_the_measurement(model, norm):
+    cfg = RunConfig(model=model, norm=norm, steps=24, width=16, batch_size=32,
+                    record_interval=4, eval_interval=12, lr=0.5)
     plain, _ = train(cfg, threads=1)
     measured, _ = train(cfg.replace(ics_interval=5), threads=1)
     a, b = plain.to_frame(), measured.to_frame()
     ics = b[b["site"] == "ics"]
     assert set(ics["step"]) == {0, 5, 10, 15, 20}
     assert set(ics["metric"]) >= {"drift", "drift_floor", "ics_diff", "ics_cos", "beta"}
-    assert set(ics["layer"]) == {"hidden2", "hidden3", "out", "model"}
+    kind = "hidden" if model == "mlp" else "conv"
+    assert set(ics["layer"]) == {f"{kind}2", f"{kind}3", "out", "model"}
     b = b[b["site"] != "ics"].reset_index(drop=True)
     assert len(a) == len(b)
     np.testing.assert_array_equal(a["value"].to_numpy(), b["value"].to_numpy())
