@@ -13,8 +13,9 @@ lab.header(ics.LAB)
 def view(runs) -> None:
     metrics = get_store().metrics(list(runs["id"]), sites=[ics.SITE])
     frame = ics.ics_frame(metrics, runs)
-    if frame.empty or not (frame["metric"] == "drift").any():
-        st.info("Waiting for the first measurements (drift needs two measured steps)…")
+    waiting = ics.waiting_message(runs, frame)
+    if waiting:
+        st.info(waiting)
         return
     k = ", ".join(str(v) for v in sorted(set(frame["every"])))
     st.subheader("Drift: how far each layer's input moves")

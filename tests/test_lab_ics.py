@@ -72,6 +72,18 @@ def test_ics_and_smoothness_readouts():
     assert "none · lr 0.5 3 / 1" in ics.smooth_readout(smooth)
 
 
+def test_waiting_message_says_why_nothing_is_drawn():
+    runs = pd.DataFrame({"id": ["a"], "config": [RunConfig(steps=50).to_dict()]})
+    empty = ics.ics_frame(pd.DataFrame(columns=["run", "step", "layer", "site", "metric",
+                                                "value"]), runs)
+    assert "without the measurement" in ics.waiting_message(runs, empty)
+    runs["config"] = [RunConfig(steps=50, ics_interval=50).to_dict()]
+    assert "only at step 0" in ics.waiting_message(runs, empty)
+    runs["config"] = [RunConfig(steps=50, ics_interval=10).to_dict()]
+    assert ics.waiting_message(runs, empty).startswith("Waiting")
+    assert ics.waiting_message(runs, _frame()) is None
+
+
 def test_chart_builders_encode_what_they_say():
     f = _frame()
     spec = ics.drift_chart(f).to_dict()

@@ -193,6 +193,24 @@ def smooth_frame(frame: pd.DataFrame) -> pd.DataFrame:
         columns=["method", "lr", "series", "step", "quantity", "metric", "value"])
 
 
+def waiting_message(runs: pd.DataFrame, frame: pd.DataFrame) -> str | None:
+    """Why there is nothing to draw yet (None: there is): runs that do not measure (their
+    ``ics_interval`` is 0 or not below ``steps``), or the first two measured steps not
+    reached yet."""
+    if len(frame) and (frame["metric"] == "drift").any():
+        return None
+    configs = list(runs["config"])
+    off = [c for c in configs if int(c.get("ics_interval") or 0) < 1]
+    if configs and len(off) == len(configs):
+        return ("These runs were trained without the measurement (ics_interval = 0): "
+                "launch the preset, or set ics_interval (e.g. 10) in the CLI or API.")
+    if configs and all(int(c.get("ics_interval") or 0) >= int(c.get("steps", 0))
+                       for c in configs if c not in off):
+        return ("These runs measure only at step 0 (ics_interval is not below steps), and "
+                "drift needs two measured steps: use an ics_interval below steps.")
+    return "Waiting for the first measurements (drift needs two measured steps)…"
+
+
 # --------------------------------------------------------------------------- readouts
 def _per_series(frame: pd.DataFrame, metric: str, layer: str) -> dict[str, float]:
     rows = frame[(frame["metric"] == metric) & (frame["layer"] == layer)]
