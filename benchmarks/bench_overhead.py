@@ -20,7 +20,7 @@ For reference it also times the common alternative: TensorBoard's
 each step (the ``tensorboard`` package, a test-only dependency).
 
 Usage: python benchmarks/bench_overhead.py [--steps 2000] [--repeats 3] [--record-interval 1]
-       [--no-tensorboard]
+       [--sample N] [--no-tensorboard]
 The last line printed is ``probe overhead X.XXx`` (paired segments, median of repeats).
 """
 from __future__ import annotations
@@ -37,6 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
 from common import bare, bare_segments  # noqa: E402
 from normlab.training.config import RunConfig
+from normlab.measure.probes import SAMPLE
 from normlab.training.trainer import Trainer, load_for
 
 
@@ -66,17 +67,17 @@ def tensorboard(cfg: RunConfig, data, logdir: str) -> float:
     return elapsed
 
 
-def instrumented(cfg: RunConfig, data) -> float:
-    trainer = Trainer(cfg, data)
+def instrumented(cfg: RunConfig, data, sample: int | None = SAMPLE) -> float:
+    trainer = Trainer(cfg, data, probe_sample=sample)
     start = time.perf_counter()
     for _ in trainer.batches(flush_seconds=1.0):
         pass
     return time.perf_counter() - start
 
 
-def paired(cfg: RunConfig, data, segment: float = 0.1) -> float:
+def paired(cfg: RunConfig, data, segment: float = 0.1, sample: int | None = SAMPLE) -> float:
     """Trainer time / bare time, the two advancing in turns of ~``segment`` seconds."""
-    trainer = Trainer(cfg, data)
+    trainer = Trainer(cfg, data, probe_sample=sample)
     other = bare_segments(cfg, data)
     next(other)
     trained = bare_time = 0.0
@@ -97,6 +98,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--record-interval", type=int, default=1,
                         help="probes measure every this many steps (the target is set at 1)")
+    parser.add_argument("--sample", type=int, default=SAMPLE,
+                        help="values per activation tensor behind percentiles and histograms "
+                             f"(default {SAMPLE}: every value of an MLP layer at batch 64)")
     parser.add_argument("--no-tensorboard", action="store_true",
                         help="skip the (slow) TensorBoard reference")
     args = parser.parse_args()
@@ -111,8 +115,8 @@ def main() -> None:
     ratios = []
     for _ in range(args.repeats):  # interleaved, so machine noise hits all alike
         times["bare"].append(bare(cfg, data))
-        times["trainer"].append(instrumented(cfg, data))
-        ratios.append(paired(cfg, data))
+        times["trainer"].append(instrumented(cfg, data, args.sample))
+        ratios.append(paired(cfg, data, sample=args.sample))
     if not args.no_tensorboard:
         with tempfile.TemporaryDirectory() as logdir:  # a tenth of the steps: it is slow
             times["tensorboard"].append(

@@ -61,6 +61,17 @@ matrix_out       the correlation matrix's upper triangle over the first <= 32 fe
                  the norm's input / of xhat; at ``matrix_out`` also ``eig{k:02d}`` and
                  ``geig{k:02d}`` (eigenvalues of xhat's covariance, all features / pooled
                  per group, largest first)
+ics              Lab 3, internal covariate shift (opt-in: ``RunConfig.ics_interval``; every
+                 such step; :mod:`normlab.measure.ics` defines each exactly). Layers
+                 ``hidden2`` … and ``out``, about the layer's *input*: ``drift`` (per-unit
+                 1-Wasserstein distance to the previous measured step, fixed examples, in
+                 units of the input's initial spread σ₀), ``drift_noise`` (its sampling
+                 error), ``drift_total`` (to the first measured step), ``drift_floor`` (W1
+                 between two disjoint halves of the examples at the same step);
+                 Santurkar et al.'s ICS: ``ics_diff`` ‖G − G′‖, ``ics_rel`` ‖G − G′‖/‖G‖,
+                 ``ics_cos`` cos(G, G′). Layer ``model``: ``loss_min``, ``loss_max``,
+                 ``grad_change_min``, ``grad_change_max``, ``beta`` (the landscape along
+                 the gradient at 0.5–4 × lr)
 ===============  =========================================================================
 
 Trainers emit :class:`RecordBatch` objects (a steps x series matrix, cheap to build

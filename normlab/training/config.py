@@ -70,6 +70,9 @@ class RunConfig:
     corr_snapshots: int = 0  # at this many log-spaced steps (0 = none, at most 12): the
     #   correlation matrices of the norm's input and output (first <= 32 features) and the
     #   eigenvalues of the output's covariance
+    # Lab 3, internal covariate shift (normlab.measure.ics)
+    ics_interval: int = 0  # drift, Santurkar's ICS and smoothness every this many steps
+    #   (0 = off; each measured step costs ~depth + 9 extra forward/backward passes)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -203,6 +206,8 @@ def errors(cfg: RunConfig, train_size: int | None = None) -> dict[str, str]:
     need(0 < cfg.momentum <= 1, "momentum", f"momentum must be in (0, 1] (got {cfg.momentum})")
     need(0 < cfg.val_fraction < 1, "val_fraction",
          f"val_fraction must be between 0 and 1 (got {cfg.val_fraction})")
+    need(cfg.ics_interval >= 0, "ics_interval",
+         f"ics_interval must be 0 (off) or a positive number of steps (got {cfg.ics_interval})")
     need(cfg.rmax >= 1, "rmax", f"rmax must be at least 1 (got {cfg.rmax})")
     from normlab.measure.decorrelation import MAX_SNAPSHOTS  # Lab 2's snapshot cap
 

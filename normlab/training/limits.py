@@ -171,7 +171,8 @@ def values_per_record(cfg: RunConfig) -> int:
 def values_stored(cfg: RunConfig, record_interval: int | None = None) -> int:
     """Values a run stores from start to end (an upper bound)."""
     every = record_interval or cfg.record_interval
-    return values_per_record(cfg) * (cfg.steps // every + 1) + snapshot_values(cfg)
+    return (values_per_record(cfg) * (cfg.steps // every + 1) + snapshot_values(cfg)
+            + ics_values(cfg))
 
 
 # -- Lab 2: decorrelation curves and correlation-matrix snapshots ------------------------
@@ -184,6 +185,16 @@ def snapshot_values(cfg: RunConfig) -> int:
     if not snapshots:
         return 0
     return snapshots * cfg.depth * values_per_snapshot(min(cfg.width, MATRIX_FEATURES))
+
+
+def ics_values(cfg: RunConfig) -> int:
+    """Values Lab 3's opt-in ICS measurement stores (``ics_interval``; 0 when off)."""
+    from normlab.measure.ics import LAYER_VALUES, SMOOTH_METRICS
+
+    every = getattr(cfg, "ics_interval", 0)
+    if every < 1:
+        return 0
+    return (LAYER_VALUES * cfg.depth + len(SMOOTH_METRICS)) * (cfg.steps // every + 1)
 
 
 def _size(n: float) -> str:

@@ -35,6 +35,7 @@ from normlab.training.config import warnings as config_warnings
 from normlab.training.data import Dataset, load_dataset
 from normlab.training.limits import problems as cap_problems
 from normlab.training.models import build_model
+from normlab.measure.ics import IcsMeter, model_blocks, probe_examples
 from normlab.measure.probes import SAMPLE, Probe, accuracy
 from normlab.measure.decorrelation import DecorrelationProbe
 from normlab.measure.schema import RecordBatch
@@ -103,6 +104,9 @@ class Trainer:
         self.probe = Probe(self.model, every=cfg.record_interval, sample=probe_sample)
         self.decorrelation = DecorrelationProbe.for_config(self.model, cfg)  # Lab 2, opt-in
         self.outcome = Outcome("running", 0)
+        self.ics = (IcsMeter(self.model, model_blocks(self.model), F.cross_entropy, cfg.lr,
+                             probe_examples(self.x_train, cfg.seed))
+                    if cfg.ics_interval else None)  # Lab 3, opt-in: a copy of the model
 
     def init_batch(self) -> torch.Tensor:
         """The examples WeightNorm's data-dependent init sees: up to INIT_EXAMPLES (at
@@ -173,6 +177,9 @@ class Trainer:
                 recorded = probe.arm(step)
                 if decor is not None:
                     decor.arm(step)
+                shift = self.ics is not None and step % cfg.ics_interval == 0
+                if shift:
+                    self.ics.arm(model)
                 if step % cfg.eval_interval == 0:
                     pending_val.append(self._validation(step))
                 logits = model(x)
@@ -186,7 +193,11 @@ class Trainer:
                     break
                 opt.zero_grad(set_to_none=False)
                 loss.backward()  # the gradients stay as they are until the next zero_grad,
+                if shift:
+                    self.ics.take_gradient(model)
                 opt.step()  # so the probe reads them in after_update (no after_backward)
+                if shift:
+                    pending_val.append(self.ics.measure(model, x, y, step))
                 if recorded:
                     probe.after_update({("model", "train", "loss"): loss_value,
                                         ("model", "train", "acc"): accuracy(logits, y, probe.kernels)})

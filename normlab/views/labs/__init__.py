@@ -9,6 +9,8 @@ the pages in ``pages/`` draw these through :mod:`normlab.ui.lab`.
 
 * :mod:`~normlab.views.labs.whitening` — Lab 2, how far from whitening (correlation
   matrices, covariance spectra, per-feature spreads; which methods decorrelate);
+* :mod:`~normlab.views.labs.ics` — Lab 3, internal covariate shift (drift of each layer's
+  input with its sampling noise, Santurkar et al.'s gradient ICS, smoothness);
 * :mod:`~normlab.views.labs.invariance` — Lab 4, re-scaling invariance (Ba et al. 2016,
   Table 1, computed live; the gradient's 1/λ; weight growth over training);
 * :mod:`~normlab.views.labs.sensitivity` — Lab 5, learning rate and initialization, and
