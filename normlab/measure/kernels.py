@@ -441,7 +441,7 @@ def activation_stats(addresses, shapes, samples, sample_index, edges, kinds, bou
                 for i in range(inner):
                     values[j] = x[start + i]
                     j += 1
-            _shell_sort(values)
+            values.sort()  # numba's quicksort: ~10x the insertion sort on 64+ values
             for p in range(PU):
                 position = unit_quantiles[p] * (j - 1)
                 r = int(np.floor(position))
