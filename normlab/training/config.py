@@ -63,6 +63,8 @@ class RunConfig:
     seed: int = 0  # seeds data split, init and batch order: same config, same numbers
     # added later (kept last so stored configs stay valid)
     weight_init: str = "data"  # weight: data (g, b from a first batch, Salimans & Kingma) | plain (g = ‖v‖)
+    stages: bool = False  # record the formula's stages (x̂, μ/σ, g/b, near-linear share; y
+    #   per feature every eval_interval steps): sites "norm_hat", "affine" (Lab 1; costs time)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -18,6 +18,7 @@ message ``diverged at step k``; everything recorded before it is kept.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from normlab.training.limits import problems as cap_problems
 from normlab.training.models import build_model
 from normlab.measure.probes import SAMPLE, Probe, accuracy
 from normlab.measure.schema import RecordBatch
+from normlab.measure.stages import StageProbe
 from normlab.methods.weightnorm import data_dependent_init
 
 
@@ -99,6 +101,9 @@ class Trainer:
         self.optimizer = make_optimizer(cfg, self.model.parameters())
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.probe = Probe(self.model, every=cfg.record_interval, sample=probe_sample)
+        self.stages = (StageProbe(self.model, every=cfg.record_interval,  # opt-in (Lab 1)
+                                  features_every=cfg.eval_interval, sample=probe_sample)
+                       if cfg.stages else None)
         self.outcome = Outcome("running", 0)
 
     def init_batch(self) -> torch.Tensor:
@@ -162,11 +167,13 @@ class Trainer:
         pending_val: list[RecordBatch] = []
         last_flush = time.monotonic()
         model.train()
-        with probe:
+        with probe, (self.stages or contextlib.nullcontext()):
             for step in range(cfg.steps):
                 idx = torch.randint(0, n, (cfg.batch_size,), generator=self.generator)
                 x, y = self.x_train[idx], self.data.y_train[idx]
                 recorded = probe.arm(step)
+                if self.stages is not None:
+                    self.stages.arm(step)
                 if step % cfg.eval_interval == 0:
                     pending_val.append(self._validation(step))
                 logits = model(x)
@@ -181,6 +188,8 @@ class Trainer:
                 opt.zero_grad(set_to_none=False)
                 loss.backward()  # the gradients stay as they are until the next zero_grad,
                 opt.step()  # so the probe reads them in after_update (no after_backward)
+                if self.stages is not None:
+                    self.stages.after_update()
                 if recorded:
                     probe.after_update({("model", "train", "loss"): loss_value,
                                         ("model", "train", "acc"): accuracy(logits, y)})
@@ -207,7 +216,8 @@ class Trainer:
     def _collect(self, pending_val: list[RecordBatch]) -> RecordBatch:
         """The probe's rows, then the validation rows (a step can have one of each: every
         series is measured at most once per step, so nothing needs merging to store)."""
-        parts = [b for b in [self.probe.flush(), *pending_val] if b is not None]
+        stages = self.stages.flush() if self.stages is not None else None
+        parts = [b for b in [self.probe.flush(), stages, *pending_val] if b is not None]
         return RecordBatch.concat(parts)
 
 

@@ -1,0 +1,305 @@
+"""The formula's stages on a live run: ``x → x̂ = (x − μ)/σ → y = g·x̂ + b → f(y)``.
+
+NormLab's norms compute ``y`` in one fused operator, so the standardized value ``x̂`` is
+never materialized. :func:`standardize` recomputes it from the norm's input ``x`` with
+the μ and σ the method actually uses (readable torch, the :mod:`normlab.methods.reference`
+way), together with those μ, σ and the layer's g, b; a test checks ``g·x̂ + b`` against
+the module's own output for every method. Which μ and σ (:data:`SOURCES`):
+
+* ``batch`` — per feature over the batch (and positions) in training, the running
+  statistics in eval; ``batch_renorm`` — the batch's, corrected toward the running ones:
+  ``x̂ = (x − μ_B)/σ_B · r + d`` (so μ = μ_B − d·σ_B/r, σ = σ_B/r, with r, d from the
+  running statistics *before* the step's update, which a pre-hook keeps);
+* ``layer`` / ``group`` / ``instance`` — per example over its features (and positions) /
+  its channel group / each channel; ``rms`` — μ = 0, σ = the root mean square per example;
+* ``whiten`` — μ per feature over the batch, σ is a matrix (Σ^(−1/2)): x̂ = (y − b)/g, and
+  no per-feature σ is recorded;
+* ``none`` and the weight-space methods (``weight``, ``cosine``; their module here is the
+  identity) have no x̂: None. (For WeightNorm the role of x̂ is played by ``v·x/‖v‖`` —
+  σ = ‖v‖ from the weights, μ = 0 — and for CosineNorm by ``cos(w, x)``, σ = ‖w‖·‖x‖; the
+  probe does not record these.)
+
+:class:`StageProbe` records, at the recorded steps of a run, per layer with a norm
+(the sites and metrics are documented in :mod:`normlab.measure.schema`, "Stages"): the
+distribution of x̂ (site ``norm_hat``), the summaries of the μ and σ used and of g and b,
+the fraction of f's input in its near-linear region (:func:`linear_fraction`) at x̂ and
+at y, and at every ``features_every`` steps per-feature mean and variance of y beside
+b and g² (the check of "the output has mean b and variance g²"). It is opt-in
+(``RunConfig.stages``): forward hooks on the norm modules, so only runs that ask pay.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from normlab.measure.probes import SAMPLE, _sample_index
+from normlab.measure.schema import (FEATURE_CAP, HIST_BINS, HIST_METRICS, PERCENTILES,
+                                    RecordBatch, feature_metric, fit_range, hist_range)
+from normlab.measure.sites import find_layers
+from normlab.methods import norms, whitening
+
+# Where each method's μ and σ come from, as the lab names them (training mode).
+SOURCES: dict[str, tuple[str, str]] = {
+    "batch": ("batch mean per feature", "batch std per feature"),
+    "batch_renorm": ("batch mean, corrected toward the running mean",
+                     "batch std, corrected toward the running std"),
+    "layer": ("per-example mean over features", "per-example std over features"),
+    "group": ("per-example mean per channel group", "per-example std per channel group"),
+    "instance": ("per-example mean per channel", "per-example std per channel"),
+    "rms": ("0 (no centring)", "per-example root mean square"),
+    "whiten": ("batch mean per feature", "Σ^(−1/2) of the batch covariance (a matrix)"),
+    "weight": ("—", "‖v‖ per unit (weight-derived); x̂ not recorded: its role is v·x/‖v‖"),
+    "cosine": ("—", "‖w‖·‖x‖ per unit (weights and input); x̂ not recorded: its role is "
+               "cos(w, x)"),
+    "none": ("—", "— (no normalization: y = x)"),
+}
+EVAL_SOURCES = ("running mean per feature", "running std per feature")  # batch in eval
+
+
+def linear_fraction(values: Tensor, activation: str | None) -> float:
+    """The share of ``values`` in the near-linear region of ``activation`` (NaN if unknown).
+
+    sigmoid, tanh: ``|v| < 1`` (there the slope stays above 79% (sigmoid) / 42% (tanh) of
+    its value at 0; outside it bends toward saturation). relu, gelu: ``v > 0``: ReLU is
+    piecewise linear, so "near-linear" means on its identity piece (GELU is within 0.17 of
+    the identity there); a unit whose inputs all lie there computes a linear function.
+    """
+    if activation in ("sigmoid", "tanh"):
+        return float((values.abs() < 1).float().mean())
+    if activation in ("relu", "gelu"):
+        return float((values > 0).float().mean())
+    return float("nan")
+
+
+@dataclass
+class Standardized:
+    """x̂ and what made it: ``y = g·x̂ + b`` (g, b broadcast per channel)."""
+
+    x_hat: Tensor  # shape of x
+    mu: Tensor | None  # the μ values used (any shape); None: no centring (μ = 0)
+    sigma: Tensor | None  # the σ values used; None: not a per-feature scalar (whitening)
+    g: Tensor  # (C,)
+    b: Tensor  # (C,)
+
+
+def _affine(norm: nn.Module, C: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    g = getattr(norm, "weight", None)
+    b = getattr(norm, "bias", None)
+    g = torch.ones(C, dtype=like.dtype) if g is None else g.detach()
+    b = torch.zeros(C, dtype=like.dtype) if b is None else b.detach()
+    return g, b
+
+
+def _per_channel(v: Tensor, x: Tensor) -> Tensor:
+    return v.view((1, -1) + (1,) * (x.dim() - 2))  # (1, C, 1, ...)
+
+
+def standardize(norm: nn.Module, x: Tensor, y: Tensor | None = None,
+                running: tuple[Tensor, Tensor] | None = None) -> Standardized | None:
+    """x̂ of ``norm`` (a NormLab activation-space module) for its input ``x``, with the μ,
+    σ, g and b it used; None for a module without one (identity, mean-only BN, others').
+
+    ``y`` (the module's output) is needed for whitening only; ``running`` = (running
+    mean, running var) *before* the forward pass, for BatchRenorm in training (default:
+    its current buffers, which the forward pass has already updated)."""
+    with torch.no_grad():
+        x = x.detach()
+        C = x.shape[1]
+        g, b = _affine(norm, C, x)
+        eps = getattr(norm, "eps", 0.0)
+        B = x.shape[0]
+        if isinstance(norm, norms.BatchNorm):  # BatchRenorm too
+            dims = (0, *range(2, x.dim()))  # B and space
+            if not norm.training:
+                mu, sigma = norm.running_mean, torch.sqrt(norm.running_var + eps)
+                return Standardized((x - _per_channel(mu, x)) / _per_channel(sigma, x),
+                                    mu.clone(), sigma, g, b)
+            var, mu = torch.var_mean(x, dims, correction=0)  # (C,)
+            sigma = torch.sqrt(var + eps)
+            if isinstance(norm, norms.BatchRenorm):
+                r_mean, r_var = running if running is not None else (norm.running_mean,
+                                                                     norm.running_var)
+                run_std = torch.sqrt(r_var + eps)
+                r = (sigma / run_std).clamp(1.0 / norm.rmax, norm.rmax)
+                d = ((mu - r_mean) / run_std).clamp(-norm.dmax, norm.dmax)
+                mu, sigma = mu - d * sigma / r, sigma / r  # x̂·r + d = (x − μ')/σ'
+            return Standardized((x - _per_channel(mu, x)) / _per_channel(sigma, x),
+                                mu, sigma, g, b)
+        if isinstance(norm, (norms.LayerNorm, norms.GroupNorm, norms.InstanceNorm)):
+            groups = (1 if isinstance(norm, norms.LayerNorm) else
+                      C if isinstance(norm, norms.InstanceNorm) else norm.num_groups)
+            xg = x.reshape(B, groups, -1)  # (B, G, C/G · positions)
+            var, mu = torch.var_mean(xg, -1, keepdim=True, correction=0)  # (B, G, 1)
+            sigma = torch.sqrt(var + eps)
+            return Standardized(((xg - mu) / sigma).view_as(x), mu.flatten(), sigma.flatten(),
+                                g, b)
+        if isinstance(norm, norms.RMSNorm):
+            flat = x.reshape(B, -1)  # (B, C · positions)
+            sigma = torch.sqrt(flat.square().mean(1, keepdim=True) + eps)  # (B, 1)
+            return Standardized((flat / sigma).view_as(x), None, sigma.flatten(), g, b)
+        if isinstance(norm, whitening.BatchWhitening) and y is not None:
+            dims = (0, *range(2, x.dim()))
+            x_hat = (y.detach() - _per_channel(b, x)) / _per_channel(g, x)
+            return Standardized(x_hat, x.mean(dims), None, g, b)
+        return None
+
+
+def feature_moments(y: Tensor) -> tuple[Tensor, Tensor]:
+    """Per feature (channel) mean and biased variance of ``y`` over the batch and positions."""
+    dims = (0, *range(2, y.dim()))
+    var, mean = torch.var_mean(y.detach(), dims, correction=0)  # (C,)
+    return mean, var
+
+
+def _summary(values: Tensor | None) -> tuple[float, float]:
+    """(mean, std with ÷n) of ``values`` as floats; (0, 0) for None (μ = 0)."""
+    if values is None:
+        return 0.0, 0.0
+    v = values.double().flatten()
+    return float(v.mean()), float(v.std(correction=0)) if v.numel() > 1 else 0.0
+
+
+class StageProbe:
+    """Records the formula's stages of every norm module of ``model`` (see module doc).
+
+    The protocol mirrors :class:`normlab.measure.probes.Probe`: ``with StageProbe(m) as s:``
+    then per step ``s.arm(step)`` before the forward pass and ``s.after_update()`` when
+    the step is complete (a step armed but never completed leaves no row), ``s.flush()``
+    for the rows so far. Calls with gradients off (an evaluation pass) are not measured.
+    """
+
+    def __init__(self, model: nn.Module, *, every: int = 1, features_every: int = 100,
+                 sample: int | None = SAMPLE):
+        if every < 1 or features_every < 1:
+            raise ValueError(f"every ({every}) and features_every ({features_every}) must be "
+                             "at least 1")
+        self.every, self.features_every, self.sample = every, features_every, sample
+        self.groups = [g for g in find_layers(model) if g.norm is not None]
+        self._handles: list = []
+        self._armed = False
+        self._step = 0
+        self._next_features = 0
+        self._current: dict[tuple[str, str, str], float] = {}
+        self._rows: list[tuple[int, dict]] = []
+        self._ranges: dict[str, tuple[float, float]] = {}  # per layer: x̂ histogram range
+        self._running: dict[int, tuple[Tensor, Tensor]] = {}
+        self._seen: set[str] = set()
+
+    def __enter__(self) -> "StageProbe":
+        for group in self.groups:
+            norm = group.norm
+            self._handles.append(norm.register_forward_hook(self._hook(group)))
+            if isinstance(norm, norms.BatchRenorm):
+                self._handles.append(norm.register_forward_pre_hook(self._keep_running))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._armed = False
+
+    def _keep_running(self, module, inputs) -> None:
+        if self._armed and torch.is_grad_enabled():
+            self._running[id(module)] = (module.running_mean.clone(), module.running_var.clone())
+
+    def arm(self, step: int) -> bool:
+        self._step, self._armed = step, step % self.every == 0
+        self._current, self._seen = {}, set()
+        return self._armed
+
+    def after_update(self) -> None:
+        if not self._armed:
+            return
+        self._armed = False
+        if self._features_now():
+            self._next_features = (self._step // self.features_every + 1) * self.features_every
+        self._rows.append((self._step, self._current))
+        self._current = {}
+
+    def _features_now(self) -> bool:
+        return self._step >= self._next_features
+
+    def _hook(self, group):
+        def hook(module, inputs, output) -> None:
+            if not (self._armed and torch.is_grad_enabled()) or group.name in self._seen:
+                return
+            self._seen.add(group.name)  # a module called twice: its first call
+            x = inputs[0] if isinstance(inputs, tuple) else inputs
+            self._measure(group, module, x, output)
+        return hook
+
+    def _measure(self, group, norm: nn.Module, x: Tensor, y: Tensor) -> None:
+        put, name = self._current, group.name
+        with torch.no_grad():
+            y = y.detach()
+            put[(name, "post_norm", "linear")] = linear_fraction(y, group.activation)
+            st = standardize(norm, x, y, self._running.pop(id(norm), None))
+            if st is None:
+                return
+            put.update(self._distribution(name, st.x_hat))
+            put[(name, "norm_hat", "linear")] = linear_fraction(st.x_hat, group.activation)
+            for what, values in (("mu", st.mu), ("sigma", st.sigma)):
+                if values is None and what == "sigma":
+                    continue
+                mean, std = _summary(values)
+                put[(name, "norm_hat", f"{what}_mean")] = mean
+                put[(name, "norm_hat", f"{what}_std")] = std
+            for what, values in (("g", st.g), ("b", st.b)):
+                mean, std = _summary(values)
+                put[(name, "affine", f"{what}_mean")] = mean
+                put[(name, "affine", f"{what}_std")] = std
+            if self._features_now():
+                mean, var = feature_moments(y)
+                n = min(FEATURE_CAP, len(mean))
+                cols = {"mean": mean, "var": var, "g": st.g, "b": st.b}
+                for kind, v in cols.items():
+                    v = v[:n].double().tolist()
+                    for j in range(n):
+                        put[(name, "affine", feature_metric(j, kind))] = v[j]
+
+    def _distribution(self, name: str, x_hat: Tensor) -> dict:
+        """mean, var, percentiles and histogram of x̂ (fitted range per layer, first step)."""
+        flat = x_hat.reshape(-1)
+        values = flat[torch.from_numpy(_sample_index(flat.numel(), self.sample))].double().numpy()
+        finite = values[np.isfinite(values)]
+        if name not in self._ranges:
+            lo, hi = ((float(finite.min()), float(finite.max())) if finite.size
+                      else hist_range("norm_hat"))
+            self._ranges[name] = fit_range(lo, hi, "norm_hat")
+        lo, hi = self._ranges[name]
+        out = {(name, "norm_hat", "mean"): float(flat.double().mean()),
+               (name, "norm_hat", "var"): float(flat.double().var(correction=0))}
+        if finite.size:
+            for q, v in zip(PERCENTILES, np.percentile(finite, PERCENTILES)):
+                out[(name, "norm_hat", f"p{q}")] = float(v)
+        edges = np.linspace(lo, hi, HIST_BINS + 1)
+        index = np.searchsorted(edges, finite, side="right") - 1  # bin i: [edge i, edge i+1)
+        n = max(finite.size, 1)
+        counts = np.bincount(index[(index >= 0) & (index < HIST_BINS)], minlength=HIST_BINS)
+        for metric, c in zip(HIST_METRICS, counts):
+            out[(name, "norm_hat", metric)] = c / n
+        out[(name, "norm_hat", "hist_under")] = float((index < 0).sum()) / n
+        out[(name, "norm_hat", "hist_over")] = float((index >= HIST_BINS).sum()) / n
+        out[(name, "norm_hat", "hist_lo")], out[(name, "norm_hat", "hist_hi")] = lo, hi
+        return out
+
+    def flush(self) -> RecordBatch | None:
+        """The rows recorded since the last flush as one batch (None if there are none)."""
+        if not self._rows:
+            return None
+        keys: dict[tuple[str, str, str], int] = {}
+        for _, row in self._rows:
+            for k in row:
+                keys.setdefault(k, len(keys))
+        values = np.full((len(self._rows), len(keys)), np.nan)
+        for i, (_, row) in enumerate(self._rows):
+            values[i, [keys[k] for k in row]] = list(row.values())
+        steps = np.array([s for s, _ in self._rows], dtype=np.int64)
+        self._rows = []
+        if not keys:
+            return None
+        return RecordBatch(steps, list(keys), values)
