@@ -59,18 +59,20 @@ SOURCES: dict[str, tuple[str, str]] = {
 EVAL_SOURCES = ("running mean per feature", "running std per feature")  # batch in eval
 
 
-def linear_fraction(values: Tensor, activation: str | None) -> float:
-    """The share of ``values`` in the near-linear region of ``activation`` (NaN if unknown).
+def linear_fraction(values, activation: str | None) -> float:
+    """The share of ``values`` (a tensor or array) in the near-linear region of
+    ``activation`` (NaN if unknown).
 
     sigmoid, tanh: ``|v| < 1`` (there the slope stays above 79% (sigmoid) / 42% (tanh) of
     its value at 0; outside it bends toward saturation). relu, gelu: ``v > 0``: ReLU is
     piecewise linear, so "near-linear" means on its identity piece (GELU is within 0.17 of
     the identity there); a unit whose inputs all lie there computes a linear function.
     """
+    v = values.detach().numpy() if isinstance(values, Tensor) else np.asarray(values)
     if activation in ("sigmoid", "tanh"):
-        return float((values.abs() < 1).float().mean())
+        return np.count_nonzero(np.abs(v) < 1) / max(v.size, 1)
     if activation in ("relu", "gelu"):
-        return float((values > 0).float().mean())
+        return np.count_nonzero(v > 0) / max(v.size, 1)
     return float("nan")
 
 
@@ -158,8 +160,23 @@ def _summary(values: Tensor | None) -> tuple[float, float]:
     """(mean, std with ÷n) of ``values`` as floats; (0, 0) for None (μ = 0)."""
     if values is None:
         return 0.0, 0.0
-    v = values.double().flatten()
-    return float(v.mean()), float(v.std(correction=0)) if v.numel() > 1 else 0.0
+    v = values.detach().reshape(-1).double().numpy()
+    return float(v.mean()), float(v.std())
+
+
+def _percentiles(values: np.ndarray, qs) -> list[float]:
+    """``numpy.percentile(values, qs)`` (linear interpolation) from one partition."""
+    n = values.size
+    ranks = [(n - 1) * q / 100 for q in qs]
+    kth = sorted({int(np.floor(r)) for r in ranks} | {min(int(np.floor(r)) + 1, n - 1)
+                                                       for r in ranks})
+    part = np.partition(values, kth)
+    out = []
+    for r in ranks:
+        k = int(np.floor(r))
+        lo, hi = part[k], part[min(k + 1, n - 1)]
+        out.append(float(lo + (hi - lo) * (r - k)))
+    return out
 
 
 class StageProbe:
@@ -262,26 +279,30 @@ class StageProbe:
                         put[(name, "affine", feature_metric(j, kind))] = v[j]
 
     def _distribution(self, name: str, x_hat: Tensor) -> dict:
-        """mean, var, percentiles and histogram of x̂ (fitted range per layer, first step)."""
-        flat = x_hat.reshape(-1)
-        values = flat[torch.from_numpy(_sample_index(flat.numel(), self.sample))].double().numpy()
-        finite = values[np.isfinite(values)]
+        """mean, var, percentiles and histogram of x̂ (fitted range per layer, first step).
+        One float64 copy in numpy: mean and variance of every value; percentiles and
+        histogram of the sample (every value up to ``sample``); bin i is [edge i, edge
+        i+1), values below / at or above the range counted apart."""
+        every = x_hat.detach().reshape(-1).double().numpy()
+        n_all = every.size
+        values = every if self.sample is None or n_all <= self.sample else \
+            every[_sample_index(n_all, self.sample)]
+        values = values[np.isfinite(values)]
         if name not in self._ranges:
-            lo, hi = ((float(finite.min()), float(finite.max())) if finite.size
+            lo, hi = ((float(values.min()), float(values.max())) if values.size
                       else hist_range("norm_hat"))
             self._ranges[name] = fit_range(lo, hi, "norm_hat")
         lo, hi = self._ranges[name]
-        out = {(name, "norm_hat", "mean"): float(flat.double().mean()),
-               (name, "norm_hat", "var"): float(flat.double().var(correction=0))}
-        if finite.size:
-            for q, v in zip(PERCENTILES, np.percentile(finite, PERCENTILES)):
+        out = {(name, "norm_hat", "mean"): float(every.mean()),
+               (name, "norm_hat", "var"): float(every.var())}
+        if values.size:
+            for q, v in zip(PERCENTILES, _percentiles(values, PERCENTILES)):
                 out[(name, "norm_hat", f"p{q}")] = float(v)
-        edges = np.linspace(lo, hi, HIST_BINS + 1)
-        index = np.searchsorted(edges, finite, side="right") - 1  # bin i: [edge i, edge i+1)
-        n = max(finite.size, 1)
-        counts = np.bincount(index[(index >= 0) & (index < HIST_BINS)], minlength=HIST_BINS)
-        for metric, c in zip(HIST_METRICS, counts):
-            out[(name, "norm_hat", metric)] = c / n
+        n = max(values.size, 1)
+        index = np.floor((values - lo) * (HIST_BINS / (hi - lo)))  # power-of-two bins: exact
+        inside = index[(index >= 0) & (index < HIST_BINS)].astype(np.int64)
+        counts = np.bincount(inside, minlength=HIST_BINS) / n
+        out.update(zip(((name, "norm_hat", m) for m in HIST_METRICS), counts.tolist()))
         out[(name, "norm_hat", "hist_under")] = float((index < 0).sum()) / n
         out[(name, "norm_hat", "hist_over")] = float((index >= HIST_BINS).sum()) / n
         out[(name, "norm_hat", "hist_lo")], out[(name, "norm_hat", "hist_hi")] = lo, hi
