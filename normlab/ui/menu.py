@@ -24,10 +24,11 @@ COMPARE = Page("pages/1_compare.py", "Compare", ":material/monitoring:")
 LAYERS = Page("pages/2_layers.py", "Layer dynamics", ":material/stacked_line_chart:")
 RUNS = Page("pages/3_runs.py", "Runs", ":material/folder_open:")
 MAIN = (HOME, COMPARE, LAYERS, RUNS)
+ONE_FORMULA = Page("pages/4_one_formula.py", "One formula", ":material/function:")  # Lab 1
 INVARIANCE = Page("pages/7_invariance.py", "Re-scaling invariance", ":material/open_in_full:")
 LR_INIT = Page("pages/8_lr_init.py", "Learning rate and initialization", ":material/tune:")
 BATCH_SIZE = Page("pages/9_batch_size.py", "Batch size", ":material/stacks:")
-LABS: tuple[Page, ...] = (INVARIANCE, LR_INIT, BATCH_SIZE)  # one page per claim of the
+LABS: tuple[Page, ...] = (ONE_FORMULA, INVARIANCE, LR_INIT, BATCH_SIZE)  # one page per claim of the
 #   literature, in the argument's order (pages 4-6 are left for the one formula,
 #   whitening and internal covariate shift, which come first in the argument)
 
