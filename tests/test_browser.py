@@ -217,11 +217,13 @@ def test_quick_start_live_charts_layout_link_and_layers(server, capsys):
 # carry, and the page's title.
 DEEP_LINKS = [("/home", "Home"), ("/compare?dataset=mnist1d&steps=300", "Compare"),
               ("/layers?comparison=cdoesnotexist", "Layer dynamics"), ("/runs", "Runs"),
+              ("/one_formula?comparison=cdoesnotexist", "One formula"),
               ("/invariance", "Re-scaling invariance"),
               ("/lr_init?comparison=cdoesnotexist", "Learning rate and initialization"),
               ("/batch_size", "Batch size")]
 MENU = ["Home", "Compare", "Layer dynamics", "Runs",  # then the labs, in menu order
-        "Re-scaling invariance", "Learning rate and initialization", "Batch size"]
+        "One formula", "Re-scaling invariance", "Learning rate and initialization",
+        "Batch size"]
 
 
 @pytest.mark.parametrize("link,title", DEEP_LINKS, ids=[t for _, t in DEEP_LINKS])

@@ -198,3 +198,28 @@ def test_stages_are_opt_in_in_training_and_limits():
     np.testing.assert_array_equal(shared["value_x"], shared["value_y"])
     assert values_stored(cfg.replace(stages=True)) > values_stored(cfg)
     assert values_stored(cfg.replace(stages=True)) >= len(on)
+
+
+def test_stages_in_the_cli_and_exports(tmp_path, capsys):
+    """``normlab run --help`` lists the field; the stage rows survive export and import."""
+    from normlab.cli import main
+    from normlab.runs.exchange import export, import_file
+    from normlab.runs.store import Store
+    from normlab.training.trainer import train
+
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    assert "--stages" in capsys.readouterr().out
+    source = Store(tmp_path / "a.sqlite")
+    cfg = RunConfig(norm="layer", depth=1, width=6, steps=3, stages=True)
+    cid, (rid,) = source.create_comparison([cfg.to_dict()], name="stages")
+    batch, outcome = train(cfg)
+    source.append(rid, batch)
+    source.finish(rid, outcome.status, outcome.step)
+    path = export(source, cid, tmp_path / "stages.json")
+    target = Store(tmp_path / "b.sqlite")
+    import_file(target, path)
+    got = target.metrics(sites=["norm_hat", "affine"])
+    want = source.metrics(sites=["norm_hat", "affine"])
+    assert len(got) == len(want) > 0
+    np.testing.assert_allclose(np.sort(got["value"].to_numpy()), np.sort(want["value"].to_numpy()))
