@@ -32,7 +32,7 @@ def view(runs) -> None:
     stages = formula.stage_frame(data["stages"], runs, layer, step, activation)
     if not stages.empty:
         st.altair_chart(formula.stage_chart(stages), width="content")
-    st.dataframe(formula.source_table(data["stages"], runs, layer, step), hide_index=True)
+    st.table(formula.source_table(data["stages"], runs, layer, step).set_index("method"))
     st.caption("μ and σ as the probe measured them in training mode; `none`, `weight` and "
                "`cosine` have no x̂ to record (—).")
 

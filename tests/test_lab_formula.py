@@ -54,7 +54,8 @@ def test_feature_frame_chart_and_readout_on_a_constructed_case():
     assert dev.loc["layer", "mean_dev"] == pytest.approx(0.2)
     assert dev.loc["layer", "var_dev"] == pytest.approx(2.0)
     text = formula.feature_readout(frame, "hidden1")
-    assert "holds per feature for batch, not for layer" in text and "≤ 0.2," in text
+    assert "holds per feature for batch, not for layer" in text
+    assert "layer: mean(y) − b up to 0.2, var(y) off g² by up to 200.0%" in text
     spec = formula.feature_chart(frame).to_dict()
     assert len(spec["hconcat"]) == 2
     assert spec["hconcat"][1]["layer"][1]["encoding"]["x"]["field"] == "g2"
@@ -73,7 +74,7 @@ def test_linear_frame_chart_and_readout():
     frame = formula.linear_frame(pd.DataFrame(rows), runs)
     assert set(frame["at"]) == {"x̂", "y"}
     text = formula.linear_readout(frame, "hidden2")
-    assert "steps 18–19" in text and "none 90% at y;" in text and "batch 40% at y (x̂: 70%)" in text
+    assert "steps 18–19" in text and "none 90% at y (no x̂);" in text and "batch 70% at x̂ → 40% at y" in text
     spec = formula.linear_chart(frame, "hidden2").to_dict()
     assert spec["encoding"]["strokeDash"]["field"] == "at"
     with pytest.raises(ValueError, match="hidden9"):
@@ -123,7 +124,7 @@ def test_page_with_a_stored_comparison(store):
     success = [s.value for s in at.success]
     assert any("holds per feature for batch" in s and "not for layer" in s for s in success)
     assert any("near-linear region" in s and "batch" in s for s in success)
-    assert len(at.dataframe[0].value) == 3  # μ and σ per method
+    assert len(at.table[0].value) == 3  # μ and σ per method
 
 
 def test_page_without_runs_offers_the_preset(store):

@@ -73,6 +73,10 @@ def stage_chart(frame: pd.DataFrame) -> alt.HConcatChart:
     if frame.empty:
         raise ValueError("no stage histograms to draw (were the runs made with stages=True?)")
     methods = method_order(frame["method"].unique())
+    # per stage, only the bins from the first to the last one holding values (any method)
+    held = frame[frame["fraction"] > 0].groupby("stage")["bin"].agg(["min", "max"])
+    span = frame["stage"].map(held["min"]).fillna(0), frame["stage"].map(held["max"]).fillna(-1)
+    frame = frame[(frame["bin"] >= span[0]) & (frame["bin"] <= span[1])]
     last = frame.sort_values("bin").groupby(["stage", "method"], sort=False).tail(1)
     data = pd.concat([frame.assign(x=frame["lo"]), last.assign(x=last["hi"])],
                      ignore_index=True)
@@ -85,11 +89,11 @@ def stage_chart(frame: pd.DataFrame) -> alt.HConcatChart:
             x=alt.X("x:Q", title=stage),
             y=alt.Y("fraction:Q", title="fraction of values", scale=alt.Scale(domain=[0, top])),
             color=alt.Color("method:N", scale=color_scale(methods), sort=methods,
-                            title="method"),
+                            title="method", legend=alt.Legend(orient="top")),
             tooltip=["method:N", "step:Q", alt.Tooltip("lo:Q", format=".3g", title="from"),
                      alt.Tooltip("hi:Q", format=".3g", title="to"),
                      alt.Tooltip("fraction:Q", format=".3g")],
-        ).properties(width=230, height=190, title=stage))
+        ).properties(width=185, height=170, title=stage))
     return style(alt.hconcat(*panels), None)
 
 
@@ -227,8 +231,8 @@ def feature_readout(frame: pd.DataFrame, layer: str) -> str:
     if frame.empty:
         return "No per-feature measurements yet."
     dev = feature_deviations(frame)
-    parts = [f"{r.method}: |mean(y) − b| ≤ {r.mean_dev:.2g}, |var(y)/g² − 1| ≤ {r.var_dev:.2g}"
-             for r in dev.itertuples()]
+    parts = [f"{r.method}: mean(y) − b up to {r.mean_dev:.2g}, var(y) off g² by up to "
+             f"{r.var_dev:.1%}" for r in dev.itertuples()]
     yes = [r.method for r in dev.itertuples() if r.holds]
     no = [r.method for r in dev.itertuples() if not r.holds]
     verdict = (f"it holds per feature for {', '.join(yes) or 'no method'}"
@@ -283,7 +287,8 @@ def linear_readout(frame: pd.DataFrame, layer: str, share: float = 0.1) -> str:
         g = rows[(rows["method"] == method) & rows["step"].isin(tail)]
         y = g[g["at"] == "y"]["value"].mean()
         xh = g[g["at"] == "x̂"]["value"].mean()
-        parts.append(f"{method} {y:.0%} at y" + ("" if np.isnan(xh) else f" (x̂: {xh:.0%})"))
+        parts.append(f"{method} {y:.0%} at y (no x̂)" if np.isnan(xh)
+                     else f"{method} {xh:.0%} at x̂ → {y:.0%} at y")
     return (f"{layer}, last tenth of training (steps {int(tail[0])}–{int(tail[-1])}): share "
             "of f's input in its near-linear region — " + "; ".join(parts) + ".")
 
