@@ -160,8 +160,8 @@ def _summary(values: Tensor | None) -> tuple[float, float]:
     """(mean, std with ÷n) of ``values`` as floats; (0, 0) for None (μ = 0)."""
     if values is None:
         return 0.0, 0.0
-    v = values.detach().reshape(-1).double().numpy()
-    return float(v.mean()), float(v.std())
+    std, mean = torch.std_mean(values.detach().reshape(-1).double(), correction=0)
+    return mean.item(), std.item()
 
 
 def _percentiles(values: np.ndarray, qs) -> list[float]:

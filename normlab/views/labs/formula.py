@@ -314,7 +314,7 @@ def load(store, cid: str, runs: pd.DataFrame, layer: str | None = None,
 
 PRESET_BASE = RunConfig(dataset="digits", model="mlp", depth=3, width=100,
                         activation="sigmoid", optimizer="sgd", lr=0.1, batch_size=64,
-                        steps=1000, eval_interval=100, stages=True)
+                        steps=1000, eval_interval=100, record_interval=5, stages=True)
 
 LAB = Lab(
     key="one_formula", title="One formula",
