@@ -5,6 +5,7 @@ import streamlit as st
 
 from normlab.ui import lab, menu
 from normlab.ui.common import get_store
+from normlab.views.compareview import finished
 from normlab.views.frames import natural_order
 from normlab.views.labs import formula
 
@@ -17,8 +18,11 @@ def view(runs) -> None:
     summary = formula.load(store, cid, runs)["summary"]
     linear = formula.linear_frame(summary, runs)
     if linear.empty:
-        st.info("Waiting for the first measurements (the runs record the stages with "
-                "`stages=True`)…")
+        if finished(runs):
+            st.warning("These runs recorded no stages (they were made without "
+                       "`stages=True`): press the preset button above.")
+        else:
+            st.info("Waiting for the first measurements…")
         return
     layers = natural_order(linear["layer"].unique())
     steps = sorted(int(s) for s in linear["step"].unique())
@@ -27,7 +31,11 @@ def view(runs) -> None:
                                    required=True)
     step = right.select_slider("Step", steps, value=steps[-1], key="formula_step")
     data = formula.load(store, cid, runs, layer, step)
-    activation = runs["config"].iloc[0].get("activation")
+    config = runs["config"].iloc[0] or {}
+    activation = config.get("activation")
+    if config.get("norm_position") == "after":
+        st.warning("These runs put the norm after the activation: f(y) below is the "
+                   "activation's output in front of the norm, not f applied to y.")
     st.subheader(f"x → x̂ → y → f(y) in {layer} at step {step}")
     stages = formula.stage_frame(data["stages"], runs, layer, step, activation)
     if not stages.empty:

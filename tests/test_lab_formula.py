@@ -136,3 +136,11 @@ def test_page_without_runs_offers_the_preset(store):
     runs = store.runs(comparison=cid)
     assert sorted(runs["norm"]) == ["batch", "layer", "none"]
     assert all(c["stages"] for c in runs["config"])
+
+
+def test_page_on_runs_without_stages_says_so(store):
+    configs = [RunConfig(norm=n, **{**TINY, "stages": False}) for n in ("none", "batch")]
+    cid, _ = fill(store, configs, "One formula · plain", {"norm": ["none", "batch"]})
+    at = ok(app(comparison=cid).switch_page("pages/4_one_formula.py").run())
+    assert any("recorded no stages" in w.value for w in at.warning)
+    assert not charts(at)
