@@ -41,8 +41,9 @@ def view(runs) -> None:
     if not stages.empty:
         st.altair_chart(formula.stage_chart(stages), width="content")
     st.table(formula.source_table(data["stages"], runs, layer, step).set_index("method"))
-    st.caption("μ and σ as the probe measured them in training mode; `none`, `weight` and "
-               "`cosine` have no x̂ to record (—).")
+    st.caption("μ and σ as the probe measured them in training mode; `none` has no x̂ (—). "
+               "In `weight` and `cosine` the normalization is inside the layer, so their x "
+               "panel already shows y.")
 
     st.subheader("Does the output have mean b and variance g²?")
     features = formula.feature_frame(data["features"], runs, layer, step)

@@ -223,3 +223,33 @@ def test_stages_in_the_cli_and_exports(tmp_path, capsys):
     want = source.metrics(sites=["norm_hat", "affine"])
     assert len(got) == len(want) > 0
     np.testing.assert_allclose(np.sort(got["value"].to_numpy()), np.sort(want["value"].to_numpy()))
+
+
+def test_weight_space_xhat_is_the_direction_part():
+    """WeightNorm: x̂ = v·x/‖v‖ and σ = ‖v‖; CosineNorm: x̂ = cos(w, x) — from numpy."""
+    from normlab.methods.registry import wrap_layer
+
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(16, 6, generator=gen)
+    xn = x.numpy().astype(np.float64)
+    wn = wrap_layer("weight", torch.nn.Linear(6, 4))
+    with torch.no_grad():
+        wn.g.copy_(torch.rand(4, generator=gen) + 0.5)
+    v = wn.v.detach().numpy().astype(np.float64)
+    st = standardize(make_norm("none", 4), wn(x), layer=wn)
+    np.testing.assert_allclose(st.x_hat.numpy(), xn @ v.T / np.linalg.norm(v, axis=1),
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(st.sigma.numpy(), np.linalg.norm(v, axis=1), rtol=1e-5)
+    assert st.mu is None
+    cn = wrap_layer("cosine", torch.nn.Linear(6, 4), scale=3.0)
+    w = cn.weight.detach().numpy().astype(np.float64)
+    st = standardize(make_norm("none", 4), cn(x), layer=cn)
+    cos = (xn @ w.T) / np.linalg.norm(xn, axis=1, keepdims=True) / np.linalg.norm(w, axis=1)
+    np.testing.assert_allclose(st.x_hat.numpy(), cos, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(st.g.numpy(), [3.0] * 4)
+    assert st.sigma is None and float(st.b.abs().max()) == 0.0
+
+
+def test_weight_space_runs_record_xhat():
+    rows, _, _ = _one_step("weight")
+    assert ("hidden1", "norm_hat", "p50") in rows and ("hidden1", "norm_hat", "sigma_mean") in rows

@@ -52,16 +52,17 @@ val_train_mode   ``loss``, ``acc`` of the validation split with the model in tra
                  ``RunConfig.eval_train_mode``), at the same steps as ``val``
 norm_hat,        **Stages** (opt-in: ``RunConfig.stages``; :mod:`normlab.measure.stages`), per
 affine           layer with a norm module. ``norm_hat`` is x̂ = (x − μ)/σ, the standardized
-                 value before g and b (for norms that have one: not ``none``, ``weight``,
-                 ``cosine``): ``mean``, ``var``, ``p15``, ``p50``, ``p85`` (numpy's linear
+                 value before g and b (not for ``none``; for ``weight`` v·x/‖v‖, for
+                 ``cosine`` cos(w, x)): ``mean``, ``var``, ``p15``, ``p50``, ``p85`` (numpy's linear
                  interpolation; same sample rule as above), ``hist_*`` as above (range
                  fitted at the first recorded step), ``linear`` (the fraction of values in
                  the activation's near-linear region: ``|v| < 1`` for sigmoid/tanh, ``v > 0``
                  for relu/gelu, see :func:`normlab.measure.stages.linear_fraction`),
                  ``mu_mean``, ``mu_std``, ``sigma_mean``, ``sigma_std`` (mean and spread, ÷n,
                  of the μ and σ values the norm used: per feature for batch methods, per
-                 example (and group) for layer/group/instance/rms; μ = 0 for rms; no σ for
-                 whiten). ``post_norm`` gets ``linear`` too (of y, f's input when the norm is
+                 example (and group) for layer/group/instance/rms; μ = 0 for rms and the
+                 weight-space methods; σ = ‖v‖ per unit for weight; no σ for whiten and
+                 cosine). ``post_norm`` gets ``linear`` too (of y, f's input when the norm is
                  before the activation; every layer with a norm module, ``none`` included).
                  ``affine``: ``g_mean``, ``g_std``, ``b_mean``, ``b_std`` (learned g and b
                  across features) at every recorded step, and at every ``eval_interval``-th

@@ -14,10 +14,12 @@ the module's own output for every method. Which μ and σ (:data:`SOURCES`):
   its channel group / each channel; ``rms`` — μ = 0, σ = the root mean square per example;
 * ``whiten`` — μ per feature over the batch, σ is a matrix (Σ^(−1/2)): x̂ = (y − b)/g, and
   no per-feature σ is recorded;
-* ``none`` and the weight-space methods (``weight``, ``cosine``; their module here is the
-  identity) have no x̂: None. (For WeightNorm the role of x̂ is played by ``v·x/‖v‖`` —
-  σ = ‖v‖ from the weights, μ = 0 — and for CosineNorm by ``cos(w, x)``, σ = ‖w‖·‖x‖; the
-  probe does not record these.)
+* ``none`` (the identity) has no x̂: None. In the weight-space methods the
+  normalization is inside the layer (the norm module is the identity), and what plays
+  x̂ is recorded: WeightNorm's ``v·x/‖v‖`` (μ = 0, σ = ‖v‖ per unit, from the weights;
+  g, b = the layer's g and bias) and CosineNorm's ``cos(w, x)`` (μ = 0, σ = ‖w‖·‖x‖, not
+  recorded; g = its scale, b = 0), both recovered from the layer's output. Mean-only
+  BatchNorm (``mean_only_bn``) is not covered: None.
 
 :class:`StageProbe` records, at the recorded steps of a run, per layer with a norm
 (the sites and metrics are documented in :mod:`normlab.measure.schema`, "Stages"): the
@@ -39,7 +41,7 @@ from normlab.measure.probes import SAMPLE, _sample_index
 from normlab.measure.schema import (FEATURE_CAP, HIST_BINS, HIST_METRICS, PERCENTILES,
                                     RecordBatch, feature_metric, fit_range, hist_range)
 from normlab.measure.sites import find_layers
-from normlab.methods import norms, whitening
+from normlab.methods import norms, weightnorm, whitening
 
 # Where each method's μ and σ come from, as the lab names them (training mode).
 SOURCES: dict[str, tuple[str, str]] = {
@@ -51,9 +53,8 @@ SOURCES: dict[str, tuple[str, str]] = {
     "instance": ("per-example mean per channel", "per-example std per channel"),
     "rms": ("0 (no centring)", "per-example root mean square"),
     "whiten": ("batch mean per feature", "Σ^(−1/2) of the batch covariance (a matrix)"),
-    "weight": ("—", "‖v‖ per unit (weight-derived); x̂ not recorded: its role is v·x/‖v‖"),
-    "cosine": ("—", "‖w‖·‖x‖ per unit (weights and input); x̂ not recorded: its role is "
-               "cos(w, x)"),
+    "weight": ("0 (x̂ = v·x/‖v‖)", "‖v‖ per unit (weight-derived)"),
+    "cosine": ("0 (x̂ = cos(w, x))", "‖w‖·‖x‖ per unit (weights and input)"),
     "none": ("—", "— (no normalization: y = x)"),
 }
 EVAL_SOURCES = ("running mean per feature", "running std per feature")  # batch in eval
@@ -100,13 +101,19 @@ def _per_channel(v: Tensor, x: Tensor) -> Tensor:
 
 
 def standardize(norm: nn.Module, x: Tensor, y: Tensor | None = None,
-                running: tuple[Tensor, Tensor] | None = None) -> Standardized | None:
+                running: tuple[Tensor, Tensor] | None = None,
+                layer: nn.Module | None = None) -> Standardized | None:
     """x̂ of ``norm`` (a NormLab activation-space module) for its input ``x``, with the μ,
     σ, g and b it used; None for a module without one (identity, mean-only BN, others').
 
     ``y`` (the module's output) is needed for whitening only; ``running`` = (running
     mean, running var) *before* the forward pass, for BatchRenorm in training (default:
-    its current buffers, which the forward pass has already updated)."""
+    its current buffers, which the forward pass has already updated). ``layer``: the
+    weight layer in front of an identity ``norm``; for a weight-space one the layer's
+    output ``x`` is already y, and x̂ is y with its g and b taken off (:func:`_weight_space`)."""
+    if isinstance(norm, norms.NoNorm) and isinstance(layer, (weightnorm.WeightNorm,
+                                                             weightnorm.CosineNorm)):
+        return _weight_space(layer, x)
     with torch.no_grad():
         x = x.detach()
         C = x.shape[1]
@@ -147,6 +154,25 @@ def standardize(norm: nn.Module, x: Tensor, y: Tensor | None = None,
             x_hat = (y.detach() - _per_channel(b, x)) / _per_channel(g, x)
             return Standardized(x_hat, x.mean(dims), None, g, b)
         return None
+
+
+def _weight_space(layer: nn.Module, y: Tensor) -> Standardized:
+    """What plays x̂ in a weight-space layer, from its output ``y``: WeightNorm's
+    y = g·(v·x)/‖v‖ + bias, so x̂ = v·x/‖v‖ = (y − bias)/g, μ = 0, σ = ‖v‖ per unit (from
+    the weights); CosineNorm's y = scale·cos(w, x), so x̂ = cos(w, x) = y/scale, μ = 0,
+    g = scale, b = 0, σ = ‖w‖·‖x‖ (weights and input; not recorded: None)."""
+    with torch.no_grad():
+        y = y.detach()
+        C = y.shape[1]
+        if isinstance(layer, weightnorm.WeightNorm):
+            g = layer.g.detach()
+            b = layer.bias.detach() if layer.bias is not None else torch.zeros_like(g)
+            sigma = layer._unit_norm(layer.v.detach()).flatten()  # (C,)
+            x_hat = (y - _per_channel(b, y)) / _per_channel(g, y)
+            return Standardized(x_hat, None, sigma, g, b)
+        scale = layer.scale.detach().reshape(())
+        g = scale.expand(C).clone()
+        return Standardized(y / scale, None, None, g, torch.zeros_like(g))
 
 
 def feature_moments(y: Tensor) -> tuple[Tensor, Tensor]:
@@ -254,7 +280,7 @@ class StageProbe:
         with torch.no_grad():
             y = y.detach()
             put[(name, "post_norm", "linear")] = linear_fraction(y, group.activation)
-            st = standardize(norm, x, y, self._running.pop(id(norm), None))
+            st = standardize(norm, x, y, self._running.pop(id(norm), None), group.weight)
             if st is None:
                 return
             put.update(self._distribution(name, st.x_hat))
