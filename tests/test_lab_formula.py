@@ -56,6 +56,8 @@ def test_feature_frame_chart_and_readout_on_a_constructed_case():
     text = formula.feature_readout(frame, "hidden1")
     assert "holds per feature for batch, not for layer" in text
     assert "layer: mean(y) − b up to 0.2, var(y) off g² by up to 200.0%" in text
+    only_layer = formula.feature_readout(frame[frame["method"] == "layer"], "hidden1")
+    assert "it holds per feature for none of layer." in only_layer
     spec = formula.feature_chart(frame).to_dict()
     assert len(spec["hconcat"]) == 2
     assert spec["hconcat"][1]["layer"][1]["encoding"]["x"]["field"] == "g2"

@@ -235,8 +235,9 @@ def feature_readout(frame: pd.DataFrame, layer: str) -> str:
              f"{r.var_dev:.1%}" for r in dev.itertuples()]
     yes = [r.method for r in dev.itertuples() if r.holds]
     no = [r.method for r in dev.itertuples() if not r.holds]
-    verdict = (f"it holds per feature for {', '.join(yes) or 'no method'}"
-               + (f", not for {', '.join(no)}" if no else ""))
+    verdict = (f"it holds per feature for {', '.join(yes)}" + (f", not for {', '.join(no)}"
+                                                                if no else "")
+               if yes else f"it holds per feature for none of {', '.join(no)}")
     return (f"{layer} at step {dev['step'].iloc[0]}, over its features — " + "; ".join(parts)
             + f": {verdict}.")
 
