@@ -7,6 +7,8 @@ draws — frames, Altair chart builders, and a one-line readout computed from th
 shown, never written in advance. Streamlit-free, like every module under ``normlab/views``:
 the pages in ``pages/`` draw these through :mod:`normlab.ui.lab`.
 
+* :mod:`~normlab.views.labs.formula` — Lab 1, one formula (x → x̂ → y → f(y) stage by
+  stage; "mean b and variance g²" per feature; the near-linear share at x̂ and y);
 * :mod:`~normlab.views.labs.invariance` — Lab 4, re-scaling invariance (Ba et al. 2016,
   Table 1, computed live; the gradient's 1/λ; weight growth over training);
 * :mod:`~normlab.views.labs.sensitivity` — Lab 5, learning rate and initialization, and
