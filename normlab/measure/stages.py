@@ -45,7 +45,8 @@ from normlab.methods import norms, weightnorm, whitening
 
 # Where each method's μ and σ come from, as the lab names them (training mode).
 SOURCES: dict[str, tuple[str, str]] = {
-    "batch": ("batch mean per feature", "batch std per feature"),
+    "batch": ("batch mean per feature (eval: running mean)",
+              "batch std per feature (eval: running std)"),
     "batch_renorm": ("batch mean, corrected toward the running mean",
                      "batch std, corrected toward the running std"),
     "layer": ("per-example mean over features", "per-example std over features"),
@@ -57,7 +58,6 @@ SOURCES: dict[str, tuple[str, str]] = {
     "cosine": ("0 (x̂ = cos(w, x))", "‖w‖·‖x‖ per unit (weights and input)"),
     "none": ("—", "— (no normalization: y = x)"),
 }
-EVAL_SOURCES = ("running mean per feature", "running std per feature")  # batch in eval
 
 
 def linear_fraction(values, activation: str | None) -> float:
