@@ -29,7 +29,11 @@ def view(runs) -> None:
     left, right = st.columns([1, 3])
     layer = left.segmented_control("Layer", layers, default=layers[-1], key="formula_layer",
                                    required=True)
-    step = right.select_slider("Step", steps, value=steps[-1], key="formula_step")
+    shown = st.session_state.get("formula_step")
+    if shown not in steps or shown == st.session_state.get("_formula_last"):
+        st.session_state["formula_step"] = steps[-1]  # new runs, or at the latest: follow
+    st.session_state["_formula_last"] = steps[-1]
+    step = right.select_slider("Step", steps, key="formula_step")
     data = formula.load(store, cid, runs, layer, step)
     config = runs["config"].iloc[0] or {}
     activation = config.get("activation")

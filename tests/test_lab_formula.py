@@ -146,3 +146,16 @@ def test_page_on_runs_without_stages_says_so(store):
     at = ok(app(comparison=cid).switch_page("pages/4_one_formula.py").run())
     assert any("recorded no stages" in w.value for w in at.warning)
     assert not charts(at)
+
+
+def test_page_step_follows_another_comparison(store):
+    """The step picked on one comparison is replaced when it is not a step of the next."""
+    short = [RunConfig(norm="batch", **{**TINY, "steps": 6})]
+    long = [RunConfig(norm="batch", **TINY)]
+    c1, _ = fill(store, long, "One formula · long", {"norm": ["batch"]})
+    c2, _ = fill(store, short, "One formula · short", {"norm": ["batch"]})
+    at = ok(app(comparison=c1).switch_page("pages/4_one_formula.py").run())
+    assert at.select_slider(key="formula_step").value == 9
+    at.query_params["comparison"] = c2
+    at = ok(at.run())
+    assert at.select_slider(key="formula_step").value == 3
