@@ -29,11 +29,15 @@ def view(runs) -> None:
     left, right = st.columns([1, 3])
     layer = left.segmented_control("Layer", layers, default=layers[-1], key="formula_layer",
                                    required=True)
-    shown = st.session_state.get("formula_step")
-    if shown not in steps or shown == st.session_state.get("_formula_last"):
-        st.session_state["formula_step"] = steps[-1]  # new runs, or at the latest: follow
-    st.session_state["_formula_last"] = steps[-1]
-    step = right.select_slider("Step", steps, key="formula_step")
+    key = f"formula_step_{cid}_{steps[-1]}"  # a new slider when steps arrive: it follows
+    pick = st.session_state.get("_formula_pick")  # the latest unless a step was picked
+
+    def picked() -> None:
+        value = st.session_state[key]
+        st.session_state["_formula_pick"] = None if value == steps[-1] else value
+
+    step = right.select_slider("Step", steps, value=pick if pick in steps else steps[-1],
+                               key=key, on_change=picked)
     data = formula.load(store, cid, runs, layer, step)
     config = runs["config"].iloc[0] or {}
     activation = config.get("activation")

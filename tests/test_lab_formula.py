@@ -155,7 +155,10 @@ def test_page_step_follows_another_comparison(store):
     c1, _ = fill(store, long, "One formula · long", {"norm": ["batch"]})
     c2, _ = fill(store, short, "One formula · short", {"norm": ["batch"]})
     at = ok(app(comparison=c1).switch_page("pages/4_one_formula.py").run())
-    assert at.select_slider(key="formula_step").value == 9
+    assert at.select_slider[0].value == 9
+    at.select_slider[0].set_value(6).run()
+    assert "hidden2 at step 6" in at.markdown[-1].value or any(
+        "at step 6" in h.value for h in at.subheader)
     at.query_params["comparison"] = c2
     at = ok(at.run())
-    assert at.select_slider(key="formula_step").value == 3
+    assert at.select_slider[0].value == 3
