@@ -218,13 +218,14 @@ def test_quick_start_live_charts_layout_link_and_layers(server, capsys):
 # carry, and the page's title.
 DEEP_LINKS = [("/home", "Home"), ("/compare?dataset=mnist1d&steps=300", "Compare"),
               ("/layers?comparison=cdoesnotexist", "Layer dynamics"), ("/runs", "Runs"),
+              ("/one_formula?comparison=cdoesnotexist", "One formula"),
               ("/whitening?comparison=cdoesnotexist", "How far from whitening?"),
               ("/ics?comparison=cdoesnotexist", "Internal covariate shift"),
               ("/invariance", "Re-scaling invariance"),
               ("/lr_init?comparison=cdoesnotexist", "Learning rate and initialization"),
               ("/batch_size", "Batch size")]
 MENU = ["Home", "Compare", "Layer dynamics", "Runs",  # then the labs, in menu order
-        "How far from whitening?", "Internal covariate shift",
+        "One formula", "How far from whitening?", "Internal covariate shift",
         "Re-scaling invariance", "Learning rate and initialization", "Batch size"]
 
 
