@@ -245,3 +245,35 @@ def test_requirements_install_normlab_itself_and_pull_no_unpinned_dependency():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert not project.get("dependencies") and "dependencies" not in project.get("dynamic", [])
     assert project["scripts"]["normlab"] == "normlab.cli:main"
+
+
+# ------------------------------------------------------------------ the README
+def readme_block(heading: str) -> str:
+    """The first ```python block after ``heading`` in the README."""
+    text = (ROOT / "README.md").read_text()
+    after = text[text.index(heading):]
+    start = after.index("```python\n") + len("```python\n")
+    return after[start:after.index("```", start)]
+
+
+def test_readme_python_block_runs_as_written(tmp_path):
+    """The Python API block, run outside the checkout in a fresh store (the engine trains
+    its comparison), with 20 steps instead of 500 and 200; then its results are checked."""
+    from normlab.runs.engine import stop_engine
+
+    code = readme_block("## Python API")
+    assert code.count("steps=500") == 1 and code.count("steps=200") == 1
+    code = code.replace("steps=500", "steps=20").replace("steps=200", "steps=20")
+    code += ('\nassert len(run_ids) == 6 and set(curves["metric"]) == {"loss"}'
+             '\nassert set(curves["run"]) == set(run_ids) and not frame.empty'
+             '\nrows = batch.to_frame()'
+             '\nassert {"grad_norm", "update_ratio"} <= set(rows["metric"]) and norm is not None'
+             '\nprint("ok")\n')
+    store = tmp_path / "readme.sqlite"
+    env = {**__import__("os").environ, "NORMLAB_STORE": str(store), "PYTHONPATH": str(ROOT)}
+    try:
+        out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=240)
+    finally:
+        stop_engine(store)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
