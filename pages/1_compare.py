@@ -33,8 +33,8 @@ with st.sidebar:
         config, methods, seeds, _ = form_values()
     else:
         st.header("Setup")
+        setup_status(*form_values()[:3])  # the shown comparison's setup, or a new one
         config, methods, seeds, errors = config_form()
-        setup_status(config, methods, seeds)
         launch_button(config, methods, seeds, errors)
 
 if present:
