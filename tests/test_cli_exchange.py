@@ -277,3 +277,19 @@ def test_readme_python_block_runs_as_written(tmp_path):
     finally:
         stop_engine(store)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+def test_readme_export_block_runs_and_labels_the_legend(trained, tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    path, cid, _ = trained
+    for fmt in ("parquet", "json"):
+        exchange.export(Store(path), cid, tmp_path / f"demo.{fmt}")
+    monkeypatch.chdir(tmp_path)
+    code = readme_block("**Exports.**").rstrip().splitlines()
+    code[-1] = "axes = " + code[-1]  # keep the plot the last line draws
+    scope: dict = {}
+    exec("\n".join(code), scope)
+    legend = sorted(t.get_text() for t in scope["axes"].get_legend().get_texts())
+    assert legend == ["batch · seed 0", "batch · seed 1", "layer · seed 0", "layer · seed 1"]
