@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 import normlab
-from normlab import cli
+from normlab import cli, cliparts
 from normlab.runs import exchange
 from normlab.runs.store import Store
 from normlab.training import config as config_module
@@ -136,7 +136,7 @@ def test_run_help_lists_each_fields_allowed_values(capsys):
                    normlab.NORM_NAMES, config_module.NORM_POSITIONS):
         assert all(v in text for v in values), values
     for f in config_module.RunConfig.__dataclass_fields__:
-        assert cli.field_help(f).count("Allowed: ") == 1, f
+        assert cliparts.field_help(f).count("Allowed: ") == 1, f
     assert "Allowed: a number > 0. Default: 0.1" in text  # lr
     assert "Allowed: 1 or 0 (true/false). Default: False" in text  # mean_only_bn
 
@@ -144,7 +144,7 @@ def test_run_help_lists_each_fields_allowed_values(capsys):
 def test_progress_rate_counts_training_time_not_the_queue():
     """A run queued for 100 s that then trained 100 steps in 2 s shows ~50 steps/s."""
     cfg = TINY.replace(steps=200)
-    bars = cli._ProgressBars(["r1"], [cfg], {})
+    bars = cliparts.ProgressBars(["r1"], [cfg], {})
     bar = bars.bars["r1"]
     now = time.time()
     bar.start_t = bar.last_print_t = now - 100  # submitted 100 s ago

@@ -5,7 +5,7 @@ visibly new setup whose fields the URL carries, and every written URL, opened fr
 gives the same page back."""
 from __future__ import annotations
 
-from test_pages import (METHODS, SEEDS, TINY, compare, fill, ok, store, texts,  # noqa: F401
+from test_pages import (METHODS, TINY, compare, fill, ok, store, texts,  # noqa: F401
                         trained, trained_file)
 
 from normlab.views.compareview import CHART_GROUPS
