@@ -9,11 +9,19 @@ rows of :mod:`normlab.measure.schema`.
   "values": [...]}]}]}``. Readable by anything; floats are written so they read back
   bit-identical (an infinite value is written ``Infinity``, as Python and JavaScript's
   ``JSON5`` read it; NaN never occurs: it means "not measured" and is not stored).
-* ``parquet`` — one file of tidy rows (``run, step, layer, site, metric, value``); the
-  comparison and run records are JSON in the file's key-value metadata under ``normlab``.
-  The smallest and fastest; pandas, R, DuckDB and Polars read the rows directly.
-* ``csv`` — the tidy rows in ``PATH`` plus the records in ``PATH.runs.json`` beside it
-  (carry both files). For spreadsheets.
+* ``parquet`` — one file of tidy rows (``run, step, layer, site, metric, value`` and the
+  :data:`DESCRIBED` columns ``label, method, seed, comparison_name``); the comparison and
+  run records are JSON in the file's key-value metadata under ``normlab``. The smallest
+  and fastest; pandas, R, DuckDB and Polars read the rows directly.
+* ``csv`` — the same rows in ``PATH`` plus the records in ``PATH.runs.json`` beside it.
+  ``pd.read_csv(PATH)`` needs only the CSV; importing it into a store needs both files
+  (the configs are in the sidecar). For spreadsheets; about 20× the Parquet file.
+
+Each row names its run in words (``label``: the run's name, else its method, the settings
+that differ between the exported runs and the seed when there are several), so
+``df.pivot_table(index="step", columns="label", values="value").plot()`` has a readable
+legend. :func:`read_export` reads any of the three formats into those rows (for JSON,
+whose series are nested, it is the one call that does; ``pd.read_json`` cannot).
 
 Import (:func:`import_file`; the format is recognised from the content, not the name):
 
@@ -51,6 +59,7 @@ FORMAT_NAME = "normlab"
 FORMAT_VERSION = 1
 SUFFIXES = {".json": "json", ".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 IMPORT_CHUNK = 4096  # points per stored chunk when importing
+DESCRIBED = ["label", "method", "seed", "comparison_name"]  # columns naming each row's run
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,52 @@ class Bundle:
         """The records without metrics, as written to JSON."""
         return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
                 "comparisons": self.comparisons, "runs": self.runs}
+
+
+def run_labels(runs: list[dict[str, Any]]) -> dict[str, str]:
+    """Run id → its label: the run's name if it has one, else its method, then the config
+    fields that differ between ``runs`` (``lr 0.1``), then ``seed N`` when seeds differ."""
+    configs = {r["id"]: r.get("config") or {} for r in runs}
+    keys = sorted({k for c in configs.values() for k in c} - {"norm", "seed"})
+    varying = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True)
+                                       for c in configs.values()}) > 1]
+    seeds = len({r.get("seed") for r in runs}) > 1
+    out = {}
+    for r in runs:
+        if r.get("name"):
+            out[r["id"]] = str(r["name"])
+            continue
+        parts = [str(r.get("norm") or configs[r["id"]].get("norm") or r["id"])]
+        parts += [f"{k} {_short(configs[r['id']].get(k))}" for k in varying]
+        if seeds:
+            parts.append(f"seed {r.get('seed')}")
+        out[r["id"]] = " · ".join(parts)
+    return out
+
+
+def _short(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def described(bundle: Bundle) -> pd.DataFrame:
+    """The bundle's metric rows with the :data:`DESCRIBED` columns appended."""
+    frame = bundle.metrics.copy()
+    names = {c["id"]: c.get("name") or c["id"] for c in bundle.comparisons}
+    labels = run_labels(bundle.runs)
+    run = frame["run"].astype(str)
+    by_id = {r["id"]: r for r in bundle.runs}
+    frame["label"] = run.map(labels)
+    frame["method"] = run.map({i: r.get("norm") for i, r in by_id.items()})
+    frame["seed"] = run.map({i: r.get("seed") for i, r in by_id.items()}).astype("Int64")
+    frame["comparison_name"] = run.map({i: names.get(r.get("comparison_id"))
+                                        for i, r in by_id.items()})
+    return frame
+
+
+def read_export(path: str | os.PathLike) -> pd.DataFrame:
+    """The tidy metric rows of any export file (JSON, Parquet or CSV), with the
+    :data:`DESCRIBED` columns: ``normlab.read_export("demo.json")``."""
+    return described(read_bundle(path))
 
 
 def csv_sidecar(path: str | os.PathLike) -> Path:
@@ -136,7 +191,9 @@ def _replace_atomically(path: Path, write) -> None:
 def _write_json(bundle: Bundle, path: Path) -> None:
     series = _series(bundle.metrics)
     doc = bundle.header()
-    doc["runs"] = [{**r, "series": series.get(r["id"], [])} for r in bundle.runs]
+    labels = run_labels(bundle.runs)
+    doc["runs"] = [{**r, "label": labels[r["id"]], "series": series.get(r["id"], [])}
+                   for r in bundle.runs]
 
     def write(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
@@ -148,7 +205,7 @@ def _write_parquet(bundle: Bundle, path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pandas(bundle.metrics, preserve_index=False)
+    table = pa.Table.from_pandas(described(bundle), preserve_index=False)
     meta = dict(table.schema.metadata or {})
     meta[b"normlab"] = json.dumps(bundle.header()).encode()
     _replace_atomically(path, lambda tmp: pq.write_table(table.replace_schema_metadata(meta),
@@ -159,7 +216,7 @@ def _write_csv(bundle: Bundle, path: Path) -> None:
     def write_header(tmp: Path) -> None:
         tmp.write_text(json.dumps(bundle.header(), indent=1), encoding="utf-8")
     _replace_atomically(csv_sidecar(path), write_header)
-    _replace_atomically(path, lambda tmp: bundle.metrics.to_csv(tmp, index=False))
+    _replace_atomically(path, lambda tmp: described(bundle).to_csv(tmp, index=False))
 
 
 # ---------------------------------------------------------------- reading files
@@ -237,7 +294,7 @@ def _read_json(path: Path) -> Bundle:
             cols["run"] += [run.get("id")] * n
             cols["step"] += s["steps"]
             cols["value"] += s["values"]
-        records.append({k: v for k, v in run.items() if k != "series"})
+        records.append({k: v for k, v in run.items() if k not in ("series", "label")})
     steps = np.array(cols["step"])
     if steps.size and steps.dtype.kind not in "iu":
         raise _Malformed("series steps must be whole numbers")
@@ -267,7 +324,7 @@ def _read_parquet(path: Path) -> Bundle:
         comparisons, runs = _parse_header(json.loads(raw))
     except json.JSONDecodeError as e:
         raise _Malformed(f"its 'normlab' metadata is not valid JSON ({e})") from None
-    return Bundle(comparisons, runs, table.to_pandas())
+    return Bundle(comparisons, runs, _tidy(table.to_pandas()))
 
 
 def _read_csv(path: Path) -> Bundle:
@@ -280,11 +337,21 @@ def _read_csv(path: Path) -> Bundle:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise _Malformed(f"{sidecar.name} is not valid JSON ({e})") from None
     try:
-        frame = pd.read_csv(path, dtype={c: str for c in ("run", "layer", "site", "metric")},
+        frame = pd.read_csv(path, dtype={c: str for c in ("run", "layer", "site", "metric",
+                                                          "label", "method",
+                                                          "comparison_name")},
                             keep_default_na=False, na_values={"value": ["nan", "NaN"]})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise _Malformed(f"it is not a readable CSV file ({e})") from None
-    return Bundle(comparisons, runs, frame)
+    return Bundle(comparisons, runs, _tidy(frame))
+
+
+def _tidy(frame: pd.DataFrame) -> pd.DataFrame:
+    """The stored columns of read rows: the :data:`DESCRIBED` ones are derived from the
+    records, so they are dropped (a file from before they existed has none)."""
+    if list(frame.columns) == COLUMNS + DESCRIBED:
+        return frame[COLUMNS]
+    return frame
 
 
 # ---------------------------------------------------------------- checking
@@ -335,10 +402,15 @@ def _check_rows(frame: pd.DataFrame, run_ids: set[str]) -> None:
 
 # ---------------------------------------------------------------- importing
 
+def import_path(store: Store, path: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """Add an export file's runs to ``store``: (ids added, ids skipped as already there)."""
+    return ingest(store, read_bundle(path))
+
+
 def import_file(store: Store, path: str | os.PathLike) -> list[str]:
-    """Add an export file's runs to ``store``; returns the ids of the runs added."""
-    bundle = read_bundle(path)
-    added, skipped = ingest(store, bundle)
+    """Add an export file's runs to ``store``; returns the ids of the runs added (runs
+    already in the store are skipped with a warning; :func:`import_path` returns them)."""
+    added, skipped = import_path(store, path)
     if skipped:
         warnings.warn(f"{path}: skipped {len(skipped)} run(s) already in the store "
                       f"({', '.join(skipped[:5])}); delete them first to import them again",
