@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("path")
     _store_arg(imp)
 
+    _report_parser(sub)
+
     for name, text in (("delete", "delete a run or comparison with its metrics"),
                        ("cancel", "cancel a run or every unfinished run of a comparison"),
                        ("pause", "pause a run or comparison (resume continues it)"),
@@ -329,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "engine":
             return cmd_engine(args)
         store = Store(args.store)
-        handler = {"run": cmd_run, "list": cmd_list, "show": cmd_show}.get(args.command)
+        handler = {"run": cmd_run, "list": cmd_list, "show": cmd_show,
+                   "report": cmd_report}.get(args.command)
         if handler is not None:
             return handler(args, store)
         return cmd_simple(args, store)
@@ -348,6 +351,36 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # a path the user gave: a folder, no permission, a full disk
         print(f"normlab {args.command}: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
     return EXIT_USAGE
+
+
+def _report_parser(sub) -> None:
+    rep = sub.add_parser("report", help="write one self-contained HTML report (charts, setup, "
+                         "the runs inside; opens offline, `import` reads it back)")
+    rep.add_argument("id", help="a comparison id (a lab's too) or run ids, comma-separated")
+    rep.add_argument("-o", "--output", required=True, metavar="PATH", help="the .html file")
+    rep.add_argument("--page", choices=("compare", "layers"), default="compare",
+                     help="whose charts: Compare's (default) or Layer dynamics'")
+    rep.add_argument("--site", default=None, help="--page layers: the activation site "
+                     "(pre_norm, post_norm, post_act; default: the page's)")
+    rep.add_argument("--layers", default=None, help="--page layers: comma-separated layers "
+                     "(default: the page's)")
+    _store_arg(rep)
+
+
+def cmd_report(args, store) -> int:
+    from normlab.measure.schema import ACT_SITES
+    from normlab.views import report
+
+    if args.site is not None and args.site not in ACT_SITES:
+        raise UsageError(f"normlab report: --site {args.site!r} is not an activation site; "
+                         f"use one of {', '.join(ACT_SITES)}")
+    if args.page != "layers" and (args.site or args.layers):
+        raise UsageError("normlab report: --site and --layers are for --page layers")
+    layers = [p.strip() for p in args.layers.split(",") if p.strip()] if args.layers else None
+    path = report.write(store, args.id, args.output, page=args.page, site=args.site,
+                        layers=layers)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
 
 
 def cmd_simple(args, store) -> int:

@@ -21,6 +21,7 @@ another store, checked like every import.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import html
 import re
@@ -57,10 +58,12 @@ class Figure:
             return ""
         factor = self.measured / self.drawn
         if factor <= 1.05:
-            return f"Every measured value drawn ({self.measured:,} rows)."
-        return (f"Downsampled about {factor:.0f}×: {self.drawn:,} rows drawn of "
-                f"{self.measured:,} measured values (each series thinned to what the eye "
-                "can tell apart at this width; the full series are in the embedded export).")
+            return (f"Every measured point drawn ({self.measured:,}), rounded to {DIGITS} "
+                    "significant digits; the exact values are in the embedded export.")
+        return (f"Downsampled about {factor:.0f}×: {self.drawn:,} points drawn of "
+                f"{self.measured:,} measured (each series thinned to what the eye "
+                f"can tell apart at this width). Values rounded to {DIGITS} significant digits; "
+                "the exact series are in the embedded export.")
 
 
 # ------------------------------------------------------------------ what is reported
@@ -117,12 +120,27 @@ def methods_rows(runs: pd.DataFrame) -> pd.DataFrame:
     return table.loc[[m for m in used if m in table.index]].reset_index()
 
 
-def figure(title: str, chart: alt.TopLevelMixin, measured: int) -> Figure:
-    """The chart's spec with its data inlined (no row limit: the builders thinned it)."""
+KEYS = ("label", "layer", "step")  # what makes one drawn point of a series
+
+
+def points(frame: pd.DataFrame, every: int | None = None) -> int:
+    """Measured points behind a frame: distinct (run, layer, step), times ``every`` when
+    only every ``every``-th step was loaded."""
+    if frame.empty:
+        return 0
+    return len(frame[["run", "layer", "step"]].drop_duplicates()) * (every or 1)
+
+
+def figure(title: str, chart: alt.TopLevelMixin, measured: int | None) -> Figure:
+    """The chart's spec with its data inlined (no row limit: the builders thinned it);
+    drawn = distinct (label, layer, step) of its largest dataset. ``measured`` None: the
+    chart shows a single step, nothing was thinned."""
     with alt.data_transformers.enable("default", max_rows=None):
         spec = chart.to_dict()
-    drawn = max((len(v) for v in spec.get("datasets", {}).values()), default=0)
-    return Figure(title, spec, measured, drawn)
+    rows = max(spec.get("datasets", {}).values(), key=len, default=[])
+    keys = [k for k in KEYS if rows and k in rows[0]]
+    drawn = len({tuple(r.get(k) for k in keys) for r in rows}) if keys else len(rows)
+    return Figure(title, spec, drawn if measured is None else measured, drawn)
 
 
 def compare_figures(store: Store, runs: pd.DataFrame, view: View = VIEW_DEFAULTS
@@ -143,8 +161,8 @@ def compare_figures(store: Store, runs: pd.DataFrame, view: View = VIEW_DEFAULTS
                 continue
             site = own.site if spec.site == "site" else spec.site
             names = ("saturated", "dead") if spec.metric == "saturation" else (spec.metric,)
-            rows = int((frame["metric"].isin(names) & (frame["site"] == site)).sum())
-            measured = rows * (every if site != "val" else 1)
+            rows = frame[frame["metric"].isin(names) & (frame["site"] == site)]
+            measured = points(rows, every if site != "val" else 1)
             title = spec.title if spec.site != "site" else f"{spec.title} ({site})"
             out.append(figure(f"{group} — {title}", chart, measured))
     return out
@@ -158,13 +176,17 @@ def layer_figures(store: Store, runs: pd.DataFrame, site: str | None = None,
     pct = layerview.load_site(store, runs, site, "percentiles")
     if pct.empty:
         return []
-    layers = layers or layerview.default_layers(
-        layerview.natural_order(pct["layer"].astype(str).unique()))
+    found = layerview.natural_order(pct["layer"].astype(str).unique())
+    unknown = [n for n in layers or () if n not in found]
+    if unknown:
+        raise ValueError(f"no layer {', '.join(map(repr, unknown))} measured at {site}; "
+                         f"these runs have {', '.join(found)}")
+    layers = layers or layerview.default_layers(found)
     pct = pct[pct["layer"].isin(layers)]
     label = layerview.SITE_LABELS[site]
     chart = views.fit(layercharts.percentile_chart(
         pct, site, title=f"{label}: 15/50/85th percentiles"), len(runs), WIDTH)
-    out = [figure(f"Percentiles over training ({site})", chart, len(pct) // 3 or len(pct))]
+    out = [figure(f"Percentiles over training ({site})", chart, points(pct))]
     activation, kept, _ = layerview.hist_activation(runs, site)
     hist_runs, every = runs[runs["id"].isin(kept)], layerview.thin_every(runs)
     hist = layerview.load_site(store, hist_runs, site, "histogram", layers=layers,
@@ -175,7 +197,7 @@ def layer_figures(store: Store, runs: pd.DataFrame, site: str | None = None,
     heat = layerview.zoom(views.fit(layercharts.hist_heatmap(
         hist, site, activation=activation, title=f"{site} histogram over time"),
         len(hist_runs), WIDTH), "y", *value_range)
-    out.append(figure(f"Histogram over time ({site})", heat, len(hist) * (every or 1)))
+    out.append(figure(f"Histogram over time ({site})", heat, points(hist, every)))
     step = layerview.step_range(pct)[1]
     rows = layerview.join_methods(layerview.load_rows(
         store, hist_runs["id"], site, "histogram", layers=layers,
@@ -183,7 +205,7 @@ def layer_figures(store: Store, runs: pd.DataFrame, site: str | None = None,
     if not rows.empty:
         at = layerview.zoom(layercharts.hist_at_step(rows, site, int(step),
                                                      activation=activation), "x", *value_range)
-        out.append(figure(f"Histograms at step {step} ({site})", at, len(rows)))
+        out.append(figure(f"Histograms at step {step} ({site})", at, None))
     return out
 
 
@@ -227,6 +249,45 @@ def export_doc(store: Store, key: str) -> dict:
 
 # ------------------------------------------------------------------ the HTML
 
+DIGITS = 5  # significant digits of the values inlined in the charts (the export is exact)
+
+
+def _round(v):
+    return float(f"{v:.{DIGITS}g}") if isinstance(v, float) and v == v else v
+
+
+def pack_dataset(rows: list[dict]) -> dict:
+    """A chart dataset as columns: text columns as a dictionary and codes, floats rounded
+    to DIGITS significant digits — a third of the rows' JSON; :func:`unpack_dataset` and
+    the report's script rebuild the rows."""
+    names = list(dict.fromkeys(k for row in rows for k in row))
+    columns = {}
+    for name in names:
+        values = [row.get(name) for row in rows]
+        if all(v is None or isinstance(v, str) for v in values):
+            words = list(dict.fromkeys(values))
+            index = {w: i for i, w in enumerate(words)}
+            columns[name] = {"words": words, "codes": [index[v] for v in values]}
+        else:
+            columns[name] = {"values": [_round(v) for v in values]}
+    return {"normlab_columns": columns, "length": len(rows)}
+
+
+def unpack_dataset(packed: dict) -> list[dict]:
+    """The rows of :func:`pack_dataset` (what the browser draws)."""
+    cols = {name: ([c["words"][i] for i in c["codes"]] if "words" in c else c["values"])
+            for name, c in packed["normlab_columns"].items()}
+    return [{name: col[i] for name, col in cols.items()} for i in range(packed["length"])]
+
+
+def packed_spec(spec: dict) -> dict:
+    """``spec`` with every inlined dataset packed by :func:`pack_dataset`."""
+    out = dict(spec)
+    if "datasets" in spec:
+        out["datasets"] = {k: pack_dataset(v) for k, v in spec["datasets"].items()}
+    return out
+
+
 @functools.lru_cache(maxsize=1)
 def javascript() -> str:
     """Vega, Vega-Lite and vega-embed as one script (vl-convert's bundle), built once."""
@@ -266,6 +327,7 @@ def zoomable(spec: dict) -> dict:
                     return found
         return first_unit(node.get("spec"))
 
+    spec = copy.deepcopy(spec)
     unit = first_unit(spec)
     if unit is not None:
         unit.setdefault("params", []).append(
@@ -292,7 +354,20 @@ EMBED = """
   var charts = document.querySelectorAll('script[data-chart]');
   charts.forEach(function(node){
     var target = document.getElementById(node.getAttribute('data-chart'));
-    vegaEmbed(target, JSON.parse(node.textContent), {actions:false, renderer:'canvas'})
+    var spec = JSON.parse(node.textContent);
+    Object.keys(spec.datasets || {}).forEach(function(name){
+      var packed = spec.datasets[name], cols = packed.normlab_columns, rows = [];
+      if (!cols) return;
+      var names = Object.keys(cols);
+      for (var i = 0; i < packed.length; i++) {
+        var row = {};
+        names.forEach(function(n){ var c = cols[n];
+          row[n] = c.words ? c.words[c.codes[i]] : c.values[i]; });
+        rows.push(row);
+      }
+      spec.datasets[name] = rows;
+    });
+    vegaEmbed(target, spec, {actions:false, renderer:'canvas'})
       .catch(function(err){ target.innerHTML = '<p class="error">This chart could not be drawn: '
         + String(err).replace(/</g,'&lt;') + '</p>'; console.error(err); });
   });
@@ -328,7 +403,7 @@ def render(*, title: str, subtitle: str, command_line: str, runs: pd.DataFrame,
               "method (shift-click for several); on line charts the mouse wheel zooms the "
               "step axis, drag pans, double click resets.</p>"]
     for i, fig in enumerate(figures):
-        spec = zoomable(fig.spec)
+        spec = packed_spec(zoomable(fig.spec))
         parts += [f"<h3>{html.escape(fig.title)}</h3>",
                   f'<div class="chart" id="chart-{i}"></div>',
                   f'<p class="note">{html.escape(fig.note())}</p>',
