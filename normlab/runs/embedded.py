@@ -16,6 +16,7 @@ import base64
 import binascii
 import gzip
 import json
+import zlib
 from html.parser import HTMLParser
 from typing import Any
 
@@ -81,7 +82,7 @@ def extract(text: str, id: str = EXPORT_ID) -> Any:
         if isinstance(doc, dict) and doc.get("encoding") == ENCODING:
             doc = json.loads(gzip.decompress(base64.b64decode(doc["data"], validate=True)))
         return doc
-    except (json.JSONDecodeError, UnicodeDecodeError, binascii.Error, EOFError, OSError,
+    except (json.JSONDecodeError, UnicodeDecodeError, binascii.Error, EOFError, OSError, zlib.error,
             KeyError, TypeError) as e:
         raise ValueError(f"its embedded export (<script id=\"{id}\">) is damaged "
                          f"({type(e).__name__}: {e}); the file was cut or edited — download "

@@ -136,7 +136,7 @@ def figure(title: str, chart: alt.TopLevelMixin, measured: int | None) -> Figure
     drawn = distinct (label, layer, step) of its largest dataset. ``measured`` None: the
     chart shows a single step, nothing was thinned."""
     with alt.data_transformers.enable("default", max_rows=None):
-        spec = chart.to_dict()
+        spec = chart.to_dict(validate=False)
     rows = max(spec.get("datasets", {}).values(), key=len, default=[])
     keys = [k for k in KEYS if rows and k in rows[0]]
     drawn = len({tuple(r.get(k) for k in keys) for r in rows}) if keys else len(rows)
