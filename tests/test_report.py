@@ -251,3 +251,28 @@ def test_the_report_opens_offline_in_a_browser(made):
                 page.close()
         finally:
             browser.close()
+
+
+def test_the_downsampling_factor_is_the_builders():
+    from normlab.views.charts import metric_chart
+
+    steps = np.arange(1000)
+    frame = pd.DataFrame({"run": "r1", "step": steps, "layer": "model", "site": "train",
+                          "metric": "loss", "value": 1.0 + np.exp(-steps / 300),
+                          "method": "batch", "seed": 0, "label": "batch"})
+    fig = report.figure("loss", metric_chart(frame, "loss", "train", max_points=100),
+                        report.points(frame))
+    assert fig.measured == 1000 and 90 <= fig.drawn <= 110
+    assert f"about {1000 / fig.drawn:.0f}×" in fig.note()
+
+
+def test_compare_page_has_the_download_button(made, monkeypatch):
+    import normlab.ui.common
+    from test_pages import compare, ok
+
+    store, cid, _, _, _ = made
+    monkeypatch.setenv("NORMLAB_STORE", str(store.path))
+    monkeypatch.setattr(normlab.ui.common, "ensure_engine", lambda *a, **k: None)
+    at = ok(compare(comparison=cid))
+    buttons = at.get("download_button")
+    assert any(b.proto.label == "Download report" for b in buttons)

@@ -124,11 +124,13 @@ KEYS = ("label", "layer", "step")  # what makes one drawn point of a series
 
 
 def points(frame: pd.DataFrame, every: int | None = None) -> int:
-    """Measured points behind a frame: distinct (run, layer, step), times ``every`` when
-    only every ``every``-th step was loaded."""
+    """Measured points behind a frame's series: distinct (label, layer, step) — seeds of
+    one label are one series, drawn as their mean — times ``every`` when only every
+    ``every``-th step was loaded."""
     if frame.empty:
         return 0
-    return len(frame[["run", "layer", "step"]].drop_duplicates()) * (every or 1)
+    keys = ["label" if "label" in frame else "run", "layer", "step"]
+    return len(frame[keys].astype(str).drop_duplicates()) * (every or 1)
 
 
 def figure(title: str, chart: alt.TopLevelMixin, measured: int | None) -> Figure:
