@@ -21,7 +21,7 @@ from normlab.views import compareview as views
 from normlab.views import layercharts, layerview, report
 from normlab.views.urlstate import VIEW_DEFAULTS
 
-from test_pages import TINY, fill
+from test_pages import TINY, fill, store  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "artifacts"
@@ -119,6 +119,7 @@ def test_the_report_parses_and_has_one_spec_per_compare_chart_with_the_page_data
             if chart is not None:
                 expected.append(chart.to_dict())
     assert len(specs) == len(expected) == 9
+    assert all("report_zoom" in json.dumps(s) for s in specs)  # wheel zoom on the step axis
     for got, want in zip(specs, expected):
         assert got["$schema"] == want["$schema"] and "vega-lite" in got["$schema"]
         for g, w in zip(rows_of(got), want["datasets"].values()):
@@ -276,3 +277,26 @@ def test_compare_page_has_the_download_button(made, monkeypatch):
     at = ok(compare(comparison=cid))
     buttons = at.get("download_button")
     assert any(b.proto.label == "Download report" for b in buttons)
+
+
+def test_a_lab_page_reports_its_claim_and_the_readouts_it_shows(store, monkeypatch):  # noqa: F811
+    from normlab.training.config import RunConfig
+    from normlab.ui import report as ui_report
+    from normlab.views.labs import sensitivity
+    from test_pages import ok
+    from test_pages_labs import TINY as LAB_TINY, fill as lab_fill, lab_page
+
+    configs = [RunConfig(norm=n, lr=lr, **LAB_TINY) for n in ("batch", "none")
+               for lr in (0.01, 0.1)]
+    cid, _ = lab_fill(store, configs, "Learning rate and initialization · test",
+                      {"norm": ["batch", "none"], "lr": [0.01, 0.1]})
+    at = ok(lab_page("pages/8_lr_init.py", comparison=cid))
+    assert any(b.proto.label == "Download report" for b in at.get("download_button"))
+    shown = [s.value for s in at.success]
+    assert shown and at.session_state[ui_report.LIVE_READOUTS] == shown
+    lab = report.lab_of(store.comparison(cid))
+    monkeypatch.setattr(report, "javascript", lambda: "")  # charts are tested above
+    text = report.render(title="t", subtitle="s", command_line="c", figures=[], export={},
+                         runs=store.runs(comparison=cid), lab=lab, readouts=shown)
+    assert lab is sensitivity.LR_LAB
+    assert report._md(lab.claim) in text and report._md(shown[0]) in text
