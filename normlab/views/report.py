@@ -310,6 +310,13 @@ def _table(frame: pd.DataFrame) -> str:
     return frame.to_html(index=False, border=0, classes="tbl", na_rep="", escape=True)
 
 
+def _fields(common: pd.DataFrame) -> str:
+    """field = value pairs in a compact grid (a config has ~35 fields)."""
+    items = "".join(f"<div><span>{html.escape(str(f))}</span> {html.escape(str(v))}</div>"
+                    for f, v in zip(common["field"], common["value"]))
+    return f'<div class="fields">{items}</div>'
+
+
 def zoomable(spec: dict) -> dict:
     """``spec`` with zoom and pan on the step axis: a scale-bound interval on the first
     line or area view whose x is a quantitative field (mouse wheel zooms, drag pans,
@@ -349,6 +356,8 @@ h1{margin-bottom:.2rem}h2{margin-top:2.2rem;border-bottom:1px solid #ddd}
 .claim{background:#f5f6fa;padding:.6rem .9rem;border-radius:4px}
 .note{color:#666;font-size:.82rem;margin-top:.2rem}.chart{margin-top:.6rem;overflow-x:auto}
 .error{color:#b00020}
+.fields{display:grid;grid-template-columns:repeat(auto-fill,minmax(210px,1fr));gap:.15rem 1rem;
+font-size:.85rem}.fields span{color:#666}
 """
 
 EMBED = """
@@ -399,7 +408,7 @@ def render(*, title: str, subtitle: str, command_line: str, runs: pd.DataFrame,
         parts.append("<h2>Readout</h2>")
         parts += [f'<p class="readout">{_md(r)}</p>' for r in readouts]
     parts += ["<h2>Setup</h2>", f"<h3>What differs between the {len(runs)} runs</h3>",
-              _table(per_run), "<h3>What all runs share</h3>", _table(common),
+              _table(per_run), "<h3>What all runs share</h3>", _fields(common),
               "<h2>Methods</h2>", _table(methods_rows(runs)), "<h2>Charts</h2>",
               '<p class="note">Hover for values; click a legend entry to highlight a '
               "method (shift-click for several); on line charts the mouse wheel zooms the "
