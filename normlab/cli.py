@@ -1,7 +1,7 @@
 """``python -m normlab``: run comparisons and manage the run store from a terminal.
 
 Commands: ``run``, ``list``, ``show``, ``export``, ``import``, ``delete``, ``cancel``,
-``pause``, ``resume``, ``tag``, ``annotate``, ``engine``. ``run`` takes every
+``pause``, ``resume``, ``tag``, ``annotate``, ``report``, ``engine``. ``run`` takes every
 :class:`~normlab.training.config.RunConfig` field as a flag of the same name and default; a
 comma-separated value (``--norms batch,layer --seeds 0,1 --lr 0.1,0.01``) makes a
 comparison over every combination; a numeric field also takes a range,
@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp = sub.add_parser("import", help="load an exported file into the store")
     imp.add_argument("path")
     _store_arg(imp)
+
+    _report_parser(sub)
 
     for name, text in (("delete", "delete a run or comparison with its metrics"),
                        ("cancel", "cancel a run or every unfinished run of a comparison"),
@@ -327,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "engine":
             return cmd_engine(args)
         store = Store(args.store)
-        handler = {"run": cmd_run, "list": cmd_list, "show": cmd_show}.get(args.command)
+        handler = {"run": cmd_run, "list": cmd_list, "show": cmd_show,
+                   "report": cmd_report}.get(args.command)
         if handler is not None:
             return handler(args, store)
         return cmd_simple(args, store)
@@ -359,6 +362,36 @@ def _quiet_stdout() -> None:
         os.dup2(devnull, sys.stdout.fileno())
     except (OSError, ValueError):  # no real file descriptor (a test's captured stdout)
         pass
+
+
+def _report_parser(sub) -> None:
+    rep = sub.add_parser("report", help="write one self-contained HTML report (charts, setup, "
+                         "the runs inside; opens offline, `import` reads it back)")
+    rep.add_argument("id", help="a comparison id (a lab's too) or run ids, comma-separated")
+    rep.add_argument("-o", "--output", required=True, metavar="PATH", help="the .html file")
+    rep.add_argument("--page", choices=("compare", "layers"), default="compare",
+                     help="whose charts: Compare's (default) or Layer dynamics'")
+    rep.add_argument("--site", default=None, help="--page layers: the activation site "
+                     "(pre_norm, post_norm, post_act; default: the page's)")
+    rep.add_argument("--layers", default=None, help="--page layers: comma-separated layers "
+                     "(default: the page's)")
+    _store_arg(rep)
+
+
+def cmd_report(args, store) -> int:
+    from normlab.measure.schema import ACT_SITES
+    from normlab.views import report
+
+    if args.site is not None and args.site not in ACT_SITES:
+        raise UsageError(f"normlab report: --site {args.site!r} is not an activation site; "
+                         f"use one of {', '.join(ACT_SITES)}")
+    if args.page != "layers" and (args.site or args.layers):
+        raise UsageError("normlab report: --site and --layers are for --page layers")
+    layers = [p.strip() for p in args.layers.split(",") if p.strip()] if args.layers else None
+    path = report.write(store, args.id, args.output, page=args.page, site=args.site,
+                        layers=layers)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
 
 
 def cmd_simple(args, store) -> int:

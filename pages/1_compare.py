@@ -11,6 +11,7 @@ from normlab.ui.common import (apply_url, comparison_picker, get_store, show_new
 from normlab.ui.form import (config_form, current_view, form_values, launch_button,
                             presenter_toggle, setup_status, view_controls)
 from normlab.ui.live import live_runs
+from normlab.ui.report import download_button
 from normlab.ui import menu
 
 menu.page_setup(menu.COMPARE)
@@ -59,4 +60,5 @@ else:
     n_seeds = int(get_store().runs(ids=shown[1])["seed"].nunique())
     view = view_controls(n_seeds, present)
     live_runs(*shown, view)
+    download_button(",".join(shown[1]) if shown[0].startswith("runs-") else shown[0], view=view)
 sync_url(config, methods, seeds, view)

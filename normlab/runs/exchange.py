@@ -23,7 +23,9 @@ that differ between the exported runs and the seed when there are several), so
 legend. :func:`read_export` reads any of the three formats into those rows (for JSON,
 whose series are nested, it is the one call that does; ``pd.read_json`` cannot).
 
-Import (:func:`import_file`; the format is recognised from the content, not the name):
+Import (:func:`import_file`; the format is recognised from the content, not the name —
+an HTML report of :mod:`normlab.views.report` imports the ``json`` export it embeds,
+:mod:`normlab.runs.embedded`):
 
 * Ids are kept when they are free. A run already in the store with the same id, creation
   time and config is the same run: it is skipped with a warning, so importing a file twice
@@ -46,6 +48,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from normlab.runs.embedded import extract, looks_like_html
 from normlab.runs.chunks import (
     INSERT_CHUNK, MAX_STEP, STEP_DTYPE, VALUE_DTYPE, MetricQuery, metrics_frame,
 )
@@ -188,12 +191,18 @@ def _replace_atomically(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def _write_json(bundle: Bundle, path: Path) -> None:
+def json_doc(bundle: Bundle) -> dict[str, Any]:
+    """The ``json`` format's document of ``bundle`` (also what a report embeds)."""
     series = _series(bundle.metrics)
     doc = bundle.header()
     labels = run_labels(bundle.runs)
     doc["runs"] = [{**r, "label": labels[r["id"]], "series": series.get(r["id"], [])}
                    for r in bundle.runs]
+    return doc
+
+
+def _write_json(bundle: Bundle, path: Path) -> None:
+    doc = json_doc(bundle)
 
     def write(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
@@ -227,6 +236,8 @@ def sniff(path: Path) -> str:
         head = f.read(64)
     if head.startswith(b"PAR1"):
         return "parquet"
+    if looks_like_html(head):  # a report with its export embedded (normlab.runs.embedded)
+        return "html"
     if head.lstrip()[:1] == b"{":
         return "json"
     return "csv"
@@ -239,7 +250,8 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
         raise FileNotFoundError(f"no export file at {path}")
     try:
         format = sniff(path)
-        bundle = {"json": _read_json, "parquet": _read_parquet, "csv": _read_csv}[format](path)
+        bundle = {"json": _read_json, "parquet": _read_parquet, "csv": _read_csv,
+                  "html": _read_html}[format](path)
         bundle = _check(bundle)
     except _Malformed as e:
         raise ValueError(f"cannot import {path}: {e}") from None
@@ -274,6 +286,21 @@ def _read_json(path: Path) -> Bundle:
             doc = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise _Malformed(f"it is not valid JSON ({e})") from None
+    return _doc_bundle(doc)
+
+
+def _read_html(path: Path) -> Bundle:
+    try:
+        doc = extract(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise _Malformed(f"it is not UTF-8 text ({e})") from None
+    except ValueError as e:
+        raise _Malformed(str(e)) from None
+    return _doc_bundle(doc)
+
+
+def _doc_bundle(doc: Any) -> Bundle:
+    """The bundle of a parsed ``json`` document."""
     comparisons, runs = _parse_header(doc)
     cols: dict[str, list] = {c: [] for c in COLUMNS}
     records = []
