@@ -360,12 +360,14 @@ def group_request(group: str, view: View) -> tuple[list[str], list[str]]:
 PANEL_MIN = 90  # narrowest small multiple, px
 POINT_BUDGET = 3000  # points drawn per chart (spread over its series), keeps redraws fast
 MIN_POINTS = 120  # ... but never fewer than this per series
-BESIDE_PANELS = 250  # y axis, row headers and legend beside a grid of panels, px
+BESIDE_PANELS = 80  # y axis (title, labels) beside a grid of panels, px
+ROW_HEADERS = 140  # row headers (method names) left of a grid with rows, px
+FACET_GAP = 20  # Vega-Lite's spacing between panels, px
 PRESENTER_SCALE = 1.4  # presenter mode: panels and fonts this much larger
 
 
 def build_chart(frame: pd.DataFrame, spec: ChartSpec, view: View, *, n_seeds: int = 1,
-                width: int = 1100):
+                width: int = 800):
     """The chart of ``spec`` over ``frame`` with the view options, or None without data.
 
     Small multiples are sized so that their grid fits ``width`` pixels (the page's width
@@ -385,7 +387,7 @@ def build_chart(frame: pd.DataFrame, spec: ChartSpec, view: View, *, n_seeds: in
         return None
     n_labels, n_layers = rows["label"].nunique(), rows["layer"].nunique()
     if spec.per_layer:
-        columns = n_labels if view.layout == "side" else min(n_layers, 3)
+        columns = n_layers if view.layout == "side" else min(n_layers, 3)
     else:
         columns = min(n_labels, 4) if view.layout == "side" else 1
     band = None if view.band == "none" or n_seeds < 2 else view.band
@@ -407,7 +409,10 @@ def fit(chart, columns: int, width: int, scale: float = 1.0):
     w, h = getattr(inner, "width", None), getattr(inner, "height", None)
     if isinstance(w, (int, float)) and isinstance(h, (int, float)):
         if isinstance(chart, alt.FacetChart):
-            room = (width - BESIDE_PANELS * scale) / max(1, columns) - 16
+            facet = chart.facet
+            rows = isinstance(facet, alt.FacetMapping) and facet.row is not alt.Undefined
+            beside = (BESIDE_PANELS + ROW_HEADERS * rows) * scale
+            room = (width - beside) / max(1, columns) - FACET_GAP
             new_w = max(PANEL_MIN, min(w * scale, room))
             inner.width = int(new_w)
             inner.height = int(h * scale * max(0.7, min(1.0, new_w / (w * scale))))
