@@ -16,7 +16,7 @@ from normlab.ui import menu
 menu.page_setup(menu.COMPARE)
 
 apply_url()  # a shared link (or the Home quick start) sets the form and what is shown
-title, toggle = st.columns([6, 1], vertical_alignment="bottom")
+title, toggle = st.columns([5, 1], vertical_alignment="bottom")
 with toggle:
     present = presenter_toggle()
 title.title("Compare normalization methods")
@@ -38,7 +38,7 @@ with st.sidebar:
 if present:
     shown = shown_runs()
 else:
-    pick, open_layers = st.columns([5, 1], vertical_alignment="bottom")
+    pick, open_layers = st.columns([3, 1], vertical_alignment="bottom")
     with pick:
         shown = comparison_picker("Showing")
     if shown and open_layers.button("Layer dynamics", icon=":material/stacked_line_chart:",

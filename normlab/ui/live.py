@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from normlab.views import compareview as views
+from normlab.views import compareview as views, explorer
 from normlab.runs.engine import engine_pid, ensure_engine
 from normlab.runs.store import NotFound
 from normlab.views.urlstate import View
@@ -105,7 +105,8 @@ def _controls(top, key: str, summary: dict, ids: list[str], which: str) -> None:
 
 @st.cache_data(max_entries=24, show_spinner=False)
 def _frame(path: str, cid: str, sig: tuple, metrics, sites, every: int):
-    """A finished comparison's frame (``sig`` changes when a run does)."""
+    """The runs' frame (``sig`` changes when a run does: a view toggle between two polls
+    of a live comparison, and every view of a finished one, reuse it)."""
     return views.comparison_frame(get_store(), [s[0] for s in sig], metrics, sites,
                                   every=every)
 
@@ -113,7 +114,7 @@ def _frame(path: str, cid: str, sig: tuple, metrics, sites, every: int):
 @st.cache_data(max_entries=64, show_spinner=False)
 def _chart(path: str, cid: str, sig: tuple, spec_key: str, view: View, n_seeds: int,
            width: int, metrics, sites, every: int):
-    """A finished comparison's chart, rebuilt only when its own options change."""
+    """A chart, rebuilt only when the runs or its own options change."""
     frame = _frame(path, cid, sig, metrics, sites, every)
     return _build(frame, spec_key, view, n_seeds, width)
 
@@ -124,6 +125,7 @@ def _build(frame, spec_key: str, view: View, n_seeds: int, width: int):
 
 
 SWEEP_TAB = "Sweep"
+EXPLORE_TAB = "Explore"
 
 
 def _charts(key: str, runs, view: View) -> None:
@@ -134,54 +136,91 @@ def _charts(key: str, runs, view: View) -> None:
         record = views.comparison_record(get_store(), key)
         grid = record.get("grid") if record else None
     swept = sweep_fields(runs, grid)
-    names = ([SWEEP_TAB] if swept else []) + list(views.CHART_GROUPS)
+    names = ([SWEEP_TAB] if swept else []) + list(views.CHART_GROUPS) + [EXPLORE_TAB]
     tabs = st.tabs(names, key="chart_group", on_change="rerun")
     for tab, group in zip(tabs, names):
         if tab.open:
             with tab:
                 if group == SWEEP_TAB:
                     sweep_view(runs, key, grid, fields=swept)
+                elif group == EXPLORE_TAB:
+                    _explore(key, runs, view)
                 else:
                     _group(key, runs, group, view)
 
 
+@st.cache_data(ttl=10, max_entries=16, show_spinner=False)
+def _catalog(path: str, ids: tuple, configs: tuple) -> list[str]:
+    return explorer.series_catalog(get_store(), ids, configs)
+
+
+def _every(runs) -> int:
+    longest = pd.to_numeric(runs["total_steps"], errors="coerce").fillna(runs["step"]).max()
+    return views.load_every(int(longest) if longest == longest else 1,
+                            min(int(c.get("record_interval", 1)) for c in runs["config"]))
+
+
+def _explore(key: str, runs, view: View) -> None:
+    """The metric explorer: any recorded series of these runs, charted across them."""
+    names = _catalog(str(get_store().path), tuple(runs["id"]), tuple(runs["config"]))
+    if not names:
+        st.info("Nothing recorded yet for these runs.")
+        return
+    first = [n for n in names if n.startswith("update_ratio")][:1] or names[:1]
+    picked = st.multiselect(
+        f"Series ({len(names)} recorded: metric · site · layer)", names, default=first,
+        key=f"explore_{key}", max_selections=6,
+        placeholder="type to filter, e.g. “hidden2 update” or “var post_norm”",
+        help="Every series the runs recorded (histogram bins: see Layer dynamics). Log scale, "
+             "smoothing, seed band and layout follow the view options above.")
+    n_seeds, every = int(runs["seed"].nunique()), _every(runs)
+    for name in picked:
+        metric, site, layer = explorer.parse_series(name)
+        frame = views.comparison_frame(get_store(), list(runs["id"]), [metric], [site],
+                                       layers=[layer], every=every)
+        chart = explorer.explore_chart(frame, name, view, n_seeds=n_seeds)
+        if chart is None:
+            st.info(f"No values of {name} yet.")
+            continue
+        st.altair_chart(views.fit(chart, min(3, frame["label"].nunique()), PAGE_WIDTH),
+                        width="stretch" if view.layout == "overlay" else "content")
+
+
 def _group(key: str, runs, group: str, view: View) -> None:
     metrics, sites = views.group_request(group, view)
-    longest = pd.to_numeric(runs["total_steps"], errors="coerce").fillna(runs["step"]).max()
-    every = views.load_every(int(longest) if longest == longest else 1,
-                             min(int(c.get("record_interval", 1)) for c in runs["config"]))
+    every = _every(runs)
     sig, n_seeds = views.signature(runs), int(runs["seed"].nunique())
-    done, path = views.finished(runs), str(get_store().path)
+    path = str(get_store().path)
     wide = view.present or view.layout == "side"
-    frame = None if done else views.comparison_frame(get_store(), list(runs["id"]), metrics,
-                                                      sites, every=every)
-    if frame is not None and frame.empty:
+    # cached by the runs' (id, status, step): a view toggle between two polls reuses the
+    # frame and every chart it does not change
+    frame = _frame(path, key, sig, metrics, sites, every)
+    if frame.empty:
         st.info("Waiting for the first measurements… A run waits in the queue until a "
                 "worker is free; the engine's very first start on a machine also compiles "
                 "the probes (about 10 s, once).")
         return
-    slots: list = []  # free half-width columns of the current row
-    drawn = 0
+    charts = []
     for spec in views.CHART_GROUPS[group]:
         own = views.relevant_view(spec, view, n_seeds)
         try:
-            chart = (_chart(path, key, sig, spec.key, own, n_seeds, PAGE_WIDTH, metrics,
-                            sites, every) if done
-                     else _build(frame, spec.key, own, n_seeds, PAGE_WIDTH))
+            chart = _chart(path, key, sig, spec.key, own, n_seeds, PAGE_WIDTH, metrics, sites,
+                           every)
         except Exception as exc:  # a chart that cannot be drawn must not break the page
             st.warning(f"Could not draw “{spec.title}”: {exc}")
             continue
-        if chart is None:
-            continue
-        drawn += 1
-        if wide or spec.per_layer:  # full width; facets keep their own panel size
-            slots = []
+        if chart is not None:
+            charts.append((spec, chart))
+    drawn = len(charts)
+    for row in views.chart_rows([not wide and not spec.per_layer for spec, _ in charts]):
+        if len(row) == 2:  # two model-level charts side by side
+            for col, i in zip(st.columns(2), row):
+                with col:
+                    st.altair_chart(charts[i][1], width="stretch")
+        else:  # full width (a lone model-level chart too); facets keep their fitted size
+            spec, chart = charts[row[0]]
             faceted = spec.per_layer or view.layout == "side"
             st.altair_chart(chart, width="content" if faceted else "stretch")
-        else:
-            slots = slots or list(st.columns(2))
-            with slots.pop(0):
-                st.altair_chart(chart, width="stretch")
     if not drawn:
         st.info("Nothing measured for these charts: the runs ended before their first "
                 "record (see the notes in the Runs table above).")

@@ -326,6 +326,10 @@ CHART_GROUPS: dict[str, tuple[ChartSpec, ...]] = {
         ChartSpec("grad_norm", "Global gradient norm", "grad_norm", "train", loggable=True),
         ChartSpec("layer_grad", "Gradient norm per layer", "grad_norm", "param",
                   per_layer=True, loggable=True),
+        ChartSpec("update_ratio", "Effective learning rate ‖Δw‖/‖w‖ per layer", "update_ratio",
+                  "param", per_layer=True, loggable=True),
+        ChartSpec("weight_norm", "Weight norm ‖w‖ per layer", "weight_norm", "param",
+                  per_layer=True, loggable=True),
     ),
     "Activations": (
         ChartSpec("act_mean", "Activation mean per layer", "mean", "site", per_layer=True),
@@ -400,6 +404,18 @@ def build_chart(frame: pd.DataFrame, spec: ChartSpec, view: View, *, n_seeds: in
                     columns=None if spec.per_layer and view.layout == "side" else columns,
                     max_points=int(min(600, max(MIN_POINTS, per_series))))
     return fit(chart, columns, width, PRESENTER_SCALE if view.present else 1.0)
+
+
+def chart_rows(halves: list[bool]) -> list[list[int]]:
+    """Rows of chart indices: charts that may take half the width (``halves[i]``) go in
+    pairs of consecutive ones; the others, and a half chart left without a partner, alone."""
+    rows: list[list[int]] = []
+    for i, half in enumerate(halves):
+        if half and rows and len(rows[-1]) == 1 and halves[rows[-1][0]]:
+            rows[-1].append(i)
+        else:
+            rows.append([i])
+    return rows
 
 
 def fit(chart, columns: int, width: int, scale: float = 1.0):
