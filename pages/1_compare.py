@@ -55,6 +55,7 @@ if shown is None:
             icon=":material/arrow_back:")
 else:
     n_seeds = int(get_store().runs(ids=shown[1])["seed"].nunique())
-    view = view_controls(n_seeds, present)
-    live_runs(*shown, view)
+    # drawn inside the live fragment: a view toggle reruns the charts only, not the page
+    live_runs(*shown, view, controls=lambda: view_controls(n_seeds, present),
+              on_view=lambda v: sync_url(config, methods, seeds, v))
 sync_url(config, methods, seeds, view)

@@ -6,6 +6,9 @@ more than ``MANY_RUNS`` runs shows its progress per method, not one bar per run.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import altair as alt
 import pandas as pd
 import streamlit as st
 
@@ -17,9 +20,15 @@ from normlab.ui.common import PAGE_WIDTH, POLL_SECONDS, get_store
 from normlab.ui.sweep import fields_of as sweep_fields, sweep_view
 
 
-def live_runs(key: str, ids: list[str], view: View) -> None:
+def live_runs(key: str, ids: list[str], view: View,
+              controls: Callable[[], View] | None = None,
+              on_view: Callable[[View], None] | None = None) -> None:
     """Progress, controls and charts of runs ``ids`` (``key`` names them: a comparison id);
-    polls the store every POLL_SECONDS while any run is unfinished, then stops."""
+    polls the store every POLL_SECONDS while any run is unfinished, then stops.
+
+    ``controls`` draws the view options and returns the View (else ``view`` is used): drawn
+    inside the fragment, a view toggle (or a tab switch) reruns only the charts, not the
+    page; ``on_view`` then gets the new View (e.g. to write it to the URL)."""
     try:
         live = not views.finished(get_store().runs(ids=ids))
     except NotFound:
@@ -33,10 +42,13 @@ def live_runs(key: str, ids: list[str], view: View) -> None:
         except NotFound:
             st.warning("Some of these runs were deleted while they were shown; pick again.")
             return
+        shown = controls() if controls else view
+        if on_view:
+            on_view(shown)
         if not views.finished(runs):
             _engine_check()
         _progress(key, runs)
-        _charts(key, runs, view)
+        _charts(key, runs, shown)
         if live and views.finished(runs):
             st.rerun()  # everything ended: redraw once without polling
 
@@ -113,10 +125,18 @@ def _frame(path: str, cid: str, sig: tuple, metrics, sites, every: int):
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def _chart(path: str, cid: str, sig: tuple, spec_key: str, view: View, n_seeds: int,
-           width: int, metrics, sites, every: int):
-    """A chart, rebuilt only when the runs or its own options change."""
+           width: int, metrics, sites, every: int) -> dict | None:
+    """A chart's Vega-Lite spec, rebuilt only when the runs or its own options change.
+
+    Cached as the spec dict, not the Altair object: building and validating an Altair chart
+    of 9 runs takes ~0.3-0.6 s, so a view toggle back to a setting seen before, or a tab
+    switch, costs no rebuild at all."""
     frame = _frame(path, cid, sig, metrics, sites, every)
-    return _build(frame, spec_key, view, n_seeds, width)
+    chart = _build(frame, spec_key, view, n_seeds, width)
+    if chart is None:
+        return None
+    with alt.data_transformers.disable_max_rows():
+        return chart.to_dict()
 
 
 def _build(frame, spec_key: str, view: View, n_seeds: int, width: int):
@@ -216,11 +236,11 @@ def _group(key: str, runs, group: str, view: View) -> None:
         if len(row) == 2:  # two model-level charts side by side
             for col, i in zip(st.columns(2), row):
                 with col:
-                    st.altair_chart(charts[i][1], width="stretch")
+                    st.vega_lite_chart(charts[i][1], width="stretch")
         else:  # full width (a lone model-level chart too); facets keep their fitted size
             spec, chart = charts[row[0]]
             faceted = spec.per_layer or view.layout == "side"
-            st.altair_chart(chart, width="content" if faceted else "stretch")
+            st.vega_lite_chart(chart, width="content" if faceted else "stretch")
     if not drawn:
         st.info("Nothing measured for these charts: the runs ended before their first "
                 "record (see the notes in the Runs table above).")
