@@ -340,3 +340,14 @@ def test_explorer_lists_every_series_but_histogram_bins(trained):
     np.testing.assert_allclose(data.set_index(["method", "step"])["value"], ref.loc[
         list(zip(data["method"], data["step"]))])
     assert explorer.explore_chart(frame, "weight_norm · param · nowhere", View()) is None
+
+
+def test_chart_signature_buckets_live_steps_and_keeps_finished_ones():
+    runs = pd.DataFrame({"id": ["a", "b", "c"], "status": ["running", "running", "done"],
+                         "step": [0, 1049, 333], "total_steps": [2000, 2000, 500]})
+    assert views.chart_signature(runs, redraws=40) == (("a", "running", 0),
+                                                       ("b", "running", 1000),
+                                                       ("c", "done", 333))
+    later = runs.assign(step=[40, 1020, 333])  # same buckets (50 steps each): same key
+    assert views.chart_signature(later, 40) == views.chart_signature(runs, 40)
+    assert views.chart_signature(runs.assign(step=[50, 1049, 333]), 40)[0] == ("a", "running", 50)

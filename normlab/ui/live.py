@@ -209,7 +209,7 @@ def _explore(key: str, runs, view: View) -> None:
 def _group(key: str, runs, group: str, view: View) -> None:
     metrics, sites = views.group_request(group, view)
     every = _every(runs)
-    sig, n_seeds = views.signature(runs), int(runs["seed"].nunique())
+    sig, n_seeds = views.chart_signature(runs), int(runs["seed"].nunique())
     path = str(get_store().path)
     wide = view.present or view.layout == "side"
     # cached by the runs' (id, status, step): a view toggle between two polls reuses the

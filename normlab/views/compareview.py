@@ -145,6 +145,22 @@ def signature(runs: pd.DataFrame) -> tuple:
     return tuple(zip(runs["id"], runs["status"], runs["step"].fillna(0).astype(int)))
 
 
+LIVE_REDRAWS = 40  # a live chart is redrawn about this many times over a run's training
+
+
+def chart_signature(runs: pd.DataFrame, redraws: int = LIVE_REDRAWS) -> tuple:
+    """(id, status, step bucket) per run: like :func:`signature`, but the step floored to
+    1/``redraws`` of the run's length, so live charts (cached by it) are rebuilt a few dozen
+    times per run rather than at every poll; a view toggle between two rebuilds is a cache
+    hit. A finished run's bucket is its last step."""
+    total = pd.to_numeric(runs["total_steps"], errors="coerce").fillna(0).astype(int)
+    step = runs["step"].fillna(0).astype(int)
+    size = (total // max(1, redraws)).clip(lower=1)
+    done = runs["status"].isin(FINISHED)
+    bucket = step.where(done, step // size * size)
+    return tuple(zip(runs["id"], runs["status"], bucket.astype(int)))
+
+
 def _eta(row) -> str:
     if row.status in FINISHED:
         return "—"
