@@ -18,7 +18,7 @@ menu.page_setup(menu.COMPARE)
 
 apply_url()  # a shared link (or the Home quick start) sets the form and what is shown
 show_newest()  # nothing shown yet: the newest comparison, with its setup in the form
-title, toggle = st.columns([6, 1], vertical_alignment="bottom")
+title, toggle = st.columns([5, 1], vertical_alignment="bottom")
 with toggle:
     present = presenter_toggle()
 title.title("Compare normalization methods")
@@ -41,7 +41,7 @@ with st.sidebar:
 if present:
     shown = shown_runs()
 else:
-    pick, open_layers = st.columns([5, 1], vertical_alignment="bottom")
+    pick, open_layers = st.columns([3, 1], vertical_alignment="bottom")
     with pick:
         shown = comparison_picker("Showing")
     if shown and open_layers.button("Layer dynamics", icon=":material/stacked_line_chart:",
@@ -58,7 +58,8 @@ if shown is None:
             icon=":material/arrow_back:")
 else:
     n_seeds = int(get_store().runs(ids=shown[1])["seed"].nunique())
-    view = view_controls(n_seeds, present)
-    live_runs(*shown, view)
+    # drawn inside the live fragment: a view toggle reruns the charts only, not the page
+    live_runs(*shown, view, controls=lambda: view_controls(n_seeds, present),
+              on_view=lambda v: sync_url(config, methods, seeds, v))
     download_button(",".join(shown[1]) if shown[0].startswith("runs-") else shown[0], view=view)
 sync_url(config, methods, seeds, view)

@@ -2,7 +2,7 @@
 method by method (the BatchNorm paper's Figure 1 view, and the full histograms)."""
 import streamlit as st
 
-from normlab.views import layercharts, layerview, compareview as views
+from normlab.views import layerview
 from normlab.measure.schema import ACT_SITES
 from normlab.runs.store import FINISHED
 from normlab.ui import picker
@@ -14,7 +14,7 @@ menu.page_setup(menu.LAYERS)
 
 st.title("Layer dynamics")
 st.markdown("How does the distribution of each layer's activations move during training, "
-            "and does normalization keep it still? Rows are layers, columns are methods; "
+            "and does normalization keep it still? Rows are methods, columns are layers; "
             "panels share their scales. Link here with `?comparison=<id>` or `?runs=<id>,<id>`.")
 
 store = get_store()
@@ -30,13 +30,8 @@ left, mid, right = st.columns([2.2, 1.3, 2.5], vertical_alignment="bottom")
 default_site, site_note = layerview.default_site(runs)
 site = left.segmented_control("Activation site", ACT_SITES, default=default_site, key="site",
                               required=True, bind="query-params", help=layerview.SITE_HELP)
-zoomed = mid.toggle("Zoom histograms to the bulk", True, key="layers_zoom",
-                    help="Show only the value bins that hold at least 1% of a layer's values "
-                         "at some step (each run's bins cover the range fitted at its first "
-                         "step).")
-per_unit = mid.toggle("Per unit", False, key="layers_units",
-                      help="Exact percentiles of 3 fixed units per layer (first, middle, "
-                           "last) over the batch, instead of the whole layer pooled.")
+zoomed = mid.toggle("Bulk only", True, key="layers_zoom", help=layerview.BULK_HELP)
+per_unit = mid.toggle("Per unit", False, key="layers_units", help=layerview.UNIT_HELP)
 if site_note:
     st.caption(site_note)
 pct = picker.site_rows(store, runs, site, "percentiles", names=names)
@@ -51,7 +46,6 @@ if not layers:
     st.info("Pick at least one layer.")
     st.stop()
 live = not runs["status"].isin(FINISHED).all()
-PAGE_WIDTH = 1000  # px the small multiples must fit in, all methods side by side
 refresh = 3 if live else None  # unfinished runs: the charts poll the store
 activation, drawn, note = layerview.hist_activation(runs, site)
 if note:
@@ -66,16 +60,10 @@ value_range = layerview.bulk_range(hist, site, activation) if zoomed else full
 @st.fragment(run_every=refresh)
 def over_time() -> None:
     kind = "units" if per_unit else "percentiles"
-    rows = (picker.site_rows(store, runs, site, kind, names=names) if live or per_unit
-            else pct)
+    rows = picker.site_rows(store, runs, site, kind, names=names) if live or per_unit else pct
     st.subheader("Percentiles over training" + (" — single units" if per_unit else ""))
-    st.caption("Line: the median (50th percentile); band: 15th to 85th percentile; dark band "
-               "around the line: the median's 95% sampling interval (none where every value "
-               "is used, e.g. an MLP layer at batch 64)." if not per_unit else
-               "Exact percentiles of one unit over the batch (and positions).")
-    chart = views.fit(layercharts.percentile_chart(
-        rows[rows["layer"].isin(layers)], site, units=per_unit,
-        title=f"{layerview.SITE_LABELS[site]}: 15/50/85th percentiles"), len(runs), PAGE_WIDTH)
+    st.caption(layerview.UNIT_CAPTION if per_unit else layerview.PCT_CAPTION)
+    chart = layerview.percentile_view(rows, site, layers, units=per_unit)
     st.altair_chart(chart, width="content")
     picker.chart_downloads(chart, f"normlab-percentiles-{site}", key="dl_pct")
 
@@ -84,12 +72,8 @@ def over_time() -> None:
                             names=names) if live else hist
     if rows.empty:
         return st.info(f"No {site} histograms recorded for these runs.")
-    st.caption("Each column: the share of values per bin at that step (log colour; blank = "
-               "none). Values %.3g to %.3g shown, of %.3g to %.3g. " % (*value_range, *full)
-               + layerview.overflow_note(rows, site))
-    heat = layerview.zoom(views.fit(layercharts.hist_heatmap(
-        rows, site, activation=activation, title=f"{site} histogram over time"),
-        len(hist_runs), PAGE_WIDTH), "y", *value_range)
+    st.caption(layerview.heatmap_caption(rows, site, value_range, full))
+    heat = layerview.heatmap_view(rows, site, activation, value_range)
     st.altair_chart(heat, width="content")
     picker.chart_downloads(heat, f"normlab-heatmap-{site}", key="dl_heat")
 
@@ -100,15 +84,14 @@ def at_step() -> None:
     lo, hi, gap = layerview.step_range(pct)
     a, b = st.columns([4, 1])
     step = a.slider("Step", lo, hi, hi, gap, key=f"layers_step_{lo}_{hi}") if hi > lo else lo
-    log = b.toggle("Log fraction axis", key="layers_log",
-                   help="Each run is drawn at its measured step nearest to this one.")
+    log = b.toggle("Log fraction", key="layers_log",
+                   help="Fraction axis on a log scale. Each run is drawn at its measured step "
+                        "nearest to this one.")
     rows = picker.site_rows(store, hist_runs, site, "histogram", layers=layers,
                             steps=layerview.step_window(runs, step), names=names)
     if rows.empty:
         return st.info(f"No {site} histograms near step {step}.")
-    chart = layerview.zoom(layercharts.hist_at_step(rows, site, int(step),
-                                                    activation=activation, log=log),
-                           "x", *value_range)
+    chart = layerview.step_view(rows, site, step, activation, log, value_range)
     st.altair_chart(chart, width="content")
     picker.chart_downloads(chart, f"normlab-histograms-{site}-step{step}", key="dl_step")
 

@@ -21,13 +21,13 @@ st.caption(f"One block `layer → norm` per method, built by NormLab's own modul
            f"training mode; each cell: Y/N (output change ‖h′−h‖/‖h‖ below {inv.TOL:g}) · "
            "the measured change · the published cell where Ba et al. give one (⚠: they "
            "disagree). Re-scaling factor 2.5; re-centering by a random vector.")
-st.dataframe(inv.table_display(table))
+st.table(inv.table_display(table))  # a static table wraps its cells: no sideways scroll
 lab.readout(inv.table_readout(table))
 
 st.subheader("So the gradient shrinks as the weights grow")
 st.caption("The block's weight scaled by λ, and ‖∂L/∂W‖ for a fixed linear read-out "
            "L = ⟨R, h⟩: an output that ignores the scale gives a gradient ∝ 1/λ.")
-st.altair_chart(inv.gradient_chart(gradients))
+st.altair_chart(inv.gradient_chart(gradients), width="stretch")
 lab.readout(inv.gradient_readout(gradients))
 
 st.subheader("Over training: weights grow, the effective step falls")

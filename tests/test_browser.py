@@ -265,3 +265,84 @@ def test_deep_link_as_a_fresh_servers_first_request(tmp_path, link, title):
                       "the link's setup in the form", page)
         finally:
             browser.close()
+
+
+# Every chart's drawing (the Vega embed's svg or canvas) ends inside its column: the main
+# block's content box, or the st.columns cell holding it.
+OVERFLOW_JS = """() => {
+  const main = document.querySelector('[data-testid="stMainBlockContainer"]');
+  const right = main.getBoundingClientRect().right - parseFloat(getComputedStyle(main).paddingRight);
+  return [...document.querySelectorAll('.vega-embed')].map(e => {
+    const g = e.querySelector('svg, canvas');
+    if (!g) return null;
+    const col = e.closest('[data-testid="stColumn"]');
+    const limit = col ? col.getBoundingClientRect().right : right;
+    return {title: (e.closest('[data-testid="stElementContainer"]') || e).innerText.slice(0, 40),
+            over: Math.round(g.getBoundingClientRect().right - limit),
+            width: Math.round(g.getBoundingClientRect().width)};
+  }).filter(x => x);
+}"""
+FIT_SIZES = [(1280, 800), (1920, 1080)]
+
+
+def _fit_store(folder: Path) -> str:
+    """A store with every MLP method (one seed, a tiny 3-layer net) trained in-process."""
+    from normlab.runs.store import Store
+    from normlab.training.config import RunConfig
+    from normlab.training.trainer import train
+    from normlab.views import compareview as views
+
+    base = RunConfig(steps=30, width=8, depth=3, eval_interval=10, batch_size=32)
+    configs = views.configs_for(base, METHODS, (0,))
+    with Store(folder / "runs.sqlite") as store:
+        cid, ids = store.create_comparison([c.to_dict() for c in configs], base=base.to_dict(),
+                                           grid={"norm": list(METHODS), "seed": [0]})
+        for rid, cfg in zip(ids, configs):
+            batch, outcome = train(cfg)
+            store.append(rid, batch)
+            store.finish(rid, outcome.status, outcome.step)
+    return cid
+
+
+def _charts_fit(page, where: str, at_least: int) -> None:
+    _wait(lambda: len(page.evaluate(OVERFLOW_JS)) >= at_least, 60, f"{where}: charts", page)
+    time.sleep(0.5)  # the last embeds finish their layout
+    _no_exception(page)
+    boxes = page.evaluate(OVERFLOW_JS)
+    wide = [b for b in boxes if b["over"] > 1]
+    assert not wide, f"{where}: charts wider than their column: {wide}"
+
+
+@pytest.mark.timeout(300)
+def test_charts_fit_their_column_on_laptop_and_full_hd(tmp_path):
+    """Compare (every tab, both layouts) and Layer dynamics with all 9 MLP methods, the
+    sidebar open: no chart runs past its column at 1280×800 or 1920×1080."""
+    _require_browser()
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    cid = _fit_store(tmp_path)
+    with _serve(tmp_path) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            for w, h in FIT_SIZES:
+                page = browser.new_page(viewport={"width": w, "height": h})
+                # Gradients: a model-level chart and three per-layer grids; side by side
+                # Activations: the widest grids (a row per method, a column per layer)
+                for layout, tabs in (("", ("Gradients",)), ("&layout=side", ("Activations",))):
+                    page.goto(f"{url}/compare?comparison={cid}{layout}")
+                    page.get_by_text(f"{len(METHODS)} of {len(METHODS)} runs finished") \
+                        .wait_for(timeout=60_000)
+                    assert page.get_by_test_id("stSidebarUserContent").is_visible()
+                    for tab in tabs:
+                        n = {"Loss & accuracy": 4, "Gradients": 4, "Activations": 3}[tab]
+                        page.get_by_role("tab", name=tab).click(no_wait_after=True)
+                        _charts_fit(page, f"{w}×{h} compare {tab} {layout}", n)
+                    page.screenshot(path=str(ARTIFACTS / f"fit_compare{layout[8:]}_{w}.png"),
+                                    full_page=True)
+                page.goto(f"{url}/layers?comparison={cid}")
+                _charts_fit(page, f"{w}×{h} layers", 3)
+                page.screenshot(path=str(ARTIFACTS / f"fit_layers_{w}.png"), full_page=True)
+                page.close()
+        finally:
+            browser.close()

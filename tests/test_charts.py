@@ -170,7 +170,8 @@ def test_metric_chart_overlay(df):
     cond = line["encoding"]["opacity"]["condition"]
     assert [c["param"] for c in (cond if isinstance(cond, list) else [cond])] == [pick]
     assert {"step", "method", "value", "lo", "hi", "n_seeds"} <= tooltip_fields(spec)
-    assert spec["title"] == "Train loss" and spec["width"] > 0
+    assert spec["title"] == "Train loss" and spec["width"] == "container"
+    assert view_with(spec, "line")["encoding"]["color"]["legend"]["orient"] == "right"
     # the drawn data is the mean over the two seeds, min/max band
     data = data_of(spec)
     rows = df[(df["metric"] == "loss") & (df["site"] == "train")]
@@ -222,15 +223,72 @@ def test_labels_separate_runs_of_one_method():
     assert line["encoding"]["strokeDash"]["field"] == "label"
     check_color(spec, ("batch", "layer"))
     pct = percentile_chart(frame, "pre_norm").to_dict()
-    assert pct["facet"]["column"]["field"] == "label"
+    assert pct["facet"]["row"]["field"] == "label"
+
+
+def test_one_method_at_several_settings_is_coloured_by_label():
+    """Runs of one method that differ by a setting: colour (and the legend pick, and the
+    panels of the side layout) encode the label, each label its own colour."""
+    labels = ("batch · lr 0.1", "batch · lr 0.01", "batch · lr 1")
+    frame = synthetic(methods=("batch",) * 3, labels=labels)
+    spec = metric_chart(frame, "loss", "train").to_dict()
+    color = view_with(spec, "line")["encoding"]["color"]
+    assert color["field"] == "label" and color["scale"]["domain"] == [
+        "batch · lr 0.01", "batch · lr 0.1", "batch · lr 1"]  # natural order
+    assert len(set(color["scale"]["range"])) == 3
+    assert "strokeDash" not in view_with(spec, "line")["encoding"]
+    legend = [q for q in spec["params"] if q.get("bind") == "legend"]
+    assert legend[0]["select"]["fields"] == ["label"]
+    side = metric_chart(frame, "loss", "train", layout="side").to_dict()
+    assert side["facet"]["field"] == "label" and side["columns"] == 3
+    # seeds of one label are one curve: the mean of its two seeds
+    data = data_of(spec)
+    assert len(data) == len(STEPS) * 3 and (data["n_seeds"] == 2).all()
+
+
+def test_zoom_smoothing_and_log_ticks(df):
+    """Step zoom bound to the x scale (double-click resets: Vega-Lite's default for scale
+    bindings), the raw curve faint behind the smoothed one, 1-2-5 labels on log axes."""
+    spec = metric_chart(df, "loss", "train", smoothing=0.6, log=True).to_dict()
+    zoom = [q for q in spec["params"] if q["name"] == "zoom"]
+    assert zoom and zoom[0]["bind"] == "scales" and zoom[0]["select"]["encodings"] == ["x"]
+    lines = [v for v in views(spec) if mark_type(v) == "line"]
+    fields = {v["encoding"]["y"]["field"]: v for v in lines}
+    assert set(fields) == {"value", "raw"}
+    raw_opacity = fields["raw"]["encoding"]["opacity"]
+    assert raw_opacity["value"] < 0.5 and raw_opacity["condition"][0]["value"] < 0.5
+    assert "labelExpr" in fields["value"]["encoding"]["y"]["axis"]
+    # raw = the seed mean of the unsmoothed values; value = the seed mean of each run's EMA
+    from normlab.views.frames import ema
+    data = data_of(spec).set_index(["method", "step"]).sort_index()
+    rows = df[(df["metric"] == "loss") & (df["site"] == "train")]
+    ref_raw = rows.groupby(["method", "step"])["value"].mean()
+    np.testing.assert_allclose(data["raw"], ref_raw.loc[data.index])
+    sm = rows.sort_values("step").groupby("run")["value"].transform(lambda v: ema(v, 0.6))
+    ref = rows.assign(value=sm).groupby(["method", "step"])["value"].mean()
+    np.testing.assert_allclose(data["value"], ref.loc[data.index])
+    for build in (lambda: percentile_chart(df, "pre_norm"),
+                  lambda: layer_chart(df, "grad_norm", "param"),
+                  lambda: hist_heatmap(df, "pre_norm")):
+        assert "zoom" in {q["name"] for q in build().to_dict()["params"]}
+
+
+def test_grids_put_legends_below():
+    """Small multiples keep their legend below, in rows that fit a ~800 px column."""
+    many = synthetic(methods=palette.METHOD_ORDER, seeds=(0,), layers=("hidden1",))
+    spec = percentile_chart(many, "pre_norm").to_dict()
+    leg = view_with(spec, "line")["encoding"]["color"]["legend"]
+    assert leg["orient"] == "bottom" and 1 <= leg["columns"] <= 5
+    heat = hist_heatmap(many, "pre_norm").to_dict()
+    assert view_with(heat, "rect")["encoding"]["color"]["legend"]["orient"] == "bottom"
 
 
 # -------------------------------------------------------------------------- layer_chart
 def test_layer_chart_side_and_overlay(df):
     side = layer_chart(df, "grad_norm", "param", layout="side", log=True, band="std").to_dict()
-    assert side["facet"]["row"]["field"] == "layer"
-    assert side["facet"]["row"]["sort"] == ["hidden1", "hidden2"]
-    assert side["facet"]["column"]["field"] == "method"
+    assert side["facet"]["column"]["field"] == "layer"
+    assert side["facet"]["column"]["sort"] == ["hidden1", "hidden2"]
+    assert side["facet"]["row"]["field"] == "method"
     check_shared(side)
     assert marks(side) == {"area", "line", "point"}
     assert view_with(side, "line")["encoding"]["y"]["scale"]["type"] == "log"
@@ -252,8 +310,8 @@ def test_percentile_chart(df):
     assert area["encoding"]["y"]["field"] == "p15" and area["encoding"]["y2"]["field"] == "p85"
     assert line["encoding"]["y"]["field"] == "p50"
     assert line["encoding"]["x"] == {"field": "step", "title": "step", "type": "quantitative"}
-    assert spec["facet"]["row"]["field"] == "layer"
-    assert spec["facet"]["column"]["field"] == "method"
+    assert spec["facet"]["column"]["field"] == "layer"
+    assert spec["facet"]["row"]["field"] == "method"
     check_shared(spec)
     check_color(spec, METHODS)
     check_params(spec)
@@ -270,8 +328,8 @@ def test_hist_heatmap(df):
     assert enc["y"]["scale"]["domain"] == [-8.0, 8.0]
     assert enc["color"]["field"] == "fraction" and enc["color"]["type"] == "quantitative"
     assert enc["color"]["scale"]["type"] == "log" and enc["color"]["scale"]["clamp"] is True
-    assert spec["facet"]["row"]["field"] == "layer"
-    assert spec["facet"]["column"]["field"] == "method"
+    assert spec["facet"]["column"]["field"] == "layer"
+    assert spec["facet"]["row"]["field"] == "method"
     check_shared(spec)
     data = data_of(spec)
     assert (data["fraction"] > 0).all()  # empty bins are left blank (log scale)

@@ -177,6 +177,23 @@ def test_with_methods_labels():
         F.with_methods(metric_rows(["r1"]), runs, label="seed")
 
 
+def test_with_methods_labels_say_which_setting_differs():
+    """Runs of one method at several learning rates (from two comparisons): the label says
+    the lr in words, seeds of one lr share it; a method at one setting keeps its name."""
+    cfg = lambda lr, seed: {"lr": lr, "seed": seed, "width": 100, "norm": "batch"}  # noqa: E731
+    runs = pd.DataFrame({
+        "id": ["a0", "a1", "b0", "b1", "l0"], "norm": ["batch"] * 4 + ["layer"],
+        "seed": pd.array([0, 1, 0, 1, 0], dtype="Int64"), "name": [None] * 5,
+        "comparison_id": ["c1", "c1", "c2", "c2", "c1"],
+        "config": [cfg(0.1, 0), cfg(0.1, 1), cfg(0.01, 0), cfg(0.01, 1), cfg(0.1, 0)]})
+    out = F.with_methods(metric_rows(["a0", "a1", "b0", "b1", "l0"]), runs)
+    labels = out.groupby("run", observed=True)["label"].first().to_dict()
+    assert labels == {"a0": "batch · lr 0.1", "a1": "batch · lr 0.1", "b0": "batch · lr 0.01",
+                      "b1": "batch · lr 0.01", "l0": "layer"}
+    assert list(F.setting_labels(runs["config"])) == ["lr 0.1"] * 2 + ["lr 0.01"] * 2 + ["lr 0.1"]
+    assert list(F.setting_labels(runs["config"], among=[0, 1])) == [""] * 5  # only seeds differ
+
+
 # ------------------------------------------------------------------ layer-dynamics frames
 def hist_rows(steps, seeds=(0, 1), layer="hidden1", site="pre_norm", seed=0):
     rng = np.random.default_rng(seed)

@@ -150,9 +150,16 @@ def test_compare_shows_a_finished_comparison_in_every_tab_and_layout(trained):
     assert at.number_input(key="cfg_steps").value == TINY.steps  # the stored setup
     assert at.multiselect(key="cfg_methods").value == list(METHODS)
     assert at.text_input(key="cfg_seeds").value == "0, 1"
-    for group, n in (("Gradients", 2), ("Activations", 3)):
+    for group, n in (("Gradients", 4), ("Activations", 3), ("Explore", 1)):
         at.session_state["chart_group"] = group
         assert len(charts(ok(at.run()))) == n, group
+    series = at.multiselect(key=f"explore_{cid}")
+    assert series.value == ["update_ratio · param · hidden1"]
+    assert "weight_norm · param · hidden2" in series.options
+    assert not [o for o in series.options if o.startswith("hist_")]
+    series.set_value(["update_ratio · param · hidden1", "var · post_norm · hidden2"])
+    assert len(charts(ok(at.run()))) == 2
+    at.session_state["chart_group"] = "Activations"
     at.segmented_control(key="view_layout").set_value("side")
     at.toggle(key="view_log").set_value(False)
     at.slider(key="view_smooth").set_value(0.5)

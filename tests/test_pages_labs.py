@@ -34,7 +34,7 @@ TINY = dict(steps=12, width=8, depth=2, eval_interval=6, record_interval=3, batc
 def test_invariance_page_shows_the_table_and_its_readout(store):
     at = ok(lab_page("pages/7_invariance.py"))
     assert at.title[0].value == "Re-scaling invariance"
-    table = at.dataframe[0].value
+    table = at.table[0].value  # st.table: wraps to the column, never scrolls sideways
     assert len(table) == 10 and "⚠" not in table.to_string()
     assert any("18 of 18 published cells reproduced" in s.value for s in at.success)
     assert any("slope −1" in s.value and "slope 0: none" in s.value for s in at.success)

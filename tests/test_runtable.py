@@ -79,6 +79,19 @@ def fresh(tmp_path):
 
 
 # --------------------------------------------------------------------------- the table
+def test_comparison_labels_lead_with_what_differs():
+    base = TINY.to_dict()
+    comps = pd.DataFrame({
+        "id": ["c1", "c2", "c3"], "name": ["digits · sgd lr 0.1", "digits · sgd lr 0.01", "x"],
+        "base": [base, {**base, "lr": 0.01, "seed": 7}, None],
+        "grid": [{"norm": ["batch", "layer"], "seed": [0, 1]}, {"norm": ["batch"], "seed": [0]},
+                 {"lr": [0.1, 0.01, 1.0]}]})
+    assert runtable.comparison_labels(comps) == {
+        "c1": "lr 0.1 · 2 methods × 2 seeds — digits · sgd lr 0.1",
+        "c2": "lr 0.01 · batch × 1 seed — digits · sgd lr 0.01",
+        "c3": "lr ×3 — x"}
+
+
 def test_table_has_one_row_per_run_newest_comparison_first(built):
     store, info = built
     table = runtable.run_table(store)
@@ -87,7 +100,7 @@ def test_table_has_one_row_per_run_newest_comparison_first(built):
     row = table.set_index("id").loc[info["a_ids"][1]]
     assert (row["comparison"], row["method"], row["seed"], row["dataset"], row["model"],
             row["activation"], row["status"], row["step"], row["total_steps"]) == (
-        "digits bn vs ln", "layer", 0, "digits", "mlp", "sigmoid", "done", 20, 20)
+        "2 methods — digits bn vs ln", "layer", 0, "digits", "mlp", "sigmoid", "done", 20, 20)
     assert row["comparison_tags"] == ["lecture"] and row["tags"] == []
     b = table.set_index("id")
     assert b.at[info["b_ids"][0], "tags"] == ["keep", "demo"]

@@ -293,3 +293,61 @@ def test_relevant_view_drops_options_a_chart_ignores():
     assert acc == View(layout="side", log=False, smooth=0.3, band="none", site="post_act")
     var = views.relevant_view(views.CHART_SPECS["act_var"], view, n_seeds=3)
     assert var == view
+
+
+def test_fit_grid_width_fits_the_column():
+    """A grid with method rows: row headers + y axis + columns × (panel + gap) <= width."""
+    df = pd.DataFrame({"step": [0, 1], "site": "param", "metric": "grad_norm",
+                       "value": [1.0, 2.0], "seed": 0})
+    frames = [df.assign(method=m, label=m, run=m + l, layer=l)
+              for m in ("batch", "layer", "rms") for l in ("h1", "h2", "h3", "h4")]
+    from normlab.views.layercharts import layer_chart
+    chart = layer_chart(pd.concat(frames), "grad_norm", "param", layout="side")
+    got = views.fit(chart.copy(deep=True), 4, 800)
+    total = (views.BESIDE_PANELS + views.ROW_HEADERS
+             + 4 * (got.spec.width + views.FACET_GAP))
+    assert total <= 800 and got.spec.width < chart.spec.width
+    over = views.fit(layer_chart(pd.concat(frames), "grad_norm", "param"), 3, 800)
+    assert views.BESIDE_PANELS + 3 * (over.spec.width + views.FACET_GAP) <= 800
+
+
+def test_chart_rows_pair_half_charts_and_leave_none_alone():
+    assert views.chart_rows([True] * 4) == [[0, 1], [2, 3]]
+    assert views.chart_rows([True, False, False]) == [[0], [1], [2]]  # Gradients: global alone
+    assert views.chart_rows([True, True, True, False]) == [[0, 1], [2], [3]]
+    assert views.chart_rows([False, True, True]) == [[0], [1, 2]]
+    assert views.chart_rows([]) == []
+
+
+def test_explorer_lists_every_series_but_histogram_bins(trained):
+    from normlab.views import explorer
+    store, cid, ids, _ = trained
+    runs = store.runs(ids=ids)
+    names = explorer.series_catalog(store, ids, runs["config"])
+    every = store.metrics(ids)
+    expect = {explorer.series_name(m, s, l) for m, s, l in
+              every[["metric", "site", "layer"]].astype(str).drop_duplicates().itertuples(
+                  index=False) if not m.startswith("hist_")}
+    assert set(names) == expect and len(names) == len(expect)
+    assert "update_ratio · param · hidden1" in names and "loss · train · model" in names
+    assert explorer.parse_series("var · post_norm · hidden2") == ("var", "post_norm", "hidden2")
+    with pytest.raises(ValueError, match="metric · site · layer"):
+        explorer.parse_series("grad_norm")
+    frame = views.comparison_frame(store, ids, ["weight_norm"], ["param"], layers=["hidden1"])
+    chart = explorer.explore_chart(frame, "weight_norm · param · hidden1", View(), n_seeds=2)
+    data = pd.DataFrame(next(iter(chart.to_dict()["datasets"].values())))
+    ref = frame.groupby(["method", "step"])["value"].mean()
+    np.testing.assert_allclose(data.set_index(["method", "step"])["value"], ref.loc[
+        list(zip(data["method"], data["step"]))])
+    assert explorer.explore_chart(frame, "weight_norm · param · nowhere", View()) is None
+
+
+def test_chart_signature_buckets_live_steps_and_keeps_finished_ones():
+    runs = pd.DataFrame({"id": ["a", "b", "c"], "status": ["running", "running", "done"],
+                         "step": [0, 1049, 333], "total_steps": [2000, 2000, 500]})
+    assert views.chart_signature(runs, redraws=40) == (("a", "running", 0),
+                                                       ("b", "running", 1000),
+                                                       ("c", "done", 333))
+    later = runs.assign(step=[40, 1020, 333])  # same buckets (50 steps each): same key
+    assert views.chart_signature(later, 40) == views.chart_signature(runs, 40)
+    assert views.chart_signature(runs.assign(step=[50, 1049, 333]), 40)[0] == ("a", "running", 50)

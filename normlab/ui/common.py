@@ -23,7 +23,7 @@ from normlab.runs.store import NotFound, Store, StoreError
 from normlab.views.urlstate import FORM_FIELDS, View
 
 POLL_SECONDS = 1.0  # live view refresh while runs train
-PAGE_WIDTH = 1100  # px a full-width chart may take beside the sidebar (grids are fitted)
+PAGE_WIDTH = 800  # px of the main column at 1280 px with the sidebar open (grids are fitted)
 CURRENT = "comparison"  # session key: the comparison the pages show
 RUNS = "compare_runs"  # session key: run ids opened with ?runs= (instead of a comparison)
 _WRITTEN = "_url_written"  # session key: the query params this session last wrote

@@ -225,7 +225,8 @@ def current_view(present: bool) -> View:
 
 def view_controls(n_seeds: int, present: bool) -> View:
     """Layout, log scale, smoothing, seed band and activation site; returns the View."""
-    cols = st.columns([1.4, 0.8, 1.5, 1.3, 1.3], vertical_alignment="bottom")
+    row = st.container(horizontal=True, vertical_alignment="bottom")  # wraps: nothing is cut
+    cols = [row.container(width=w) for w in (200, 120, 190, 215, 170)]
     with cols[0]:
         layout = st.segmented_control("Layout", list(_LAYOUTS), format_func=_LAYOUTS.get,
                                       required=True, **_view_default("layout"))

@@ -6,10 +6,13 @@ more than ``MANY_RUNS`` runs shows its progress per method, not one bar per run.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import altair as alt
 import pandas as pd
 import streamlit as st
 
-from normlab.views import compareview as views
+from normlab.views import compareview as views, explorer
 from normlab.runs.engine import engine_pid, ensure_engine
 from normlab.runs.store import NotFound
 from normlab.views.urlstate import View
@@ -18,9 +21,15 @@ from normlab.ui.common import (PAGE_WIDTH, POLL_SECONDS, TAB, get_store, linked_
 from normlab.ui.sweep import fields_of as sweep_fields, sweep_view
 
 
-def live_runs(key: str, ids: list[str], view: View) -> None:
+def live_runs(key: str, ids: list[str], view: View,
+              controls: Callable[[], View] | None = None,
+              on_view: Callable[[View], None] | None = None) -> None:
     """Progress, controls and charts of runs ``ids`` (``key`` names them: a comparison id);
-    polls the store every POLL_SECONDS while any run is unfinished, then stops."""
+    polls the store every POLL_SECONDS while any run is unfinished, then stops.
+
+    ``controls`` draws the view options and returns the View (else ``view`` is used): drawn
+    inside the fragment, a view toggle (or a tab switch) reruns only the charts, not the
+    page; ``on_view`` then gets the new View (e.g. to write it to the URL)."""
     try:
         live = not views.finished(get_store().runs(ids=ids))
     except NotFound:
@@ -34,10 +43,13 @@ def live_runs(key: str, ids: list[str], view: View) -> None:
         except NotFound:
             st.warning("Some of these runs were deleted while they were shown; pick again.")
             return
+        shown = controls() if controls else view
+        if on_view:
+            on_view(shown)
         if not views.finished(runs):
             _engine_check()
         _progress(key, runs)
-        _charts(key, runs, view)
+        _charts(key, runs, shown)
         if live and views.finished(runs):
             st.rerun()  # everything ended: redraw once without polling
 
@@ -106,17 +118,26 @@ def _controls(top, key: str, summary: dict, ids: list[str], which: str) -> None:
 
 @st.cache_data(max_entries=24, show_spinner=False)
 def _frame(path: str, cid: str, sig: tuple, metrics, sites, every: int):
-    """A finished comparison's frame (``sig`` changes when a run does)."""
+    """The runs' frame (``sig`` changes when a run does: a view toggle between two polls
+    of a live comparison, and every view of a finished one, reuse it)."""
     return views.comparison_frame(get_store(), [s[0] for s in sig], metrics, sites,
                                   every=every)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def _chart(path: str, cid: str, sig: tuple, spec_key: str, view: View, n_seeds: int,
-           width: int, metrics, sites, every: int):
-    """A finished comparison's chart, rebuilt only when its own options change."""
+           width: int, metrics, sites, every: int) -> dict | None:
+    """A chart's Vega-Lite spec, rebuilt only when the runs or its own options change.
+
+    Cached as the spec dict, not the Altair object: building and validating an Altair chart
+    of 9 runs takes ~0.3-0.6 s, so a view toggle back to a setting seen before, or a tab
+    switch, costs no rebuild at all."""
     frame = _frame(path, cid, sig, metrics, sites, every)
-    return _build(frame, spec_key, view, n_seeds, width)
+    chart = _build(frame, spec_key, view, n_seeds, width)
+    if chart is None:
+        return None
+    with alt.data_transformers.disable_max_rows():
+        return chart.to_dict()
 
 
 def _build(frame, spec_key: str, view: View, n_seeds: int, width: int):
@@ -125,6 +146,7 @@ def _build(frame, spec_key: str, view: View, n_seeds: int, width: int):
 
 
 SWEEP_TAB = "Sweep"
+EXPLORE_TAB = "Explore"
 
 
 def _charts(key: str, runs, view: View) -> None:
@@ -135,7 +157,7 @@ def _charts(key: str, runs, view: View) -> None:
         record = views.comparison_record(get_store(), key)
         grid = record.get("grid") if record else None
     swept = sweep_fields(runs, grid)
-    names = ([SWEEP_TAB] if swept else []) + list(views.CHART_GROUPS)
+    names = ([SWEEP_TAB] if swept else []) + list(views.CHART_GROUPS) + [EXPLORE_TAB]
     linked_tab(names)  # a link's ?tab=, and the shown tab for the URL
     tabs = st.tabs(names, key=TAB, on_change=tab_changed)
     for tab, group in zip(tabs, names):
@@ -143,47 +165,84 @@ def _charts(key: str, runs, view: View) -> None:
             with tab:
                 if group == SWEEP_TAB:
                     sweep_view(runs, key, grid, fields=swept)
+                elif group == EXPLORE_TAB:
+                    _explore(key, runs, view)
                 else:
                     _group(key, runs, group, view)
 
 
+@st.cache_data(ttl=10, max_entries=16, show_spinner=False)
+def _catalog(path: str, ids: tuple, configs: tuple) -> list[str]:
+    return explorer.series_catalog(get_store(), ids, configs)
+
+
+def _every(runs) -> int:
+    longest = pd.to_numeric(runs["total_steps"], errors="coerce").fillna(runs["step"]).max()
+    return views.load_every(int(longest) if longest == longest else 1,
+                            min(int(c.get("record_interval", 1)) for c in runs["config"]))
+
+
+def _explore(key: str, runs, view: View) -> None:
+    """The metric explorer: any recorded series of these runs, charted across them."""
+    names = _catalog(str(get_store().path), tuple(runs["id"]), tuple(runs["config"]))
+    if not names:
+        st.info("Nothing recorded yet for these runs.")
+        return
+    first = [n for n in names if n.startswith("update_ratio")][:1] or names[:1]
+    picked = st.multiselect(
+        f"Series ({len(names)} recorded: metric · site · layer)", names, default=first,
+        key=f"explore_{key}", max_selections=6,
+        placeholder="type to filter, e.g. “hidden2 update” or “var post_norm”",
+        help="Every series the runs recorded (histogram bins: see Layer dynamics). Log scale, "
+             "smoothing, seed band and layout follow the view options above.")
+    n_seeds, every = int(runs["seed"].nunique()), _every(runs)
+    for name in picked:
+        metric, site, layer = explorer.parse_series(name)
+        frame = views.comparison_frame(get_store(), list(runs["id"]), [metric], [site],
+                                       layers=[layer], every=every)
+        chart = explorer.explore_chart(frame, name, view, n_seeds=n_seeds)
+        if chart is None:
+            st.info(f"No values of {name} yet.")
+            continue
+        st.altair_chart(views.fit(chart, min(3, frame["label"].nunique()), PAGE_WIDTH),
+                        width="stretch" if view.layout == "overlay" else "content")
+
+
 def _group(key: str, runs, group: str, view: View) -> None:
     metrics, sites = views.group_request(group, view)
-    longest = pd.to_numeric(runs["total_steps"], errors="coerce").fillna(runs["step"]).max()
-    every = views.load_every(int(longest) if longest == longest else 1,
-                             min(int(c.get("record_interval", 1)) for c in runs["config"]))
-    sig, n_seeds = views.signature(runs), int(runs["seed"].nunique())
-    done, path = views.finished(runs), str(get_store().path)
+    every = _every(runs)
+    sig, n_seeds = views.chart_signature(runs), int(runs["seed"].nunique())
+    path = str(get_store().path)
     wide = view.present or view.layout == "side"
-    frame = None if done else views.comparison_frame(get_store(), list(runs["id"]), metrics,
-                                                      sites, every=every)
-    if frame is not None and frame.empty:
+    # cached by the runs' (id, status, step): a view toggle between two polls reuses the
+    # frame and every chart it does not change
+    frame = _frame(path, key, sig, metrics, sites, every)
+    if frame.empty:
         st.info("Waiting for the first measurements… A run waits in the queue until a "
                 "worker is free; the engine's very first start on a machine also compiles "
                 "the probes (about 10 s, once).")
         return
-    slots: list = []  # free half-width columns of the current row
-    drawn = 0
+    charts = []
     for spec in views.CHART_GROUPS[group]:
         own = views.relevant_view(spec, view, n_seeds)
         try:
-            chart = (_chart(path, key, sig, spec.key, own, n_seeds, PAGE_WIDTH, metrics,
-                            sites, every) if done
-                     else _build(frame, spec.key, own, n_seeds, PAGE_WIDTH))
+            chart = _chart(path, key, sig, spec.key, own, n_seeds, PAGE_WIDTH, metrics, sites,
+                           every)
         except Exception as exc:  # a chart that cannot be drawn must not break the page
             st.warning(f"Could not draw “{spec.title}”: {exc}")
             continue
-        if chart is None:
-            continue
-        drawn += 1
-        if wide or spec.per_layer:  # full width; facets keep their own panel size
-            slots = []
+        if chart is not None:
+            charts.append((spec, chart))
+    drawn = len(charts)
+    for row in views.chart_rows([not wide and not spec.per_layer for spec, _ in charts]):
+        if len(row) == 2:  # two model-level charts side by side
+            for col, i in zip(st.columns(2), row):
+                with col:
+                    st.vega_lite_chart(charts[i][1], width="stretch")
+        else:  # full width (a lone model-level chart too); facets keep their fitted size
+            spec, chart = charts[row[0]]
             faceted = spec.per_layer or view.layout == "side"
-            st.altair_chart(chart, width="content" if faceted else "stretch")
-        else:
-            slots = slots or list(st.columns(2))
-            with slots.pop(0):
-                st.altair_chart(chart, width="stretch")
+            st.vega_lite_chart(chart, width="content" if faceted else "stretch")
     if not drawn:
         st.info("Nothing measured for these charts: the runs ended before their first "
                 "record (see the notes in the Runs table above).")

@@ -10,14 +10,23 @@ pass large frames. Per-layer charts (layer metrics, percentile bands, histograms
 Shared conventions (Altair gallery style: a ``base`` with explicit encoding types, marks
 layered on it):
 
-* colour = ``method`` through :func:`normlab.views.palette.color_scale` (same colour everywhere);
-  ``label`` separates runs of the same method (line dash when a method has several labels);
-* clicking a legend entry highlights that method (``selection_point(fields=['method'],
-  bind='legend')`` driving opacity; shift-click adds more);
+* colour = what differs between the drawn runs: ``method`` through
+  :func:`normlab.views.palette.color_scale` (same colour everywhere) when several methods
+  are drawn, else ``label`` (e.g. "batch · lr 0.01", see :func:`normlab.views.frames.
+  with_methods`) through :func:`normlab.views.palette.label_scale`; with several methods,
+  labels of one method are told apart by line dash;
+* clicking a legend entry highlights that entry (``selection_point(bind='legend')`` driving
+  opacity; shift-click adds more);
 * hovering shows a tooltip for the nearest point (a ``nearest`` selection on a point layer);
+* drag or wheel zooms and pans the step axis (an interval selection bound to the x scale),
+  a double-click resets it;
+* with ``smoothing``, the smoothed curve is drawn over the raw one, faint (as TensorBoard);
 * small multiples share their x and y scales, so shapes compare honestly;
+* single panels take their container's width (``width='container'``, legend on the right,
+  inside it); small multiples get a fixed panel size that the page fits to its column
+  (:func:`normlab.views.compareview.fit`) and their legend below them;
 * ``log=True`` for quantities spanning decades (loss, gradient norms): non-positive values
-  cannot be drawn on a log axis and are dropped.
+  cannot be drawn on a log axis and are dropped; ticks are labelled at 1, 2 and 5 per decade.
 
 :func:`to_image` renders any chart to PNG or SVG with vl-convert, for download buttons.
 """
@@ -29,13 +38,15 @@ import pandas as pd
 import vl_convert as vlc
 
 from normlab.views.frames import aggregate_seeds, downsample, natural_key, natural_order, smooth
-from normlab.views.palette import color_scale, method_order
+from normlab.views.palette import color_scale, label_scale, method_order
 
 WIDTH, HEIGHT = 600, 320  # one overlay panel, px
 PANEL_WIDTH, PANEL_HEIGHT = 210, 140  # one small multiple, px
 WIDE_WIDTH, WIDE_HEIGHT = 300, 190  # one panel of a per-layer overlay (few panels), px
 MAX_POINTS = 600  # rows per drawn series (see frames.downsample)
 FADED = 0.12  # opacity of methods not picked in the legend
+RAW_OPACITY = 0.25  # the raw curve behind a smoothed one
+LEGEND_COLUMNS = 5  # at most this many legend entries per row under small multiples
 
 METRIC_TITLES = {
     "loss": "loss", "acc": "accuracy", "grad_norm": "gradient norm",
@@ -75,16 +86,33 @@ def labels_in(df: pd.DataFrame) -> list[str]:
                                      key=lambda t: (t[0], natural_key(t[1])))]
 
 
-def column_field(df: pd.DataFrame) -> alt.Column:
-    """The method column facet, or label when a method has several labels."""
+def run_field(df: pd.DataFrame) -> tuple[str, list[str]]:
+    """The field naming one curve's runs in a grid (``method``, or ``label`` when labels
+    tell runs of one method apart) and its values in order."""
     if multi_label(df):
-        return alt.Column("label:N", sort=labels_in(df), title=None)
-    return alt.Column("method:N", sort=methods_in(df), title=None)
+        return "label", labels_in(df)
+    return "method", methods_in(df)
 
 
-def legend_pick() -> alt.Parameter:
-    """Click a legend entry to highlight that method (shift-click for more)."""
-    return alt.selection_point(name="pick_method", fields=["method"], bind="legend")
+def run_row(df: pd.DataFrame) -> alt.Row:
+    """Grid rows = methods (labels): a grid's width then grows with the layers shown, not
+    with the methods compared, and fits a laptop screen."""
+    field, order = run_field(df)
+    return alt.Row(f"{field}:N", sort=order, title=None,
+                   header=alt.Header(labelAngle=0, labelAlign="left", labelLimit=130))
+
+
+def colour_field(df: pd.DataFrame) -> str:
+    """What colour encodes: ``method`` when the frame has several methods (or one label),
+    ``label`` when one method is drawn with several labels (e.g. runs at several lr)."""
+    if len(df) and df["method"].nunique() == 1 and df["label"].nunique() > 1:
+        return "label"
+    return "method"
+
+
+def legend_pick(field: str = "method") -> alt.Parameter:
+    """Click a legend entry to highlight it (shift-click for more)."""
+    return alt.selection_point(name="pick_method", fields=[field], bind="legend")
 
 
 def hover_pick() -> alt.Parameter:
@@ -93,21 +121,63 @@ def hover_pick() -> alt.Parameter:
                                clear="pointerout", empty=False)
 
 
+def zoom_steps() -> alt.Parameter:
+    """Drag / wheel to zoom and pan the step axis; double-click resets (Vega-Lite's
+    interval selection bound to the x scale clears on ``dblclick``)."""
+    return alt.selection_interval(name="zoom", bind="scales", encodings=["x"])
+
+
 def faded(pick: alt.Parameter, on: float = 1.0, off: float = FADED):
     """Opacity: ``on`` for picked methods (all when nothing is picked), else ``off``."""
     return alt.when(pick).then(alt.value(on)).otherwise(alt.value(off))
 
 
-def method_color(df: pd.DataFrame) -> alt.Color:
-    """Colour by method with the shared palette, restricted to the methods present."""
+def legend(title: str, names: list[str], below: bool) -> alt.Legend:
+    """The colour legend: on the right of a single panel; below small multiples, in rows
+    short enough to stay within a ~800 px column (at most LEGEND_COLUMNS entries)."""
+    if below:
+        longest = max([len(str(n)) for n in names] + [4])
+        per_row = max(1, min(len(names), LEGEND_COLUMNS, 760 // (7 * longest + 40)))
+        where = dict(orient="bottom", direction="horizontal", columns=per_row)
+    else:
+        where = dict(orient="right")
+    return alt.Legend(title=title, symbolType="stroke", symbolOpacity=1, symbolStrokeWidth=3,
+                      labelLimit=220, **where)
+
+
+def method_color(df: pd.DataFrame, below: bool = False) -> alt.Color:
+    """Colour by :func:`colour_field`: the method with the shared palette (restricted to the
+    methods present), or the label with :func:`normlab.views.palette.label_scale`."""
+    if colour_field(df) == "label":
+        labels = labels_in(df)
+        return alt.Color("label:N", scale=label_scale(labels), sort=labels,
+                         legend=legend(str(df["method"].iloc[0]), labels, below))
     methods = methods_in(df)
     return alt.Color("method:N", scale=color_scale(methods), sort=methods,
-                     legend=alt.Legend(title="method", symbolType="stroke", symbolOpacity=1,
-                                       symbolStrokeWidth=3))
+                     legend=legend("method", methods, below))
+
+
+def dash(df: pd.DataFrame):
+    """Line dash by label when colour is the method and some method has several labels."""
+    if colour_field(df) == "method" and multi_label(df):
+        return alt.StrokeDash("label:N", sort=labels_in(df), title="runs",
+                              legend=alt.Legend(orient="bottom", direction="horizontal",
+                                                columns=2, labelLimit=300))
+    return None
+
+
+def log_axis() -> alt.Axis:
+    """Log-axis labels at 1, 2 and 5 per decade only (the other ticks stay unlabelled)."""
+    return alt.Axis(labelExpr="indexof(['1', '2', '5'], slice(format(datum.value, '.0e'), 0, 1))"
+                              " >= 0 ? format(datum.value, '~g') : ''")
 
 
 def y_scale(log: bool) -> alt.Scale:
     return alt.Scale(type="log") if log else alt.Scale(zero=False)
+
+
+def y_enc(field: str, title: str, log: bool) -> alt.Y:
+    return alt.Y(field, title=title, scale=y_scale(log), axis=log_axis() if log else alt.Axis())
 
 
 def log_safe(df: pd.DataFrame, cols: tuple[str, ...] = ("value",),
@@ -136,44 +206,67 @@ def style(chart: alt.TopLevelMixin, title: str | None) -> alt.TopLevelMixin:
 
 def series_frame(df: pd.DataFrame, metric: str, site: str, *, band: str | None,
                  smoothing: float, max_points: int, log: bool) -> pd.DataFrame:
-    """The rows of (metric, site) smoothed per run, seed-aggregated and downsampled."""
+    """The rows of (metric, site) smoothed per run, seed-aggregated and downsampled.
+
+    With ``smoothing``, ``value`` is the smoothed mean and ``raw`` the mean of the raw
+    values (what the faint curve behind the smoothed one draws)."""
     if band not in BANDS:
         raise ValueError(f"band ({band!r}) must be one of {BANDS}")
     cols = [c for c in ("run", "method", "label", "seed", "layer", "step", "value") if c in df]
     rows = with_label(df.loc[(df["metric"] == metric) & (df["site"] == site), cols])
+    keys = ["method", "label", "layer", "step"]
+    agg = aggregate_seeds(smooth(rows, smoothing) if smoothing else rows, band=band, by=keys)
     if smoothing:
-        rows = smooth(rows, smoothing)
-    agg = aggregate_seeds(rows, band=band, by=["method", "label", "layer", "step"])
+        raw = aggregate_seeds(rows, band=None, by=keys)
+        agg = agg.assign(raw=raw["value"].to_numpy()) if len(raw) == len(agg) else agg.merge(
+            raw[keys + ["value"]].rename(columns={"value": "raw"}), on=keys, how="left")
     agg = downsample(agg, max_points, by=["method", "label", "layer"])
+    if log and "raw" in agg:
+        agg = agg.assign(raw=agg["raw"].where(agg["raw"] > 0))
     return log_safe(agg) if log else agg
 
 
 def curve_layers(df: pd.DataFrame, *, y_title: str, log: bool, band: str | None,
-                 extra_tooltip: tuple[alt.Tooltip, ...] = ()) -> alt.LayerChart:
-    """Mean line (+ seed band) per method/label over steps, with legend pick and hover."""
-    pick, hover = legend_pick(), hover_pick()
+                 extra_tooltip: tuple[alt.Tooltip, ...] = (), below: bool = False
+                 ) -> alt.LayerChart:
+    """Mean line (+ seed band, + faint raw curve when ``df`` has ``raw``) per method/label
+    over steps, with legend pick, hover and step zoom; ``below``: legend under the chart."""
+    field = colour_field(df)
+    pick, hover = legend_pick(field), hover_pick()
+    smoothed = "raw" in df.columns
+    value = "smoothed mean" if smoothed and band else "smoothed" if smoothed else (
+        "mean over seeds" if band else "value")
     tooltip = [alt.Tooltip("step:Q", title="step"), alt.Tooltip("method:N", title="method"),
-               alt.Tooltip("label:N", title="label"), *extra_tooltip,
-               alt.Tooltip("value:Q", title="mean" if band else "value", format=".4g"),
-               alt.Tooltip("n_seeds:Q", title="seeds")]
+               alt.Tooltip("label:N", title="runs"), *extra_tooltip,
+               alt.Tooltip("value:Q", title=value, format=".4g")]
+    if smoothed:
+        tooltip.append(alt.Tooltip("raw:Q", title="raw (unsmoothed)", format=".4g"))
     if band:
-        tooltip[-1:-1] = [alt.Tooltip("lo:Q", format=".4g"), alt.Tooltip("hi:Q", format=".4g")]
-    y = alt.Y("value:Q", title=y_title, scale=y_scale(log))
-    base = alt.Chart().encode(x=alt.X("step:Q", title="step"), color=method_color(df),
+        what = "min" if band == "minmax" else "mean − std"
+        tooltip += [alt.Tooltip("lo:Q", title=f"seed band from ({what})", format=".4g"),
+                    alt.Tooltip("hi:Q", title="seed band to (" + ("max" if band == "minmax"
+                                                                 else "mean + std") + ")",
+                                format=".4g")]
+    tooltip.append(alt.Tooltip("n_seeds:Q", title="seeds"))
+    y = y_enc("value:Q", y_title, log)
+    base = alt.Chart().encode(x=alt.X("step:Q", title="step"), color=method_color(df, below),
                               detail="label:N")
     line = base.mark_line(strokeWidth=2, clip=True).encode(y=y, opacity=faded(pick))
-    if multi_label(df):
-        line = line.encode(strokeDash=alt.StrokeDash("label:N", sort=labels_in(df)))
+    if (strokes := dash(df)) is not None:
+        line = line.encode(strokeDash=strokes)
     layers = []
     if band:
         # the spread across seeds (min..max or mean ± std), drawn under the lines
         layers.append(base.mark_area(clip=True).encode(
-            y=alt.Y("lo:Q", title=y_title, scale=y_scale(log)), y2="hi:Q",
-            opacity=faded(pick, 0.22, 0.03)))
-    # the mean over seeds (the run itself when there is one seed)
-    layers.append(line.add_params(pick))
+            y=y_enc("lo:Q", y_title, log), y2="hi:Q", opacity=faded(pick, 0.22, 0.03)))
+    if smoothed:
+        # the raw curve, faint, behind the smoothed one (as TensorBoard draws it)
+        layers.append(base.mark_line(strokeWidth=1, clip=True).encode(
+            y=y_enc("raw:Q", y_title, log), opacity=faded(pick, RAW_OPACITY, 0.04)))
+    # the mean over seeds (the run itself when there is one seed); drag/wheel zooms steps
+    layers.append(line.add_params(pick, zoom_steps()))
     # hover targets: the nearest point shows a dot and the tooltip
-    layers.append(base.mark_point(filled=True, size=60).encode(
+    layers.append(base.mark_point(filled=True, size=60, clip=True).encode(
         y=y, opacity=alt.when(hover).then(alt.value(1)).otherwise(alt.value(0)),
         tooltip=tooltip).add_params(hover))
     return alt.layer(*layers, data=df)
@@ -186,10 +279,12 @@ def metric_chart(df: pd.DataFrame, metric: str, site: str, *, layout: str = "ove
                  max_points: int = MAX_POINTS) -> alt.TopLevelMixin:
     """A model-level curve over steps: train/val ``loss``, ``acc``, train ``grad_norm``.
 
-    ``layout='overlay'``: one panel, colour = method. ``layout='side'``: small multiples, one
-    per method, wrapped into ``columns`` (default up to 4) with shared axes. Several seeds
-    give the mean line plus, with ``band='minmax'`` or ``'std'``, a band across seeds.
-    ``smoothing`` is a TensorBoard EMA weight in [0, 1) applied per run before aggregation.
+    ``layout='overlay'``: one panel as wide as its container, colour = method (or label,
+    see :func:`colour_field`). ``layout='side'``: small multiples, one per method (label),
+    wrapped into ``columns`` (default up to 4) with shared axes. Several seeds give the mean
+    line plus, with ``band='minmax'`` or ``'std'``, a band across seeds. ``smoothing`` is a
+    TensorBoard EMA weight in [0, 1) applied per run before aggregation; the raw curve is
+    drawn faint behind.
     """
     if layout not in ("overlay", "side"):
         raise ValueError(f"layout ({layout!r}) must be 'overlay' or 'side'")
@@ -199,14 +294,16 @@ def metric_chart(df: pd.DataFrame, metric: str, site: str, *, layout: str = "ove
         raise ValueError(f"{metric!r} at {site!r} has several layers "
                          f"({', '.join(natural_order(data['layer'].unique()))}): use layer_chart")
     data = data.drop(columns="layer")
-    chart = curve_layers(data, y_title=axis_title(metric, site), log=log, band=band)
+    chart = curve_layers(data, y_title=axis_title(metric, site), log=log, band=band,
+                         below=layout == "side")
     if layout == "overlay":
-        chart = chart.properties(width=WIDTH, height=HEIGHT)
+        chart = chart.properties(width="container", height=HEIGHT)
     else:
-        methods = methods_in(data)
+        field = colour_field(data)
+        panels = labels_in(data) if field == "label" else methods_in(data)
         chart = (chart.properties(width=PANEL_WIDTH, height=PANEL_HEIGHT)
-                 .facet(facet=alt.Facet("method:N", sort=methods, title=None),
-                        columns=columns or min(len(methods), 4) or 1)
+                 .facet(facet=alt.Facet(f"{field}:N", sort=panels, title=None),
+                        columns=columns or min(len(panels), 4) or 1)
                  .resolve_scale(x="shared", y="shared"))
     return style(chart, title)
 

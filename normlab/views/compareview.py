@@ -145,6 +145,22 @@ def signature(runs: pd.DataFrame) -> tuple:
     return tuple(zip(runs["id"], runs["status"], runs["step"].fillna(0).astype(int)))
 
 
+LIVE_REDRAWS = 40  # a live chart is redrawn about this many times over a run's training
+
+
+def chart_signature(runs: pd.DataFrame, redraws: int = LIVE_REDRAWS) -> tuple:
+    """(id, status, step bucket) per run: like :func:`signature`, but the step floored to
+    1/``redraws`` of the run's length, so live charts (cached by it) are rebuilt a few dozen
+    times per run rather than at every poll; a view toggle between two rebuilds is a cache
+    hit. A finished run's bucket is its last step."""
+    total = pd.to_numeric(runs["total_steps"], errors="coerce").fillna(0).astype(int)
+    step = runs["step"].fillna(0).astype(int)
+    size = (total // max(1, redraws)).clip(lower=1)
+    done = runs["status"].isin(FINISHED)
+    bucket = step.where(done, step // size * size)
+    return tuple(zip(runs["id"], runs["status"], bucket.astype(int)))
+
+
 def _eta(row) -> str:
     if row.status in FINISHED:
         return "—"
@@ -326,6 +342,10 @@ CHART_GROUPS: dict[str, tuple[ChartSpec, ...]] = {
         ChartSpec("grad_norm", "Global gradient norm", "grad_norm", "train", loggable=True),
         ChartSpec("layer_grad", "Gradient norm per layer", "grad_norm", "param",
                   per_layer=True, loggable=True),
+        ChartSpec("update_ratio", "Effective learning rate ‖Δw‖/‖w‖ per layer", "update_ratio",
+                  "param", per_layer=True, loggable=True),
+        ChartSpec("weight_norm", "Weight norm ‖w‖ per layer", "weight_norm", "param",
+                  per_layer=True, loggable=True),
     ),
     "Activations": (
         ChartSpec("act_mean", "Activation mean per layer", "mean", "site", per_layer=True),
@@ -360,12 +380,14 @@ def group_request(group: str, view: View) -> tuple[list[str], list[str]]:
 PANEL_MIN = 90  # narrowest small multiple, px
 POINT_BUDGET = 3000  # points drawn per chart (spread over its series), keeps redraws fast
 MIN_POINTS = 120  # ... but never fewer than this per series
-BESIDE_PANELS = 250  # y axis, row headers and legend beside a grid of panels, px
+BESIDE_PANELS = 80  # y axis (title, labels) beside a grid of panels, px
+ROW_HEADERS = 140  # row headers (method names) left of a grid with rows, px
+FACET_GAP = 20  # Vega-Lite's spacing between panels, px
 PRESENTER_SCALE = 1.4  # presenter mode: panels and fonts this much larger
 
 
 def build_chart(frame: pd.DataFrame, spec: ChartSpec, view: View, *, n_seeds: int = 1,
-                width: int = 1100):
+                width: int = 800):
     """The chart of ``spec`` over ``frame`` with the view options, or None without data.
 
     Small multiples are sized so that their grid fits ``width`` pixels (the page's width
@@ -385,7 +407,7 @@ def build_chart(frame: pd.DataFrame, spec: ChartSpec, view: View, *, n_seeds: in
         return None
     n_labels, n_layers = rows["label"].nunique(), rows["layer"].nunique()
     if spec.per_layer:
-        columns = n_labels if view.layout == "side" else min(n_layers, 3)
+        columns = n_layers if view.layout == "side" else min(n_layers, 3)
     else:
         columns = min(n_labels, 4) if view.layout == "side" else 1
     band = None if view.band == "none" or n_seeds < 2 else view.band
@@ -400,6 +422,18 @@ def build_chart(frame: pd.DataFrame, spec: ChartSpec, view: View, *, n_seeds: in
     return fit(chart, columns, width, PRESENTER_SCALE if view.present else 1.0)
 
 
+def chart_rows(halves: list[bool]) -> list[list[int]]:
+    """Rows of chart indices: charts that may take half the width (``halves[i]``) go in
+    pairs of consecutive ones; the others, and a half chart left without a partner, alone."""
+    rows: list[list[int]] = []
+    for i, half in enumerate(halves):
+        if half and rows and len(rows[-1]) == 1 and halves[rows[-1][0]]:
+            rows[-1].append(i)
+        else:
+            rows.append([i])
+    return rows
+
+
 def fit(chart, columns: int, width: int, scale: float = 1.0):
     """``chart`` (a builder's output) with its panels scaled by ``scale`` but narrowed so
     that ``columns`` of them fit in ``width`` px; larger fonts when ``scale`` > 1."""
@@ -407,7 +441,10 @@ def fit(chart, columns: int, width: int, scale: float = 1.0):
     w, h = getattr(inner, "width", None), getattr(inner, "height", None)
     if isinstance(w, (int, float)) and isinstance(h, (int, float)):
         if isinstance(chart, alt.FacetChart):
-            room = (width - BESIDE_PANELS * scale) / max(1, columns) - 16
+            facet = chart.facet
+            rows = isinstance(facet, alt.FacetMapping) and facet.row is not alt.Undefined
+            beside = (BESIDE_PANELS + ROW_HEADERS * rows) * scale
+            room = (width - beside) / max(1, columns) - FACET_GAP
             new_w = max(PANEL_MIN, min(w * scale, room))
             inner.width = int(new_w)
             inner.height = int(h * scale * max(0.7, min(1.0, new_w / (w * scale))))

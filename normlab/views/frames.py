@@ -243,13 +243,41 @@ def with_methods(metrics_df: pd.DataFrame, runs_df: pd.DataFrame, *, label: str 
         lab = comp
     else:
         used = np.unique(pos)
-        n_comp = pd.Series(cid[used]).groupby(method[used]).nunique(dropna=False)
-        multi = np.isin(method, n_comp.index[n_comp > 1])
-        lab = np.where(multi, comp, method).astype(object)
+        setting = setting_labels(runs["config"] if "config" in runs else [None] * len(runs),
+                                 used)
+        key = pd.Series([f"{a}\x00{b}\x00{c}" for a, b, c in zip(method, setting, cid)])
+        n_key = key[used].groupby(method[used]).nunique()
+        multi = np.isin(method, n_key.index[n_key > 1])
+        n_set = pd.Series(setting[used]).groupby(method[used]).nunique()
+        by_setting = np.isin(method, n_set.index[n_set > 1])
+        lab = np.where(by_setting, [f"{m} · {t}" if t else m for m, t in zip(method, setting)],
+                       np.where(multi, comp, method)).astype(object)
     out["method"] = method[pos]
     out["seed"] = run_seeds(runs)[pos]
     out["label"] = lab[pos]
     return out
+
+
+SETTING_IGNORED = ("seed", "norm", "name")  # what a setting label never mentions
+
+
+def _short(value) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def setting_labels(configs: Sequence, among: Iterable[int] | None = None) -> np.ndarray:
+    """Per run, the config fields that differ between the runs ``among`` (positions; default
+    all) in words, e.g. 'lr 0.01' or 'lr 0.1 · width 64'; '' where nothing differs. Seed,
+    norm and name never count (the seed is a band, the norm is the method)."""
+    configs = [c if isinstance(c, dict) else {} for c in configs]
+    idx = list(range(len(configs))) if among is None else [int(i) for i in among]
+    keys = sorted({k for i in idx for k in configs[i]} - set(SETTING_IGNORED))
+    differ = [k for k in keys
+              if len({repr(configs[i].get(k)) for i in idx}) > 1]
+    return np.array([" · ".join(f"{k} {_short(c.get(k))}" for k in differ) for c in configs],
+                    dtype=object)
 
 
 # ------------------------------------------------------------------ layer-dynamics frames

@@ -2,8 +2,10 @@
 
 Same conventions as :mod:`normlab.views.charts` (tidy frame in, Altair chart out, colour =
 method from the shared palette, legend-click highlight, nearest-point tooltips, shared
-scales across small multiples). Layers are facet rows in natural order (hidden2 before
-hidden10); methods are columns in canonical order (labels, when a method has several).
+scales across small multiples, drag/wheel zoom on the step axis). Grids have one row per
+method in canonical order (per label, when a method has several) and one column per layer in
+natural order (hidden2 before hidden10), so their width grows with the layers shown, not
+with the methods compared; legends sit below grids.
 
 * :func:`layer_chart` — a per-layer scalar over steps (``grad_norm`` / ``weight_norm`` /
   ``update_ratio`` at ``param``; ``mean`` / ``var`` at an activation site; ``saturated`` /
@@ -19,19 +21,18 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from normlab.views.charts import (MAX_POINTS, PANEL_HEIGHT, PANEL_WIDTH, WIDE_HEIGHT, WIDE_WIDTH,
-                            axis_title, column_field,
-                            curve_layers, faded, hover_pick, labels_in, legend_pick,
-                            method_color, methods_in, multi_label, series_frame, style,
-                            with_label)
+from normlab.views.charts import (MAX_POINTS, PANEL_HEIGHT, PANEL_WIDTH, WIDE_HEIGHT,
+                                  WIDE_WIDTH, axis_title, colour_field, curve_layers, dash,
+                                  faded, hover_pick, legend_pick, method_color, run_row,
+                                  series_frame, style, with_label, zoom_steps)
 from normlab.views.frames import (downsample, hist_step_frame, hist_time_frame, natural_order,
                             percentile_frame, unit_frame)
 
 FLOOR = 1e-4  # smallest fraction a log scale shows; smaller positive fractions are clamped
 
 
-def _layer_row(df: pd.DataFrame) -> alt.Row:
-    return alt.Row("layer:N", sort=natural_order(df["layer"].unique()), title=None)
+def _layer_column(df: pd.DataFrame) -> alt.Column:
+    return alt.Column("layer:N", sort=natural_order(df["layer"].unique()), title=None)
 
 
 def _hover_marker(hover: alt.Parameter):
@@ -44,7 +45,7 @@ def layer_chart(df: pd.DataFrame, metric: str, site: str, *, layout: str = "over
                 max_points: int = MAX_POINTS) -> alt.FacetChart:
     """A per-layer metric over steps.
 
-    ``layout='side'``: rows = layers, columns = methods. ``layout='overlay'``: one panel per
+    ``layout='side'``: rows = methods, columns = layers. ``layout='overlay'``: one panel per
     layer (wrapped into ``columns``, default up to 3), colour = method. Seeds, ``band``,
     ``smoothing`` and ``log`` as in :func:`normlab.views.charts.metric_chart`.
     """
@@ -54,10 +55,10 @@ def layer_chart(df: pd.DataFrame, metric: str, site: str, *, layout: str = "over
                         max_points=max_points, log=log)
     layers = natural_order(data["layer"].unique())
     chart = curve_layers(data, y_title=axis_title(metric, site), log=log, band=band,
-                         extra_tooltip=(alt.Tooltip("layer:N", title="layer"),))
+                         extra_tooltip=(alt.Tooltip("layer:N", title="layer"),), below=True)
     if layout == "side":
         chart = chart.properties(width=PANEL_WIDTH, height=PANEL_HEIGHT).facet(
-            row=_layer_row(data), column=alt.Column("method:N", sort=methods_in(data), title=None))
+            row=run_row(data), column=_layer_column(data))
     else:
         chart = chart.properties(width=WIDE_WIDTH, height=WIDE_HEIGHT).facet(
             facet=alt.Facet("layer:N", sort=layers, title=None),
@@ -68,13 +69,13 @@ def layer_chart(df: pd.DataFrame, metric: str, site: str, *, layout: str = "over
 def percentile_chart(df: pd.DataFrame, site: str, *, title: str | None = None,
                      max_points: int = MAX_POINTS, units: bool = False) -> alt.FacetChart:
     """p15..p85 band and p50 line of ``site`` over steps, with the median's 95% sampling
-    interval as a darker band; rows = layers, columns = methods. A :func:`normlab.views.
+    interval as a darker band; rows = methods, columns = layers. A :func:`normlab.views.
     frames.unit_frame` can be drawn the same way (``units=True``: one row per unit)."""
     data = (unit_frame if units else percentile_frame)(with_label(df), site)
     data = downsample(data, max_points, by=["method", "label", "layer"], value="p50")
-    pick, hover = legend_pick(), hover_pick()
+    pick, hover = legend_pick(colour_field(data)), hover_pick()
     y_title = f"value ({site})"
-    base = alt.Chart().encode(x=alt.X("step:Q", title="step"), color=method_color(data),
+    base = alt.Chart().encode(x=alt.X("step:Q", title="step"), color=method_color(data, True),
                               detail="label:N")
     # the middle 70% of the activations: 15th to 85th percentile
     band = base.mark_area().encode(y=alt.Y("p15:Q", title=y_title), y2="p85:Q",
@@ -84,13 +85,15 @@ def percentile_chart(df: pd.DataFrame, site: str, *, title: str | None = None,
                                     opacity=faded(pick, 0.6, 0.1))
     # the median
     median = base.mark_line(strokeWidth=2).encode(
-        y=alt.Y("p50:Q", title=y_title), opacity=faded(pick)).add_params(pick)
+        y=alt.Y("p50:Q", title=y_title), opacity=faded(pick)).add_params(pick, zoom_steps())
     # hover targets on the median carrying the three percentiles
     points = base.mark_point(filled=True, size=50).encode(
         y=alt.Y("p50:Q", title=y_title), opacity=_hover_marker(hover),
-        tooltip=[alt.Tooltip("step:Q"), alt.Tooltip("method:N"), alt.Tooltip("label:N"),
-                 alt.Tooltip("layer:N"), alt.Tooltip("p15:Q", format=".4g"),
-                 alt.Tooltip("p50:Q", format=".4g"), alt.Tooltip("p85:Q", format=".4g"),
+        tooltip=[alt.Tooltip("step:Q"), alt.Tooltip("method:N"),
+                 alt.Tooltip("label:N", title="runs"), alt.Tooltip("layer:N"),
+                 alt.Tooltip("p15:Q", title="15th percentile", format=".4g"),
+                 alt.Tooltip("p50:Q", title="median", format=".4g"),
+                 alt.Tooltip("p85:Q", title="85th percentile", format=".4g"),
                  alt.Tooltip("p50_lo:Q", title="p50 95% from", format=".4g"),
                  alt.Tooltip("p50_hi:Q", title="p50 95% to", format=".4g")],
     ).add_params(hover)
@@ -98,7 +101,7 @@ def percentile_chart(df: pd.DataFrame, site: str, *, title: str | None = None,
         data = data.assign(p50_lo=np.nan, p50_hi=np.nan)
     chart = (alt.layer(band, noise, median, points, data=data)
              .properties(width=PANEL_WIDTH, height=PANEL_HEIGHT)
-             .facet(row=_layer_row(data), column=column_field(data))
+             .facet(row=run_row(data), column=_layer_column(data))
              .resolve_scale(x="shared", y="shared"))
     return style(chart, title or f"{site}: 15th, 50th (line) and 85th percentiles")
 
@@ -108,7 +111,7 @@ def hist_heatmap(df: pd.DataFrame, site: str, *, activation: str | None = None,
                  title: str | None = None) -> alt.FacetChart:
     """The histogram of ``site`` over time: x = step, y = value bin, colour = fraction.
 
-    Rows = layers, columns = methods. Fractions are averaged over seeds and over the steps
+    Rows = methods, columns = layers. Fractions are averaged over seeds and over the steps
     merged into one of at most ``max_steps`` columns; the colour scale is logarithmic from
     ``floor`` to 1 (smaller positive fractions clamp to ``floor``, empty bins stay blank).
     Each run's bins are its recorded range (fitted at its first step); values outside it
@@ -127,16 +130,18 @@ def hist_heatmap(df: pd.DataFrame, site: str, *, activation: str | None = None,
         color=alt.Color("fraction:Q", title="fraction",
                         scale=alt.Scale(type="log", domain=[floor, 1.0], clamp=True,
                                         scheme="viridis", reverse=True),
-                        legend=alt.Legend(format=".0e")),
+                        legend=alt.Legend(format=".0e", orient="bottom", direction="horizontal",
+                                          gradientLength=240)),
         tooltip=[alt.Tooltip("step:Q", title="from step"),
                  alt.Tooltip("step_end:Q", title="to step"), alt.Tooltip("method:N"),
-                 alt.Tooltip("label:N"), alt.Tooltip("layer:N"),
+                 alt.Tooltip("label:N", title="runs"), alt.Tooltip("layer:N"),
                  alt.Tooltip("lo:Q", title="bin from", format=".3g"),
                  alt.Tooltip("hi:Q", title="bin to", format=".3g"),
                  alt.Tooltip("fraction:Q", format=".3g")],
     )
-    chart = (alt.layer(cells, data=data).properties(width=PANEL_WIDTH, height=PANEL_HEIGHT)
-             .facet(row=_layer_row(data), column=column_field(data))
+    chart = (alt.layer(cells.add_params(zoom_steps()), data=data)
+             .properties(width=PANEL_WIDTH, height=PANEL_HEIGHT)
+             .facet(row=run_row(data), column=_layer_column(data))
              .resolve_scale(x="shared", y="shared", color="shared"))
     return style(chart, title or f"{site} histogram over time")
 
@@ -159,20 +164,20 @@ def hist_at_step(df: pd.DataFrame, site: str, step: int, *, activation: str | No
     if log:
         data = data.assign(fraction=np.maximum(data["fraction"], floor))
     layers = natural_order(data["layer"].unique())
-    pick, hover = legend_pick(), hover_pick()
+    pick, hover = legend_pick(colour_field(data)), hover_pick()
     y = alt.Y("fraction:Q", title="fraction of values",
               scale=alt.Scale(type="log", domainMin=floor) if log else alt.Scale())
-    base = alt.Chart().encode(color=method_color(data), detail="label:N")
+    base = alt.Chart().encode(color=method_color(data, True), detail="label:N")
     # the histogram outline of each method
     outline = base.mark_line(interpolate="step-after", strokeWidth=2).encode(
         x=alt.X("x:Q", title=f"value ({site})"), y=y, opacity=faded(pick))
-    if multi_label(data):
-        outline = outline.encode(strokeDash=alt.StrokeDash("label:N", sort=labels_in(data)))
+    if (strokes := dash(data)) is not None:
+        outline = outline.encode(strokeDash=strokes)
     # hover targets at bin centres, carrying the bin's range and fraction
     points = base.mark_point(filled=True, size=50).encode(
         x=alt.X("mid:Q", title=f"value ({site})"), y=y, opacity=_hover_marker(hover),
-        tooltip=[alt.Tooltip("method:N"), alt.Tooltip("label:N"), alt.Tooltip("layer:N"),
-                 alt.Tooltip("step:Q"), alt.Tooltip("lo:Q", title="bin from", format=".3g"),
+        tooltip=[alt.Tooltip("method:N"), alt.Tooltip("label:N", title="runs"),
+                 alt.Tooltip("layer:N"), alt.Tooltip("step:Q"), alt.Tooltip("lo:Q", title="bin from", format=".3g"),
                  alt.Tooltip("hi:Q", title="bin to", format=".3g"),
                  alt.Tooltip("fraction:Q", format=".3g")],
     ).transform_filter("!datum.closing").add_params(hover)

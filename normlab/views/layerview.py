@@ -322,3 +322,56 @@ def default_layers(layers: Iterable[str], at_most: int = 4) -> list[str]:
         return names
     picks = sorted({round(i * (len(names) - 1) / (at_most - 1)) for i in range(at_most)})
     return [names[i] for i in picks]
+
+
+# ------------------------------------------------------------------- the page's charts
+PAGE_WIDTH = 800  # px of the main column at 1280 px with the sidebar open
+BULK_HELP = ("Histograms show only the value bins that hold at least 1% of a layer's values "
+             "at some step (each run's bins cover the range fitted at its first step).")
+UNIT_HELP = ("Exact percentiles of 3 fixed units per layer (first, middle, last) over the "
+             "batch, instead of the whole layer pooled.")
+PCT_CAPTION = ("Line: the median (50th percentile); band: 15th to 85th percentile; dark band "
+               "around the line: the median's 95% sampling interval (none where every value "
+               "is used, e.g. an MLP layer at batch 64). Drag or scroll to zoom the steps, "
+               "double-click to reset.")
+UNIT_CAPTION = "Exact percentiles of one unit over the batch (and positions)."
+
+
+def percentile_view(rows: pd.DataFrame, site: str, layers: list[str], *, units: bool = False,
+                    width: int = PAGE_WIDTH):
+    """The percentile grid of ``layers`` (rows = methods, columns = layers), fitted to
+    ``width`` px."""
+    from normlab.views.compareview import fit
+    from normlab.views.layercharts import percentile_chart
+
+    chart = percentile_chart(rows[rows["layer"].isin(layers)], site, units=units,
+                             title=f"{SITE_LABELS[site]}: 15/50/85th percentiles")
+    return fit(chart, len(layers), width)
+
+
+def heatmap_caption(rows: pd.DataFrame, site: str, shown: tuple[float, float],
+                    full: tuple[float, float]) -> str:
+    return ("Each column: the share of values per bin at that step (log colour; blank = "
+            "none). Values %.3g to %.3g shown, of %.3g to %.3g. " % (*shown, *full)
+            + overflow_note(rows, site))
+
+
+def heatmap_view(rows: pd.DataFrame, site: str, activation: str | None,
+                 value_range: tuple[float, float], width: int = PAGE_WIDTH):
+    """The histogram-over-time grid, fitted to ``width`` px, value axis cut to ``value_range``."""
+    from normlab.views.compareview import fit
+    from normlab.views.layercharts import hist_heatmap
+
+    chart = hist_heatmap(rows, site, activation=activation, title=f"{site} histogram over time")
+    return zoom(fit(chart, rows["layer"].nunique(), width), "y", *value_range)
+
+
+def step_view(rows: pd.DataFrame, site: str, step: int, activation: str | None, log: bool,
+              value_range: tuple[float, float], width: int = PAGE_WIDTH):
+    """Every method's histogram at ``step``, one panel per layer (up to 3 a row), fitted to
+    ``width`` px, value axis cut to ``value_range``."""
+    from normlab.views.compareview import fit
+    from normlab.views.layercharts import hist_at_step
+
+    chart = hist_at_step(rows, site, int(step), activation=activation, log=log)
+    return zoom(fit(chart, min(3, rows["layer"].nunique()), width), "x", *value_range)

@@ -61,3 +61,17 @@ def color_scale(methods: Iterable[str] | None = None) -> alt.Scale:
     """An ``alt.Scale`` for a ``method:N`` colour channel over ``methods`` (default: all)."""
     domain = method_order(methods)
     return alt.Scale(domain=domain, range=[method_color(m) for m in domain])
+
+
+# Labels of one method (e.g. "batch · lr 0.1", "batch · lr 0.01"): Tol's bright scheme, then
+# his muted one, in the labels' order (a label's colour depends on what else is drawn).
+LABEL_COLORS: tuple[str, ...] = FALLBACK_COLORS + tuple(
+    c for c in METHOD_COLORS.values() if c not in FALLBACK_COLORS and c != "#777777")
+
+
+def label_scale(labels: Iterable[str]) -> alt.Scale:
+    """An ``alt.Scale`` for a ``label:N`` colour channel: distinct colours in ``labels``' order
+    (cycling after len(LABEL_COLORS) labels)."""
+    domain = list(dict.fromkeys(str(x) for x in labels))
+    return alt.Scale(domain=domain,
+                     range=[LABEL_COLORS[i % len(LABEL_COLORS)] for i in range(len(domain))])

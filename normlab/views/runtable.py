@@ -42,7 +42,8 @@ from normlab.runs.store import STATUSES, NotFound, Store, empty_metrics
 FINAL_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")  # "<site>_<metric>"
 TABLE_COLUMNS = ("id", "comparison", "name", "method", "seed", "dataset", "model",
                  "activation", "status", "step", "total_steps", *FINAL_METRICS, "created",
-                 "tags", "notes", "comparison_id", "comparison_tags", "comparison_notes")
+                 "tags", "notes", "comparison_id", "comparison_tags", "comparison_notes",
+                 "comparison_name")  # comparison: the label shown; comparison_name: its name
 EXPORT_MIME = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet",
                "json": "application/json"}
 IMAGE_MIME = {"png": "image/png", "svg": "image/svg+xml"}
@@ -85,13 +86,52 @@ def _local_time(seconds: pd.Series) -> pd.Series:
     return stamps.dt.tz_convert(tz).dt.tz_localize(None)
 
 
+def _grid_words(grid) -> str:
+    """'9 methods × 2 seeds', 'batch × lr ×3 × 1 seed': what a comparison's grid varies."""
+    if not isinstance(grid, dict) or not grid:
+        return ""
+    parts = []
+    for key, values in grid.items():
+        values = list(values) if isinstance(values, (list, tuple)) else [values]
+        if key == "norm":
+            parts.append(str(values[0]) if len(values) == 1 else f"{len(values)} methods")
+        elif key == "seed":
+            parts.append(f"{len(values)} seed{'s' * (len(values) != 1)}")
+        else:
+            parts.append(f"{key} ×{len(values)}" if len(values) > 1 else f"{key} {values[0]}")
+    return " × ".join(parts)
+
+
+def comparison_labels(comparisons: pd.DataFrame) -> dict[str, str]:
+    """Comparison id → a label that leads with what tells it apart from the others: the
+    setup fields that differ between the stored comparisons (e.g. 'lr 0.01 · steps 3000'),
+    then its grid ('9 methods × 1 seed'), then its name."""
+    if comparisons.empty:
+        return {}
+    from normlab.views.frames import setting_labels
+
+    bases = [b if isinstance(b, dict) else {} for b in comparisons["base"]]
+    known = [b for b in bases if b]
+    common = set.intersection(*(set(b) for b in known)) if len(known) > 1 else set()
+    differ = setting_labels([{k: b[k] for k in common} if b else {} for b in bases],
+                            among=[i for i, b in enumerate(bases) if b])
+    differ = [d if b else "" for d, b in zip(differ, bases)]
+    out = {}
+    for cid, name, grid, diff in zip(comparisons["id"], comparisons["name"], comparisons["grid"],
+                                     differ):
+        head = " · ".join(p for p in (diff, _grid_words(grid)) if p)
+        out[cid] = f"{head} — {name}" if head and name else (head or str(name or cid))
+    return out
+
+
 def build_table(runs: pd.DataFrame, comparisons: pd.DataFrame,
                 finals: pd.DataFrame) -> pd.DataFrame:
     """The Runs table from ``store.runs()``, ``store.comparisons()`` and final metrics."""
     comp = comparisons.set_index("id") if len(comparisons) else None
     out = pd.DataFrame({
         "id": runs["id"].astype(str),
-        "comparison": runs["comparison_id"].map(comp["name"]) if comp is not None else None,
+        "comparison": (runs["comparison_id"].map(comparison_labels(comparisons))
+                       if comp is not None else None),
         "name": runs["name"].where(runs["name"].notna(), None),
         "method": run_methods(runs) if len(runs) else runs["norm"],
         "seed": runs["seed"],
@@ -110,6 +150,8 @@ def build_table(runs: pd.DataFrame, comparisons: pd.DataFrame,
     out["tags"] = [list(t) if isinstance(t, list) else [] for t in runs["tags"]]
     out["notes"] = runs["notes"].fillna("").astype(str)
     out["comparison_id"] = runs["comparison_id"].astype(str)
+    out["comparison_name"] = (runs["comparison_id"].map(comp["name"]).to_numpy()
+                              if comp is not None else None)
     if comp is not None:
         out["comparison_tags"] = [list(comp.at[c, "tags"] or []) for c in out["comparison_id"]]
         out["comparison_notes"] = [str(comp.at[c, "notes"] or "") for c in out["comparison_id"]]
@@ -221,7 +263,7 @@ def targets(table: pd.DataFrame, selected: Iterable[str]) -> list[Target]:
         first = members.iloc[0]
         out.append(Target("comparison", cid, tuple(members["id"]),
                           f"comparison “{first['comparison']}” ({cid}) · all "
-                          f"{len(members)} runs", name=str(first["comparison"]),
+                          f"{len(members)} runs", name=str(first["comparison_name"]),
                           tags=tuple(first["comparison_tags"]),
                           notes=first["comparison_notes"], comparison_ids=(cid,)))
     return out

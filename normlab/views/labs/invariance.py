@@ -229,11 +229,13 @@ def gradient_chart(frame: pd.DataFrame) -> alt.LayerChart:
     ref = alt.Chart(guide).mark_line(color="#999999", strokeDash=[6, 4]).encode(x=x, y=y)
     # one line per method
     lines = alt.Chart(frame).mark_line(point=True).encode(
-        x=x, y=y, color=alt.Color("method:N", scale=color_scale(methods), title="method"),
+        x=x, y=y, color=alt.Color("method:N", scale=color_scale(methods), title="method",
+                                  legend=alt.Legend(orient="right", columns=2)),
         tooltip=["method:N", alt.Tooltip("lam:Q", format=".3g", title="λ"),
-                 alt.Tooltip("grad_norm:Q", format=".3g")])
+                 alt.Tooltip("grad_norm:Q", format=".3g", title="gradient norm ‖∂L/∂W‖")])
+    # as wide as its column; the legend in two columns, so 10 methods fit its height
     return alt.layer(ref, lines).properties(
-        width=520, height=320, title="Gradient against weight scale (dashed: slope −1)")
+        width="container", height=320, title="Gradient against weight scale (dashed: slope −1)")
 
 
 def gradient_readout(frame: pd.DataFrame) -> str:
@@ -285,10 +287,15 @@ def weight_chart(frame: pd.DataFrame, layer: str) -> alt.HConcatChart:
         panels.append(alt.Chart(mean[mean["metric"] == metric]).mark_line().encode(
             x=alt.X("step:Q", title="step"),
             y=alt.Y("value:Q", scale=alt.Scale(type="log"), title=title),
-            color=alt.Color("method:N", scale=color_scale(methods), title="method"),
-            strokeDash=alt.StrokeDash("decay:N", title="weight decay"),
-            tooltip=["method:N", "decay:N", "step:Q", alt.Tooltip("value:Q", format=".3g")],
-        ).properties(width=360, height=260, title=title))
+            color=alt.Color("method:N", scale=color_scale(methods), title="method",
+                            legend=alt.Legend(orient="bottom", direction="horizontal",
+                                              columns=5)),
+            strokeDash=alt.StrokeDash("decay:N", title="weight decay",
+                                      legend=alt.Legend(orient="bottom")),
+            tooltip=["method:N", alt.Tooltip("decay:N", title="weight decay"), "step:Q",
+                     alt.Tooltip("value:Q", format=".3g", title=metric)],
+        ).properties(width=300, height=240, title=title))
+    # two panels and legends below them: ~760 px, within a 1280 px screen's column
     return alt.hconcat(*panels)
 
 
