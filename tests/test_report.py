@@ -118,7 +118,7 @@ def test_the_report_parses_and_has_one_spec_per_compare_chart_with_the_page_data
                                       n_seeds=n_seeds, width=report.WIDTH)
             if chart is not None:
                 expected.append(chart.to_dict())
-    assert len(specs) == len(expected) == 9
+    assert len(specs) == len(expected) == 11  # loss & accuracy 4, gradients 4, activations 3
     assert all("report_zoom" in json.dumps(s) for s in specs)  # wheel zoom on the step axis
     for got, want in zip(specs, expected):
         assert got["$schema"] == want["$schema"] and "vega-lite" in got["$schema"]

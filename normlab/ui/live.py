@@ -218,9 +218,12 @@ def _group(key: str, runs, group: str, view: View) -> None:
     # frame and every chart it does not change
     frame = _frame(path, key, sig, metrics, sites, every)
     if frame.empty:
-        st.info("Waiting for the first measurements… A run waits in the queue until a "
-                "worker is free; the engine's very first start on a machine also compiles "
-                "the probes (about 10 s, once).")
+        if views.finished(runs):
+            st.info("Nothing measured for these charts: the runs ended before their first "
+                    "record (see the notes in the Runs table above).")
+        else:
+            st.info("Waiting for the first measurements… A run waits in the queue until a "
+                    "worker is free.")
         return
     charts = []
     for spec in views.CHART_GROUPS[group]:
