@@ -11,6 +11,7 @@ from normlab.ui import tour as ui
 from normlab.views.tour import STEPS
 
 menu.page_setup(menu.TOUR)
+ui.presenter()
 i = ui.position(STEPS)
 ui.launch_at_start(i, STEPS)
 ui.nav(i, STEPS)

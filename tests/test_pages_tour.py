@@ -81,12 +81,13 @@ def test_framework_table_matches_the_methods_and_invariance_tables():
     from normlab.views.compareview import methods_table
 
     table = invariance.invariance_table(("batch", "weight"))
-    wide = tour.framework_table(table)
-    assert list(wide.index) == ["BatchNorm", "WeightNorm"]
+    choices, ignores = tour.framework_tables(table)
+    assert list(choices.index) == list(ignores.index) == ["BatchNorm", "WeightNorm"]
     methods = methods_table().set_index("method")
-    assert wide.loc["BatchNorm", "σ (scale)"] == methods.loc["BatchNorm", "σ (scale)"]
+    assert choices.loc["WeightNorm", "σ (scale)"] == methods.loc["WeightNorm", "σ (scale)"]
+    assert len(ignores.columns) == 6
     for r in table.itertuples():
-        assert wide.loc[r.title, r.transform_title] == ("Y" if r.invariant else "N")
+        assert ignores.loc[r.title, r.transform_title] == ("Y" if r.invariant else "N")
 
 
 # ------------------------------------------------------------------ the page
@@ -108,7 +109,7 @@ def test_first_step_queues_the_runs_and_next_walks_every_step(store):
         if step.needs is not None:
             assert "Training this step's runs" in texts(at) and not charts(at)
         else:
-            assert len(at.dataframe) == 1 and at.success
+            assert len(at.table) == 2 and at.success
     assert at.button(key="tour_next").disabled
     at.button(key="tour_back").click()
     at = ok(at.run())

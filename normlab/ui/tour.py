@@ -45,19 +45,24 @@ def _go(key: str) -> None:
 
 
 def nav(i: int, steps=tour.STEPS) -> None:
-    """Back, where we are, Next; the ← and → keys press Back and Next."""
+    """Back, the step's title, Next (the ← and → keys press Back and Next), then where the
+    step is in the tour."""
     back = steps[i - 1].key if i > 0 else None
     ahead = steps[i + 1].key if i + 1 < len(steps) else None
-    row = st.container(horizontal=True, vertical_alignment="center")
-    with row:
-        st.button("Back", icon=":material/arrow_back:", key="tour_back", shortcut="Left",
-                  disabled=back is None, on_click=_go, args=(back,))
-        st.markdown(f"**Step {i + 1} of {len(steps)}** · "
-                    + " · ".join(f"**{s.title}**" if j == i else s.title
-                                 for j, s in enumerate(steps)), width="stretch")
-        st.button("Next", icon=":material/arrow_forward:", icon_position="right",
-                  key="tour_next", shortcut="Right", type="primary",
-                  disabled=ahead is None, on_click=_go, args=(ahead,))
+    left, middle, right = st.columns([1, 10, 1], vertical_alignment="center")
+    left.button("Back", icon=":material/arrow_back:", key="tour_back", shortcut="Left",
+                disabled=back is None, on_click=_go, args=(back,), width="stretch")
+    middle.title(steps[i].title)
+    right.button("Next", icon=":material/arrow_forward:", icon_position="right",
+                 key="tour_next", shortcut="Right", type="primary", width="stretch",
+                 disabled=ahead is None, on_click=_go, args=(ahead,))
+    st.caption(f"Step {i + 1} of {len(steps)}"
+               + (f" · next: {steps[i + 1].title} (→)" if ahead else " · the end"))
+
+
+def presenter() -> None:
+    """Presenter mode: the sidebar starts collapsed, so the charts have the width."""
+    st.set_page_config(initial_sidebar_state="collapsed")
 
 
 def launch_at_start(i: int, steps=tour.STEPS) -> None:
@@ -79,9 +84,8 @@ def _lab_page(step: tour.TourStep) -> menu.Page | None:
 
 
 def screen(step: tour.TourStep) -> None:
-    """The step: title, claim, then (polled while its runs train) progress, chart, readout."""
-    st.title(step.title)
-    st.markdown(f'<p style="font-size:1.45rem;line-height:1.5">{step.claim}</p>',
+    """The step: claim, then (polled while its runs train) progress, chart, readout."""
+    st.markdown(f'<p style="font-size:1.4rem;line-height:1.45">{step.claim}</p>',
                 unsafe_allow_html=True)
     cid = tour.stored_comparison(get_store(), step)
     if step.needs is not None and cid is None:
@@ -101,11 +105,11 @@ def screen(step: tour.TourStep) -> None:
                              "What is there so far:")
         with st.spinner("Measuring…"):
             figure, readout = step.build(store, cid)
-        draw(figure, step.caption)
-        if figure is None:
+        if figure is None:  # the claim, what was measured, then the evidence
             st.info(readout, icon=":material/hourglass_top:")
         else:
             st.success(readout, icon=":material/straighten:")
+        draw(figure, step.caption)
         if running and tour.finished(store, cid):
             st.rerun()
 
@@ -116,12 +120,16 @@ def screen(step: tour.TourStep) -> None:
 
 
 def draw(figure, caption: str = "") -> None:
-    """A step's figure, large: an Altair chart enlarged, or a table at full width."""
+    """A step's figure, large: an Altair chart enlarged, a table in full (no scrolling),
+    or a tuple of these one below another."""
     if figure is None:
         return
     if caption:
         st.caption(caption)
-    if isinstance(figure, pd.DataFrame):
-        st.dataframe(figure, width="stretch")
+    if isinstance(figure, tuple):
+        for part in figure:
+            draw(part)
+    elif isinstance(figure, pd.DataFrame):
+        st.table(figure)
     elif isinstance(figure, alt.TopLevelMixin):
-        st.altair_chart(tour.enlarge(figure), width="content")
+        st.altair_chart(tour.presented(figure), width="content")

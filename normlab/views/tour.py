@@ -30,7 +30,7 @@ from normlab.views.labs import ics, invariance, sensitivity
 from normlab.views.labs import whitening as wh
 from normlab.views.labs.scaffold import Lab, Preset, launch
 
-Figure = alt.TopLevelMixin | pd.DataFrame | None
+Figure = alt.TopLevelMixin | pd.DataFrame | tuple | None  # a tuple: drawn one below another
 Build = Callable[[Store, str | None], tuple[Figure, str]]
 FRAMEWORK_METHODS = ("none", "batch", "layer", "weight", "cosine")  # BN, LN, WN, CosineNorm
 SCALE = 1.3  # presenter mode: charts and their fonts this much larger than on the lab page
@@ -133,21 +133,32 @@ def finished(store: Store, cid: str | None) -> bool:
 
 
 # ----------------------------------------------------------------- presenter mode
-def enlarge(chart, scale: float = SCALE):
-    """``chart`` with every panel's numeric width and height times ``scale`` and larger
-    fonts (presenter mode); concatenations, layers and facets are walked."""
+def rows(chart) -> int:
+    """How many rows of panels ``chart`` stacks (vconcat entries, facet rows counted 1)."""
+    stacked = getattr(chart, "vconcat", None)
+    if stacked:
+        return sum(rows(c) for c in stacked)
+    return max([rows(c) for c in getattr(chart, "hconcat", None) or ()] or [1])
+
+
+def enlarge(chart, scale: float = SCALE, height_scale: float | None = None):
+    """``chart`` with every panel's numeric width times ``scale``, its height times
+    ``height_scale`` (default ``scale``) and larger fonts (presenter mode); concatenations,
+    layers and facets are walked, the original is left as it was."""
+    factors = {"width": scale, "height": scale if height_scale is None else height_scale}
+
     def walk(c) -> None:
         for attr in ("hconcat", "vconcat", "concat"):
             for sub in getattr(c, attr, None) or ():
                 walk(sub)
         spec = getattr(c, "spec", None)
-        if isinstance(spec, alt.TopLevelMixin) or hasattr(spec, "width"):
+        if spec is not None and spec is not alt.Undefined and hasattr(spec, "to_dict"):
             walk(spec)
         sized = False
-        for dim in ("width", "height"):
+        for dim, factor in factors.items():
             value = getattr(c, dim, alt.Undefined)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                setattr(c, dim, int(value * scale))
+                setattr(c, dim, int(value * factor))
                 sized = True
         if not sized:
             for sub in getattr(c, "layer", None) or ():
@@ -160,6 +171,12 @@ def enlarge(chart, scale: float = SCALE):
             .configure_legend(labelFontSize=f(12), titleFontSize=f(13))
             .configure_header(labelFontSize=f(12), titleFontSize=f(13))
             .configure_title(fontSize=f(14)))
+
+
+def presented(chart):
+    """A step's chart for the screen: wider and with larger fonts; as tall only for one
+    row of panels (two rows at SCALE would push the readout off a projector's screen)."""
+    return enlarge(chart, SCALE, SCALE if rows(chart) == 1 else 1.0)
 
 
 # ----------------------------------------------------------------- the steps' builds
@@ -207,12 +224,14 @@ def _invariances() -> pd.DataFrame:
 
 @lru_cache(maxsize=1)
 def _gradients() -> pd.DataFrame:
-    return invariance.gradient_scaling(FRAMEWORK_METHODS)
+    """Lab 4's gradient measurement at λ = 0.1, 1, 10 (the tour shows only its slopes)."""
+    return invariance.gradient_scaling(FRAMEWORK_METHODS, invariance.LAMBDAS[::4])
 
 
-def framework_table(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per method: its choices in the framework (the Home page's methods table)
-    and, per re-scaling, whether its output ignores it (Y/N, measured by Lab 4)."""
+def framework_tables(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Two tables of one row per method: its choices in the framework (the Home page's
+    methods table), and per re-scaling whether its output ignores it (Y/N, measured by
+    Lab 4: ``table`` is :func:`normlab.views.labs.invariance.invariance_table`)."""
     from normlab.views.compareview import methods_table
 
     methods = methods_table().set_index("name")
@@ -223,12 +242,13 @@ def framework_table(table: pd.DataFrame) -> pd.DataFrame:
     ignores = table.assign(cell=table["invariant"].map({True: "Y", False: "N"})).pivot(
         index="title", columns="transform_title", values="cell")
     ignores = ignores.loc[list(titles), list(dict.fromkeys(table["transform_title"]))]
-    return choices.join(ignores).rename_axis(index="method")
+    return choices.rename_axis(index="method"), ignores.rename_axis(index="ignores…",
+                                                                      columns=None)
 
 
 def _framework(store: Store, cid: str | None) -> tuple[Figure, str]:
     table = _invariances()
-    return framework_table(table), invariance.table_readout(table)
+    return framework_tables(table), invariance.table_readout(table)
 
 
 def _invariance(store: Store, cid: str | None) -> tuple[Figure, str]:
@@ -308,8 +328,8 @@ STEPS: tuple[TourStep, ...] = (
         "Those choices decide which re-scalings of the weights and the data each method "
         "ignores (Ba et al. 2016, Table 1).",
         invariance.LAB, None, _framework,
-        "Each method's choices, and Y where its output ignores the re-scaling (measured "
-        "now on a block built by NormLab's own modules)."),
+        "Each method's choices in the formula; below, Y where its output ignores the "
+        "re-scaling (measured now, on a block built by NormLab's own modules)."),
     TourStep(
         "invariance", "Re-scaling invariance lowers the effective learning rate",
         "A normalized layer ignores the scale of its weights, so when they grow by λ its "
