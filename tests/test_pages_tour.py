@@ -73,8 +73,37 @@ def test_enlarge_scales_every_panel_and_keeps_the_data():
                              tour.alt.layer(base, base).properties(width=200, height=80))
     spec = tour.enlarge(chart, 1.5).to_dict()
     assert [(p["width"], p["height"]) for p in spec["hconcat"]] == [(150, 75), (300, 120)]
-    assert spec["config"]["axis"]["labelFontSize"] == 18
+    assert spec["config"]["axis"]["labelFontSize"] == round(12 * tour.SCALE)  # at most SCALE
     assert chart.to_dict()["hconcat"][0]["width"] == 100  # the original is untouched
+
+
+def test_presented_widens_a_single_panel_most():
+    import pandas as pd
+
+    frame = pd.DataFrame({"step": [0, 1], "value": [1.0, 2.0]})
+    base = tour.alt.Chart(frame).mark_line().encode(x="step:Q", y="value:Q")
+    single = tour.presented(tour.alt.layer(base, base).properties(width=100, height=50))
+    assert (single.to_dict()["width"], single.to_dict()["height"]) == (170, 65)
+    two_rows = tour.presented(tour.alt.vconcat(base.properties(width=100, height=50),
+                                               base.properties(width=100, height=50)))
+    assert [(p["width"], p["height"]) for p in two_rows.to_dict()["vconcat"]] == [(130, 50)] * 2
+
+
+def test_lr_readout_says_none_for_a_method_that_never_reaches_the_share():
+    """Lab 5's readout: a series with no qualifying value beside one with a range said
+    'nan–nan (nan decades)' (None turned NaN in the table); constructed case."""
+    import numpy as np
+    import pandas as pd
+
+    xs = [0.01, 0.1, 1.0]
+    frame = pd.DataFrame({"run": list("abcdef"), "method": ["batch"] * 3 + ["none"] * 3,
+                          "series": ["batch"] * 3 + ["none"] * 3, "x": xs + xs,
+                          "seed": 0, "value": [0.9, 0.95, 0.92, 0.1, 0.1, 0.1],
+                          "status": "done", "diverged": False, "pending": False,
+                          "error": ""})
+    text = sensitivity.tolerance_readout(frame, "lr")
+    assert "none none" in text and "nan" not in text
+    assert f"batch 0.01–1 ({np.log10(100):.1f} decades)" in text
 
 
 def test_framework_table_matches_the_methods_and_invariance_tables():

@@ -34,6 +34,7 @@ Figure = alt.TopLevelMixin | pd.DataFrame | tuple | None  # a tuple: drawn one b
 Build = Callable[[Store, str | None], tuple[Figure, str]]
 FRAMEWORK_METHODS = ("none", "batch", "layer", "weight", "cosine")  # BN, LN, WN, CosineNorm
 SCALE = 1.3  # presenter mode: charts and their fonts this much larger than on the lab page
+SINGLE_WIDTH = 1.7  # ... and a single panel this much wider (a sweep: 560 -> 952 px)
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,7 @@ def rows(chart) -> int:
 
 def enlarge(chart, scale: float = SCALE, height_scale: float | None = None):
     """``chart`` with every panel's numeric width times ``scale``, its height times
-    ``height_scale`` (default ``scale``) and larger fonts (presenter mode); concatenations,
+    ``height_scale`` (default ``scale``) and fonts up to SCALE larger (presenter mode); concatenations,
     layers and facets are walked, the original is left as it was."""
     factors = {"width": scale, "height": scale if height_scale is None else height_scale}
 
@@ -166,7 +167,7 @@ def enlarge(chart, scale: float = SCALE, height_scale: float | None = None):
 
     chart = chart.copy(deep=True)
     walk(chart)
-    f = lambda size: round(size * scale)  # noqa: E731
+    f = lambda size: round(size * min(scale, SCALE))  # noqa: E731
     return (chart.configure_axis(labelFontSize=f(12), titleFontSize=f(13))
             .configure_legend(labelFontSize=f(12), titleFontSize=f(13))
             .configure_header(labelFontSize=f(12), titleFontSize=f(13))
@@ -174,8 +175,11 @@ def enlarge(chart, scale: float = SCALE, height_scale: float | None = None):
 
 
 def presented(chart):
-    """A step's chart for the screen: wider and with larger fonts; as tall only for one
-    row of panels (two rows at SCALE would push the readout off a projector's screen)."""
+    """A step's chart for the screen, with larger fonts: a single panel (its width holds
+    axes and legend) much wider; panels side by side SCALE wider and taller; two rows of
+    panels only wider (taller would push them off a projector's screen)."""
+    if isinstance(chart, (alt.Chart, alt.LayerChart)):
+        return enlarge(chart, SINGLE_WIDTH, SCALE)
     return enlarge(chart, SCALE, SCALE if rows(chart) == 1 else 1.0)
 
 
