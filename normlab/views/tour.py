@@ -144,8 +144,8 @@ def rows(chart) -> int:
 
 def enlarge(chart, scale: float = SCALE, height_scale: float | None = None):
     """``chart`` with every panel's numeric width times ``scale``, its height times
-    ``height_scale`` (default ``scale``) and fonts up to SCALE larger (presenter mode); concatenations,
-    layers and facets are walked, the original is left as it was."""
+    ``height_scale`` (default ``scale``) and fonts up to SCALE larger (presenter mode);
+    concatenations, layers and facets are walked, the original is left as it was."""
     factors = {"width": scale, "height": scale if height_scale is None else height_scale}
 
     def walk(c) -> None:
