@@ -86,7 +86,7 @@ def test_presented_widens_a_single_panel_most():
     assert (single.to_dict()["width"], single.to_dict()["height"]) == (170, 65)
     two_rows = tour.presented(tour.alt.vconcat(base.properties(width=100, height=50),
                                                base.properties(width=100, height=50)))
-    assert [(p["width"], p["height"]) for p in two_rows.to_dict()["vconcat"]] == [(130, 50)] * 2
+    assert [(p["width"], p["height"]) for p in two_rows.to_dict()["vconcat"]] == [(130, 35)] * 2
 
 
 def test_lr_readout_says_none_for_a_method_that_never_reaches_the_share():

@@ -35,6 +35,7 @@ Build = Callable[[Store, str | None], tuple[Figure, str]]
 FRAMEWORK_METHODS = ("none", "batch", "layer", "weight", "cosine")  # BN, LN, WN, CosineNorm
 SCALE = 1.3  # presenter mode: charts and their fonts this much larger than on the lab page
 SINGLE_WIDTH = 1.7  # ... and a single panel this much wider (a sweep: 560 -> 952 px)
+ROWS_HEIGHT = 0.7  # ... but two rows of panels this high (whitening: 2 x 200 -> 2 x 140 px)
 
 
 @dataclass(frozen=True)
@@ -177,10 +178,11 @@ def enlarge(chart, scale: float = SCALE, height_scale: float | None = None):
 def presented(chart):
     """A step's chart for the screen, with larger fonts: a single panel (its width holds
     axes and legend) much wider; panels side by side SCALE wider and taller; two rows of
-    panels only wider (taller would push them off a projector's screen)."""
+    panels wider but lower (ROWS_HEIGHT), so both rows fit a projector's screen under the
+    claim and the readout."""
     if isinstance(chart, (alt.Chart, alt.LayerChart)):
         return enlarge(chart, SINGLE_WIDTH, SCALE)
-    return enlarge(chart, SCALE, SCALE if rows(chart) == 1 else 1.0)
+    return enlarge(chart, SCALE, SCALE if rows(chart) == 1 else ROWS_HEIGHT)
 
 
 # ----------------------------------------------------------------- the steps' builds
