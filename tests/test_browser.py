@@ -333,7 +333,8 @@ def test_tour_walks_with_the_keyboard(tmp_path):
                 page.locator('[data-testid="stAlertContentSuccess"]').first.wait_for(
                     timeout=30_000)
                 if step.key == "batch":  # two runs held in the queue
-                    page.get_by_text("4 of 6 runs finished", exact=False).wait_for(
+                    page.get_by_text("4 of 6 runs finished · the others are paused",
+                                     exact=False).wait_for(
                         timeout=10_000)
                 time.sleep(1.0)  # let the chart finish drawing
                 _no_exception(page)

@@ -58,6 +58,13 @@ def test_time_left_shares_the_speed_between_unfinished_comparisons(store):
     assert set(runs.loc[runs["status"] == "running", "id"]) == {a, c}
     # this comparison: 50 + 100 steps left; speed 40 steps/s shared by 2 comparisons
     assert tour.time_left(store, cid) == f"0 of 2 runs finished · about {round(150 / 20)} s left"
+    store.request(b, "pause")  # held in the queue
+    # a held run is not waited for: 50 steps left at 40 / 2 steps/s
+    assert tour.time_left(store, cid).endswith(f"about {round(50 / 20)} s left")
+    store.request(a, "pause")
+    assert tour.time_left(store, cid) == ("0 of 2 runs finished · the others are paused "
+                                          "(resume them on the lab's page)")
+    store.request(cid, "resume")
     store.finish(c, "done", 100)
     store.finish(b, "done", 100)
     # alone now: 50 steps at 10 steps/s

@@ -94,7 +94,7 @@ def time_left(store: Store, cid: str) -> str:
 
     The engine gives its workers to the comparisons with unfinished runs in turn, so this
     one gets about 1/K of the speed of all running runs (K: comparisons with unfinished
-    runs); the estimate is its remaining steps over that share.
+    runs); the estimate is its remaining steps (of runs not paused) over that share.
     """
     from normlab.views.compareview import progress_summary
 
@@ -107,9 +107,12 @@ def time_left(store: Store, cid: str) -> str:
     speed = float(pending["steps_per_sec"].where(pending["status"] == "running").sum())
     total = runs["total_steps"].fillna(0).astype(float)
     done = runs["step"].fillna(0).astype(float).clip(upper=total)
-    left = float((total - done)[~runs["status"].isin(FINISHED)].sum())
-    n_runs = len(runs)
-    head = f"{int(runs['status'].isin(FINISHED).sum())} of {n_runs} runs finished"
+    held = (runs["control"] == "pause") | (runs["status"] == "paused")  # not trained now
+    waiting = ~runs["status"].isin(FINISHED) & ~held
+    left = float((total - done)[waiting].sum())
+    head = f"{int(runs['status'].isin(FINISHED).sum())} of {len(runs)} runs finished"
+    if not waiting.any():
+        return f"{head} · the others are paused (resume them on the lab's page)"
     if speed <= 0:
         return f"{head} · waiting for a worker ({left:,.0f} steps to train)"
     seconds = left * pending["comparison_id"].nunique() / speed
