@@ -275,7 +275,7 @@ def _tiny_tour_store(path: Path) -> None:
     from normlab.views.labs import sensitivity
     from normlab.views.labs.scaffold import preset_configs, with_changes
 
-    short = {"steps": 20, "eval_interval": 10, "record_interval": 5, "width": 32}
+    short = {"steps": 12, "eval_interval": 6, "record_interval": 3, "width": 32}
     grids = {"whitening": {"norm": ["none", "batch", "layer", "whiten"]},
              "shift": {"norm": ["none", "batch"], "lr": [0.1, 0.5]},
              "weights": {"norm": ["batch", "none"], "weight_decay": [0.0, 0.005]},
@@ -291,7 +291,7 @@ def _tiny_tour_store(path: Path) -> None:
         if "corr_snapshots" in preset.base.to_dict() and preset.base.corr_snapshots:
             base["corr_snapshots"] = 2
         if preset.base.ics_interval:
-            base["ics_interval"] = 10
+            base["ics_interval"] = 5
         preset = with_changes(preset, base, grids[preset.key])
         if preset.tied is not None:  # the batch sweep: 256 examples seen instead of 3,200
             preset = replace(preset, tied=partial(sensitivity.scaled_for_batch, examples=256))

@@ -326,7 +326,8 @@ STEPS: tuple[TourStep, ...] = (
         "As the layers below learn, each layer's input keeps moving — internal covariate "
         "shift — and with sigmoid units it can drift into saturation, where gradients "
         "vanish. BatchNorm was proposed to hold each layer's input still (Ioffe & Szegedy "
-        "2015); Santurkar et al. (2018) found it does not, and smooths the loss instead.",
+        "2015); Santurkar et al. (2018) found that it does not, and that it makes the loss "
+        "landscape smoother instead.",
         ics.LAB, "shift", _ics,
         "How far each layer's input moves between measurements, in units of its initial "
         "spread; faint: the sampling floor."),
