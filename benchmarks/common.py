@@ -13,6 +13,7 @@ are compared with. :func:`bare_segments` is the loop a person writes around it.
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import torch
@@ -20,9 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from normlab.training.config import RunConfig
-from normlab.training.models import ACTIVATION_MODULES, build_model, init_layer
-from normlab.training.trainer import make_optimizer
+# Benchmarks time the compiled statistics kernels (compiled in the warm-up if needed), never
+# the numpy fallback a fresh machine uses until they are (normlab.measure.backends); an
+# engine a benchmark starts inherits this.
+os.environ.setdefault("NORMLAB_KERNELS", "compiled")
+
+from normlab.training.config import RunConfig  # noqa: E402
+from normlab.training.models import ACTIVATION_MODULES, build_model, init_layer  # noqa: E402
+from normlab.training.trainer import make_optimizer  # noqa: E402
 
 COUNTERPARTS = {  # method → the torch.nn layer a person writes for it
     "none": "no norm layer",

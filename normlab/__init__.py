@@ -17,6 +17,7 @@ _EXPORTS = {
     "Probe": "normlab.measure.probes", "Trainer": "normlab.training.trainer", "train": "normlab.training.trainer",
     "Store": "normlab.runs.store", "compare": "normlab.runs.comparisons", "submit": "normlab.runs.comparisons",
     "wait": "normlab.runs.comparisons", "log": "normlab.runs.logger",
+    "read_export": "normlab.runs.exchange",
 }
 __all__ = sorted(_EXPORTS)
 

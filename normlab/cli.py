@@ -1,7 +1,7 @@
 """``python -m normlab``: run comparisons and manage the run store from a terminal.
 
 Commands: ``run``, ``list``, ``show``, ``export``, ``import``, ``delete``, ``cancel``,
-``pause``, ``resume``, ``tag``, ``annotate``, ``engine``. ``run`` takes every
+``pause``, ``resume``, ``tag``, ``annotate``, ``report``, ``engine``. ``run`` takes every
 :class:`~normlab.training.config.RunConfig` field as a flag of the same name and default; a
 comma-separated value (``--norms batch,layer --seeds 0,1 --lr 0.1,0.01``) makes a
 comparison over every combination; a numeric field also takes a range,
@@ -19,12 +19,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import fields
 
-from normlab.training.config import DEFAULTS, FIELD_TYPES, ConfigError, RunConfig
+from normlab.cliparts import ProgressBars, _int, _missing, field_help
+from normlab.training.config import FIELD_TYPES, ConfigError, RunConfig
 
 EXIT_USAGE = 2
+# `export --help`: measured on 6 runs x 500 steps (batch, layer, none x 2 seeds, digits MLP
+# 3x100, record every step: 1.6 M metric rows), `normlab export` of each format.
+EXPORT_SIZES = ("6 runs x 500 steps recorded every step (1.6 M rows, more than a\n"
+                "spreadsheet's 1,048,576) are 184 MB as CSV, 25 MB as JSON and 5.4 MB as Parquet")
 PLURALS = {"norm": "norms", "seed": "seeds"}  # the flags users type for the common lists
 
 
@@ -57,15 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run a comparison (base config x lists of values)",
-                         description="Every config field is a flag; comma-separated values "
-                         "make a comparison over every combination.")
+                         description="Every config field is a flag of the same name and "
+                         "default as normlab.RunConfig. Comma-separated values (--norms "
+                         "batch,layer --seeds 0,1) or a range of a numeric field (--lr "
+                         "logspace:0.001:10:9, --init_scale linspace:0.5:2:4) make a "
+                         "comparison over every combination.")
     for f in fields(RunConfig):
         flag = PLURALS.get(f.name, f.name)
         names = [f"--{flag}"] + ([f"--{f.name}"] if flag != f.name else [])
         if "_" in flag:
             names.append(f"--{flag.replace('_', '-')}")
         run.add_argument(*names, dest=f.name, default=None, metavar=FIELD_TYPES[f.name].upper(),
-                         help=f"default: {getattr(DEFAULTS, f.name)}")
+                         help=field_help(f.name))
     run.add_argument("--name", help="a name for the comparison")
     run.add_argument("--workers", type=int, default=None,
                      help="worker processes if the engine has to be started (default: CPU cores)")
@@ -74,7 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     _backend_args(run)
     _store_arg(run)
 
-    lst = sub.add_parser("list", help="one line per run")
+    lst = sub.add_parser("list", help="one line per run",
+                         description="One line per run: id, comparison, method, seed, "
+                         "dataset, status, step/total, then its tags (#tag; the run's and "
+                         "its comparison's) and the first line of its notes.")
     lst.add_argument("--status", help="only runs with this status")
     lst.add_argument("--comparison", help="only the runs of this comparison")
     _store_arg(lst)
@@ -83,16 +95,31 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("id")
     _store_arg(show)
 
-    exp = sub.add_parser("export", help="write a run or comparison to a file")
+    exp = sub.add_parser(
+        "export", help="write a run or comparison to a file",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Write a run or a comparison (every run, config and metric) to one file.\n"
+        "Each metric row names its run in words: run, step, layer, site, metric, value,\n"
+        "label, method, seed, comparison_name.\n\n"
+        "  parquet  the smallest and fastest; pd.read_parquet(PATH) gives the rows; imports\n"
+        "           alone (the records are in its metadata). Use this one.\n"
+        "  csv      pd.read_csv(PATH) gives the rows; `normlab import` also needs the\n"
+        "           records written beside it, PATH.runs.json: copy both files.\n"
+        "  json     runs with their series nested; normlab.read_export(PATH) gives the\n"
+        "           rows (pd.read_json cannot flatten them); imports alone.\n\n"
+        f"Sizes measured: {EXPORT_SIZES}.\n"
+        "CSV is for spreadsheets of small runs; larger record intervals shrink every format.")
     exp.add_argument("id")
     exp.add_argument("--format", choices=("csv", "parquet", "json"), default=None,
-                     help="default: from the file name's suffix")
+                     help="default: from the file name's suffix (.parquet, .csv, .json)")
     exp.add_argument("-o", "--output", required=True, metavar="PATH")
     _store_arg(exp)
 
     imp = sub.add_parser("import", help="load an exported file into the store")
     imp.add_argument("path")
     _store_arg(imp)
+
+    _report_parser(sub)
 
     for name, text in (("delete", "delete a run or comparison with its metrics"),
                        ("cancel", "cancel a run or every unfinished run of a comparison"),
@@ -102,11 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("id")
         _store_arg(p)
 
-    tag = sub.add_parser("tag", help="set the tags of a run or comparison")
+    tag = sub.add_parser("tag", help="set the tags of a run or comparison",
+                         description="Replace the tags of a run or comparison with TAGS "
+                         "(--clear removes them all). `list` and `show` display them.")
     tag.add_argument("id")
     tag.add_argument("tags", nargs="*")
+    tag.add_argument("--clear", action="store_true", help="remove every tag")
     _store_arg(tag)
-    note = sub.add_parser("annotate", help="set the notes of a run or comparison")
+    note = sub.add_parser("annotate", help="set the notes of a run or comparison",
+                          description="Replace the notes of a run or comparison (\"\" "
+                          "clears them). `list` and `show` display them.")
     note.add_argument("id")
     note.add_argument("notes")
     _store_arg(note)
@@ -168,7 +200,7 @@ def cmd_run(args, store) -> int:
     print(f"comparison {cid}: {len(run_ids)} run(s) {' '.join(run_ids)}")
     if args.no_wait:
         return 0
-    bars = _ProgressBars(run_ids, configs, grid)
+    bars = ProgressBars(run_ids, configs, grid)
     try:
         statuses = wait_for(cid, store=store, on_progress=bars.update, on_notice=bars.note)
     except KeyboardInterrupt:
@@ -183,86 +215,45 @@ def cmd_run(args, store) -> int:
     return 0 if all(s in ("done", "diverged") for s in statuses.values()) else 1
 
 
-class _ProgressBars:
-    """One tqdm bar per run, fed from the store's progress columns; a grid of more than
-    ``MANY_RUNS`` runs gets one overall bar (steps of all runs, finished ones counted)."""
-
-    MANY_RUNS = 24
-
-    def __init__(self, run_ids, configs, grid):
-        from tqdm import tqdm
-
-        self.bars = {}
-        self.total = None
-        if len(run_ids) > self.MANY_RUNS:
-            self.total = tqdm(total=sum(c.steps for c in configs), unit="step",
-                              desc=f"{len(run_ids)} runs", dynamic_ncols=True)
-            return
-        for i, (rid, cfg) in enumerate(zip(run_ids, configs)):
-            label = " ".join(f"{k}={getattr(cfg, k)}" for k in grid) or cfg.norm
-            self.bars[rid] = tqdm(total=cfg.steps, desc=f"{rid} {label}", position=i,
-                                  unit="step", leave=True, dynamic_ncols=True)
-
-    def update(self, runs) -> None:
-        if self.total is not None:
-            from normlab.runs.store import FINISHED
-
-            finished = runs["status"].isin(FINISHED)
-            steps = runs["step"].fillna(0).astype(int).where(~finished, runs["total_steps"])
-            counts = runs["status"].value_counts()
-            self.total.n = int(steps.fillna(0).sum())
-            self.total.set_postfix_str(", ".join(f"{n} {s}" for s, n in counts.items()),
-                                       refresh=False)
-            self.total.refresh()
-            return
-        for row in runs.itertuples():
-            bar = self.bars.get(row.id)
-            if bar is not None:
-                bar.n = int(row.step or 0)
-                bar.set_postfix_str(row.status, refresh=False)
-                bar.refresh()
-
-    def note(self, text: str) -> None:
-        from tqdm import tqdm
-
-        tqdm.write(f"normlab run: {text}", file=sys.stderr)
-
-    def close(self) -> None:
-        if self.total is not None:
-            self.total.close()
-        for bar in self.bars.values():
-            bar.close()
-
-
 def cmd_list(args, store) -> int:
-    rows = store.run_lines(comparison=args.comparison, status=args.status)
+    columns = ("id", "comparison_id", "norm", "seed", "dataset", "status", "step",
+               "total_steps", "tags", "notes")
+    rows = store.run_lines(comparison=args.comparison, status=args.status, columns=columns)
     if not rows:
         print("no runs")
         return 0
+    comps = {r.id: (r.tags or [], r.notes or "") for r in store.comparisons().itertuples()}
     out = sys.stdout
-    for rid, cid, norm, seed, dataset, status, step, total in rows:
+    for rid, cid, norm, seed, dataset, status, step, total, tags, notes in rows:
         total = "?" if _missing(total) else _int(total)
+        ctags, cnotes = comps.get(cid, ([], ""))
+        extra = _tags_notes([*ctags, *_json_list(tags)], notes or cnotes)
         out.write(f"{rid}  {cid}  {_text(norm):<12} seed {_text(seed):<3} {_text(dataset):<10} "
-                  f"{status:<11} {_int(step)}/{total}\n")
+                  f"{status:<11} {_int(step)}/{total}{extra}\n")
     return 0
 
 
-def _int(value) -> int:
-    """A stored count as an int (0 when missing or not a number)."""
-    try:
-        return int(value or 0)
-    except (TypeError, ValueError):
-        return 0
+NOTE_WIDTH = 60  # characters of a note `list` shows
 
 
-def _missing(value) -> bool:
-    """None, NaN or pandas' NA (whose comparisons raise when made a bool)."""
-    if value is None:
-        return True
+def _json_list(raw) -> list[str]:
+    """A stored JSON list of tags ([] when missing or malformed)."""
     try:
-        return bool(value != value)
-    except TypeError:
-        return True
+        value = json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError:
+        return []
+    return [str(t) for t in value] if isinstance(value, list) else []
+
+
+def _tags_notes(tags, notes) -> str:
+    """'  #a #b  “first line of the notes…”' for a list line ('' when neither)."""
+    out = " ".join(f"#{t}" for t in dict.fromkeys(tags))
+    note = str(notes or "").strip().splitlines()[0] if str(notes or "").strip() else ""
+    if len(note) > NOTE_WIDTH:
+        note = note[:NOTE_WIDTH - 1] + "…"
+    if note:
+        out = f"{out}  “{note}”" if out else f"“{note}”"
+    return f"  {out}" if out else ""
 
 
 def _text(value) -> str:
@@ -296,9 +287,18 @@ def cmd_show(args, store) -> int:
     else:
         comp = store.comparison(args.id)
         print(f"comparison {comp['id']}  {comp['name']}")
+        if comp.get("tags"):
+            print("tags: " + " ".join(f"#{t}" for t in comp["tags"]))
+        if (comp.get("notes") or "").strip():
+            print("notes: " + comp["notes"].strip())
         counts = ", ".join(f"{n} {s}" for s, n in comp["counts"].items() if n)
         print(f"runs: {counts}")
-        runs = store.runs(comparison=args.id).set_index("id")[["norm", "seed", "status", "step"]]
+        frame = store.runs(comparison=args.id).set_index("id")
+        runs = frame[["norm", "seed", "status", "step"]].copy()
+        if any(frame["tags"].map(bool)):
+            runs["tags"] = [" ".join(f"#{t}" for t in ts) for ts in frame["tags"]]
+        if any(frame["notes"].fillna("").astype(str).str.strip() != ""):
+            runs["notes"] = [_tags_notes([], n).strip() for n in frame["notes"].fillna("")]
         print(runs.join(final_metrics(store, list(runs.index))).to_string())
         _print_sweep(store, args.id, comp.get("grid"))
     return 0
@@ -329,10 +329,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "engine":
             return cmd_engine(args)
         store = Store(args.store)
-        handler = {"run": cmd_run, "list": cmd_list, "show": cmd_show}.get(args.command)
+        handler = {"run": cmd_run, "list": cmd_list, "show": cmd_show,
+                   "report": cmd_report}.get(args.command)
         if handler is not None:
             return handler(args, store)
         return cmd_simple(args, store)
+    except BrokenPipeError:  # `normlab show ID | head`: the reader has all it wanted
+        _quiet_stdout()
+        return 0
     except UsageError as exc:
         print(str(exc), file=sys.stderr)
     except RayMissing as exc:
@@ -350,6 +354,46 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_USAGE
 
 
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so flushing at exit cannot raise BrokenPipeError again
+    (the Python docs' recipe for SIGPIPE)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real file descriptor (a test's captured stdout)
+        pass
+
+
+def _report_parser(sub) -> None:
+    rep = sub.add_parser("report", help="write one self-contained HTML report (charts, setup, "
+                         "the runs inside; opens offline, `import` reads it back)")
+    rep.add_argument("id", help="a comparison id (a lab's too) or run ids, comma-separated")
+    rep.add_argument("-o", "--output", required=True, metavar="PATH", help="the .html file")
+    rep.add_argument("--page", choices=("compare", "layers"), default="compare",
+                     help="whose charts: Compare's (default) or Layer dynamics'")
+    rep.add_argument("--site", default=None, help="--page layers: the activation site "
+                     "(pre_norm, post_norm, post_act; default: the page's)")
+    rep.add_argument("--layers", default=None, help="--page layers: comma-separated layers "
+                     "(default: the page's)")
+    _store_arg(rep)
+
+
+def cmd_report(args, store) -> int:
+    from normlab.measure.schema import ACT_SITES
+    from normlab.views import report
+
+    if args.site is not None and args.site not in ACT_SITES:
+        raise UsageError(f"normlab report: --site {args.site!r} is not an activation site; "
+                         f"use one of {', '.join(ACT_SITES)}")
+    if args.page != "layers" and (args.site or args.layers):
+        raise UsageError("normlab report: --site and --layers are for --page layers")
+    layers = [p.strip() for p in args.layers.split(",") if p.strip()] if args.layers else None
+    path = report.write(store, args.id, args.output, page=args.page, site=args.site,
+                        layers=layers)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
 def cmd_simple(args, store) -> int:
     from normlab.runs import exchange
 
@@ -357,18 +401,42 @@ def cmd_simple(args, store) -> int:
         path = exchange.export(store, args.id, args.output, args.format)
         print(f"wrote {path}")
     elif args.command == "import":
-        ids = exchange.import_file(store, args.path)
-        print(f"imported {len(ids)} run(s): {' '.join(ids)}")
+        ids, skipped = exchange.import_path(store, args.path)
+        line = f"imported {len(ids)} run(s)" + (f": {' '.join(ids)}" if ids else "")
+        if skipped:
+            line += (f"; skipped {len(skipped)} already in the store ({_ids(skipped)}): "
+                     "delete them first to import them again")
+        print(line)
     elif args.command == "delete":
         print(f"deleted {len(store.delete(args.id))} run(s)")
     elif args.command in ("cancel", "pause", "resume"):
         changed = store.request(args.id, args.command)
         print(f"{args.command}: {len(changed)} run(s) {' '.join(changed)}")
     elif args.command == "tag":
-        store.tag(args.id, args.tags)
+        kind, _ = store.resolve(args.id)
+        if args.clear and args.tags:
+            raise UsageError("normlab tag: give tags or --clear, not both (see --help)")
+        if not args.clear and not [t for t in args.tags if t.strip()]:
+            raise UsageError(f"normlab tag: no tags given for {args.id}; name them (normlab "
+                             f"tag {args.id} baseline lecture), or pass --clear to remove "
+                             "every tag")
+        store.tag(args.id, [] if args.clear else args.tags)
+        tags = (store.run(args.id) if kind == "run" else store.comparison(args.id))["tags"]
+        print(f"{kind} {args.id}: " + (("tags " + " ".join(f"#{t}" for t in tags))
+                                      if tags else "tags cleared"))
     elif args.command == "annotate":
+        kind, _ = store.resolve(args.id)
         store.annotate(args.id, args.notes)
+        notes = args.notes.strip()
+        print(f"{kind} {args.id}: " + (f"notes set ({len(notes)} characters)" if notes
+                                      else "notes cleared"))
     return 0
+
+
+def _ids(ids: list[str], most: int = 5) -> str:
+    """Some ids for a message: 'a, b, c' or 'a, b, c, d, e and 3 more'."""
+    shown = ", ".join(ids[:most])
+    return shown + (f" and {len(ids) - most} more" if len(ids) > most else "")
 
 
 def cmd_engine(args) -> int:

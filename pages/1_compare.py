@@ -6,16 +6,18 @@ and what is shown live in the URL: copy the link to share or replay it.
 """
 import streamlit as st
 
-from normlab.ui.common import (apply_url, comparison_picker, get_store, show_url_problems,
-                              shown_runs, sync_url)
+from normlab.ui.common import (apply_url, comparison_picker, get_store, show_newest,
+                              show_url_problems, shown_runs, sync_url)
 from normlab.ui.form import (config_form, current_view, form_values, launch_button,
-                            presenter_toggle, view_controls)
+                            presenter_toggle, setup_status, view_controls)
 from normlab.ui.live import live_runs
+from normlab.ui.report import download_button
 from normlab.ui import menu
 
 menu.page_setup(menu.COMPARE)
 
 apply_url()  # a shared link (or the Home quick start) sets the form and what is shown
+show_newest()  # nothing shown yet: the newest comparison, with its setup in the form
 title, toggle = st.columns([6, 1], vertical_alignment="bottom")
 with toggle:
     present = presenter_toggle()
@@ -32,6 +34,7 @@ with st.sidebar:
         config, methods, seeds, _ = form_values()
     else:
         st.header("Setup")
+        setup_status(*form_values()[:3])  # the shown comparison's setup, or a new one
         config, methods, seeds, errors = config_form()
         launch_button(config, methods, seeds, errors)
 
@@ -57,4 +60,5 @@ else:
     n_seeds = int(get_store().runs(ids=shown[1])["seed"].nunique())
     view = view_controls(n_seeds, present)
     live_runs(*shown, view)
+    download_button(",".join(shown[1]) if shown[0].startswith("runs-") else shown[0], view=view)
 sync_url(config, methods, seeds, view)

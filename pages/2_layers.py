@@ -7,6 +7,7 @@ from normlab.measure.schema import ACT_SITES
 from normlab.runs.store import FINISHED
 from normlab.ui import picker
 from normlab.ui.common import get_store
+from normlab.ui.report import download_button, report_id
 from normlab.ui import menu
 
 menu.page_setup(menu.LAYERS)
@@ -114,3 +115,4 @@ def at_step() -> None:
 
 over_time()
 at_step()
+download_button(report_id(runs), page="layers", site=site, layers=layers, key="layers_report")

@@ -22,9 +22,33 @@ def test_auto_uses_numpy_and_starts_one_compile_until_the_marker_exists(marker, 
     monkeypatch.setattr(backends.subprocess, "Popen", lambda *a, **k: started.append(a[0]))
     monkeypatch.setenv(backends.MODE_ENV, "auto")
     assert backends.current() is fallback and backends.current() is fallback
-    assert started == [[backends.sys.executable, "-m", "normlab.measure.precompile"]]  # once
+    assert len(started) == 1 and started[0][-3:] == [backends.sys.executable, "-m",
+                                                     "normlab.measure.precompile"]  # once
     marker.write_text("compiled\n")
     assert backends.current() is kernels
+
+
+def test_a_probe_on_numpy_moves_to_the_compiled_kernels_at_a_flush(marker, monkeypatch):
+    from torch import nn
+
+    from normlab.measure.probes import Probe
+
+    monkeypatch.setattr(backends.subprocess, "Popen", lambda *a, **k: None)
+    monkeypatch.setenv(backends.MODE_ENV, "auto")
+    model = nn.Sequential(nn.Linear(3, 4), nn.Sigmoid(), nn.Linear(4, 2))
+    with Probe(model) as probe:
+        assert probe.kernels is fallback
+        probe.flush()
+        assert probe.kernels is fallback  # nothing compiled yet
+        marker.write_text("compiled\n")
+        probe.arm(0)
+        model(torch.randn(5, 3)).sum().backward()
+        probe.after_update()
+        assert len(probe.flush()) > 0 and probe.kernels is kernels
+    monkeypatch.setenv(backends.MODE_ENV, "fallback")  # a forced choice is kept
+    with Probe(model) as probe:
+        probe.flush()
+        assert probe.kernels is fallback
 
 
 def test_the_mode_is_obeyed_and_a_bad_one_names_the_good_ones(marker, monkeypatch):

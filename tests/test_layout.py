@@ -124,11 +124,13 @@ def no_engine(monkeypatch, tmp_path):
     monkeypatch.setenv("NORMLAB_STORE", str(tmp_path / "store.sqlite"))
 
 
-def test_public_names_survive_importing_every_submodule(no_engine):
+def test_public_names_survive_importing_every_submodule(no_engine, tmp_path):
     """Importing a submodule binds it on its package: a public function must never be
     replaced by a module of the same name (``normlab.train`` once was)."""
     for name in _library_modules():
         importlib.import_module(name)
+    from normlab.runs import exchange
+
     tiny = normlab.RunConfig(steps=3, width=8, depth=2, eval_interval=2, record_interval=1)
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
     calls = {
@@ -149,6 +151,8 @@ def test_public_names_survive_importing_every_submodule(no_engine):
         "compare": lambda f: f(tiny, norms=["none"]),
         "wait": lambda f: f(normlab.compare(tiny, norms=["none"])[0], timeout=0.01),
         "log": lambda f: f(model, name="mine").__enter__().__exit__(None, None, None),
+        "read_export": lambda f: f(exchange.export(normlab.Store(), normlab.compare(
+            tiny, norms=["none"])[0], tmp_path / "export.json")),
     }
     assert set(normlab.__all__) == set(calls), "a new public name needs a call here"
     for name in normlab.__all__:

@@ -86,7 +86,8 @@ def test_layers_comparison_from_url(filled):
             for s in specs] == ["post_norm (activation input): 15/50/85th percentiles",
                                 "post_norm histogram over time",
                                 "post_norm histogram at step 19"]  # the activation's input
-    assert len(at.get("download_button")) == 6  # PNG + SVG per chart, rendered on click
+    buttons = [b.label for b in at.get("download_button")]
+    assert len(buttons) == 7 and "Download report" in buttons  # PNG + SVG per chart; the report
     assert at.multiselect(key="layers_runs").value == info["a_ids"]
     assert dict(at.query_params) == {"comparison": [info["a"]]} or \
         at.query_params["comparison"] in (info["a"], [info["a"]])

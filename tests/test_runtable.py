@@ -274,8 +274,12 @@ def test_export_csv_is_the_tidy_rows(built, tmp_path):
     path = tmp_path / "x.csv"
     path.write_bytes(runtable.export_bytes(store, rid, "csv"))
     rows = pd.read_csv(path)
-    assert list(rows.columns) == ["run", "step", "layer", "site", "metric", "value"]
+    assert list(rows.columns) == ["run", "step", "layer", "site", "metric", "value",
+                                  "label", "method", "seed", "comparison_name"]
     assert len(rows) == len(store.metrics(runs=rid)) and set(rows["run"]) == {rid}
+    run = store.run(rid)
+    assert set(zip(rows["method"], rows["seed"], rows["comparison_name"])) == \
+        {(run["norm"], run["seed"], store.comparison(info["a"])["name"])}
     with pytest.raises(ValueError, match="unknown download format"):
         runtable.export_bytes(store, rid, "xlsx")
 

@@ -131,7 +131,7 @@ def test_from_comparison_record():
 @settings(max_examples=200, deadline=None)
 @given(st.dictionaries(st.sampled_from([*FORM_FIELDS, "methods", "seeds", "comparison",
                                         "runs", "layout", "log", "smooth", "band", "site",
-                                        "present", "other"]),
+                                        "present", "tab", "other"]),
                        st.one_of(st.text(max_size=30), st.lists(st.text(max_size=10)))))
 @example({"seeds": "⒈"})  # a Unicode digit that int() refuses (found by hypothesis)
 def test_decode_never_raises_and_always_gives_a_usable_state(params):
@@ -148,3 +148,38 @@ def test_decode_never_raises_and_always_gives_a_usable_state(params):
     assert (again.config, again.methods, again.seeds, again.view) == (
         state.config, state.methods, state.seeds, state.view)
     assert again.problems == {}
+
+
+def test_a_comparison_shown_with_its_own_setup_needs_only_its_id_and_the_tab():
+    cfg = RunConfig(steps=40, lr=0.05)
+    params = encode(cfg, ["batch"], [0], "c1a2b3c4", View(log=False), setup=False,
+                    tab="gradients")
+    assert params == {"comparison": "c1a2b3c4", "tab": "gradients", "log": "0"}
+    state = decode(params)
+    assert (state.comparison, state.tab, state.view.log, state.given) == \
+        ("c1a2b3c4", "gradients", False, frozenset())
+    # without a comparison the setup is always written, and a tab means nothing
+    assert set(encode(cfg, ["batch"], [0], None, setup=False, tab="gradients")) == \
+        {*FORM_FIELDS, "methods", "seeds"}
+
+
+def test_setup_diff_names_the_fields_that_differ():
+    record = {"id": "c1", "base": RunConfig(steps=40, lr=0.05).to_dict(),
+              "grid": {"norm": ["batch", "none"], "seed": [0, 1]}}
+    shown = urlstate.from_comparison(record)
+    assert urlstate.setup_diff(shown, RunConfig(steps=40, lr=0.05), ["batch", "none"],
+                               [0, 1]) == []
+    assert urlstate.setup_diff(shown, RunConfig(steps=50, lr=0.05, width=7), ["none", "batch"],
+                               [0]) == ["width", "steps", "methods", "seeds"]
+
+
+@pytest.mark.parametrize("name,slug", [("Loss & accuracy", "loss-accuracy"),
+                                       ("Gradients", "gradients"), ("Sweep", "sweep")])
+def test_tab_slugs(name, slug):
+    assert urlstate.tab_slug(name) == slug
+    assert decode({"tab": slug}).tab == slug
+
+
+def test_a_malformed_tab_is_reported():
+    state = decode({"tab": "<script>"})
+    assert state.tab is None and "not a tab name" in state.problems["tab"]

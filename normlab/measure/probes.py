@@ -192,7 +192,7 @@ class Probe:
             raise ValueError(f"sample must be at least 1 or None for every value (got {sample})")
         self.model, self.every, self.sample = model, every, sample
         self.activation_sites = activation_sites
-        self.kernels = backends.current()  # compiled, or numpy until they are (one per probe)
+        self.kernels = backends.current()  # compiled, or numpy until they are
         self.groups = find_layers(model)  # every name records are kept under
         self.layers = [g for g in self.groups if g.weight is not None]  # weight metrics
         if not self.layers:
@@ -575,7 +575,10 @@ class Probe:
         return batch
 
     def flush(self) -> RecordBatch | None:
-        """The rows recorded since the last flush as one batch (None if there are none)."""
+        """The rows recorded since the last flush as one batch (None if there are none).
+        A probe on the numpy kernels moves to the compiled ones here once they exist
+        (:func:`normlab.measure.backends.upgrade`)."""
+        self.kernels = backends.upgrade(self.kernels)
         batches = [*self._finished, self._take_rows()]
         self._finished = []
         batches = [b for b in batches if b is not None]

@@ -10,6 +10,7 @@ Every measurement NormLab makes is a *tidy row*::
     site    str    where in the layer: "pre_norm" (input of the normalization),
                    "post_norm" (its output), "post_act" (after the activation),
                    "param" (the layer's weight parameters), "train" / "val" (model metrics)
+                   ("norm_hat", "affine": the formula's stages, opt-in, see below)
     metric  str    one of the names below
     value   float
 
@@ -72,6 +73,24 @@ ics              Lab 3, internal covariate shift (opt-in: ``RunConfig.ics_interv
                  ``ics_cos`` cos(G, G′). Layer ``model``: ``loss_min``, ``loss_max``,
                  ``grad_change_min``, ``grad_change_max``, ``beta`` (the landscape along
                  the gradient at 0.5–4 × lr)
+norm_hat,        **Stages** (opt-in: ``RunConfig.stages``; :mod:`normlab.measure.stages`), per
+affine           layer with a norm module. ``norm_hat`` is x̂ = (x − μ)/σ, the standardized
+                 value before g and b (not for ``none``; for ``weight`` v·x/‖v‖, for
+                 ``cosine`` cos(w, x)): ``mean``, ``var``, ``p15``, ``p50``, ``p85`` (numpy's linear
+                 interpolation; same sample rule as above), ``hist_*`` as above (range
+                 fitted at the first recorded step), ``linear`` (the fraction of values in
+                 the activation's near-linear region: ``|v| < 1`` for sigmoid/tanh, ``v > 0``
+                 for relu/gelu, see :func:`normlab.measure.stages.linear_fraction`),
+                 ``mu_mean``, ``mu_std``, ``sigma_mean``, ``sigma_std`` (mean and spread, ÷n,
+                 of the μ and σ values the norm used: per feature for batch methods, per
+                 example (and group) for layer/group/instance/rms; μ = 0 for rms and the
+                 weight-space methods; σ = ‖v‖ per unit for weight; no σ for whiten and
+                 cosine). ``post_norm`` gets ``linear`` too (of y, f's input when the norm is
+                 before the activation; every layer with a norm module, ``none`` included).
+                 ``affine``: ``g_mean``, ``g_std``, ``b_mean``, ``b_std`` (learned g and b
+                 across features) at every recorded step, and at every ``eval_interval``-th
+                 step, per feature j < ``FEATURE_CAP``: ``f{j}_mean``, ``f{j}_var`` (mean and
+                 biased variance of y over the batch and positions), ``f{j}_g``, ``f{j}_b``
 ===============  =========================================================================
 
 Trainers emit :class:`RecordBatch` objects (a steps x series matrix, cheap to build
@@ -109,6 +128,19 @@ UNITS = 3  # units per layer with exact percentiles over the batch (unit_picks)
 # values one activation site records at a step (limits' storage estimate counts on it)
 SITE_VALUES = (2 + len(PERCENTILES) + len(MEDIAN_CI) + len(HIST_METRICS) + len(HIST_EXTRA)
                + UNITS * len(UNIT_PERCENTILES))
+# -- Stages (Lab 1 "One formula", opt-in RunConfig.stages; see the table above) ---------
+STAGE_SITES = ("norm_hat", "affine")  # x̂ = (x − μ)/σ; the learned g, b and y per feature
+HIST_RANGES["norm_hat"] = (-4.0, 4.0)  # only if the first step's values are not finite
+FEATURE_CAP = 128  # per-feature values for features 0 .. FEATURE_CAP − 1 of a layer
+# values per layer at a recorded step: x̂'s distribution, linear, μ/σ, g/b; + y's linear
+STAGE_VALUES = 5 + len(HIST_METRICS) + len(HIST_EXTRA) + 1 + 4 + 4 + 1
+
+
+def feature_metric(feature: int, kind: str) -> str:
+    """Per-feature stage metric: ``f7_mean`` (kind: mean, var, g, b)."""
+    return f"f{feature}_{kind}"
+# -- end of Stages ------------------------------------------------------------------------
+
 FIT_MARGIN = 0.25  # fit_range widens the first step's span by this much on each side
 DEFAULT_METRICS = ("loss", "acc", "grad_norm")  # what the loss/accuracy charts load
 

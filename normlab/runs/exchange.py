@@ -9,13 +9,23 @@ rows of :mod:`normlab.measure.schema`.
   "values": [...]}]}]}``. Readable by anything; floats are written so they read back
   bit-identical (an infinite value is written ``Infinity``, as Python and JavaScript's
   ``JSON5`` read it; NaN never occurs: it means "not measured" and is not stored).
-* ``parquet`` — one file of tidy rows (``run, step, layer, site, metric, value``); the
-  comparison and run records are JSON in the file's key-value metadata under ``normlab``.
-  The smallest and fastest; pandas, R, DuckDB and Polars read the rows directly.
-* ``csv`` — the tidy rows in ``PATH`` plus the records in ``PATH.runs.json`` beside it
-  (carry both files). For spreadsheets.
+* ``parquet`` — one file of tidy rows (``run, step, layer, site, metric, value`` and the
+  :data:`DESCRIBED` columns ``label, method, seed, comparison_name``); the comparison and
+  run records are JSON in the file's key-value metadata under ``normlab``. The smallest
+  and fastest; pandas, R, DuckDB and Polars read the rows directly.
+* ``csv`` — the same rows in ``PATH`` plus the records in ``PATH.runs.json`` beside it.
+  ``pd.read_csv(PATH)`` needs only the CSV; importing it into a store needs both files
+  (the configs are in the sidecar). For spreadsheets; about 20× the Parquet file.
 
-Import (:func:`import_file`; the format is recognised from the content, not the name):
+Each row names its run in words (``label``: the run's name, else its method, the settings
+that differ between the exported runs and the seed when there are several), so
+``df.pivot_table(index="step", columns="label", values="value").plot()`` has a readable
+legend. :func:`read_export` reads any of the three formats into those rows (for JSON,
+whose series are nested, it is the one call that does; ``pd.read_json`` cannot).
+
+Import (:func:`import_file`; the format is recognised from the content, not the name —
+an HTML report of :mod:`normlab.views.report` imports the ``json`` export it embeds,
+:mod:`normlab.runs.embedded`):
 
 * Ids are kept when they are free. A run already in the store with the same id, creation
   time and config is the same run: it is skipped with a warning, so importing a file twice
@@ -38,6 +48,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from normlab.runs.embedded import extract, looks_like_html
 from normlab.runs.chunks import (
     INSERT_CHUNK, MAX_STEP, STEP_DTYPE, VALUE_DTYPE, MetricQuery, metrics_frame,
 )
@@ -51,6 +62,7 @@ FORMAT_NAME = "normlab"
 FORMAT_VERSION = 1
 SUFFIXES = {".json": "json", ".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 IMPORT_CHUNK = 4096  # points per stored chunk when importing
+DESCRIBED = ["label", "method", "seed", "comparison_name"]  # columns naming each row's run
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,52 @@ class Bundle:
         """The records without metrics, as written to JSON."""
         return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
                 "comparisons": self.comparisons, "runs": self.runs}
+
+
+def run_labels(runs: list[dict[str, Any]]) -> dict[str, str]:
+    """Run id → its label: the run's name if it has one, else its method, then the config
+    fields that differ between ``runs`` (``lr 0.1``), then ``seed N`` when seeds differ."""
+    configs = {r["id"]: r.get("config") or {} for r in runs}
+    keys = sorted({k for c in configs.values() for k in c} - {"norm", "seed"})
+    varying = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True)
+                                       for c in configs.values()}) > 1]
+    seeds = len({r.get("seed") for r in runs}) > 1
+    out = {}
+    for r in runs:
+        if r.get("name"):
+            out[r["id"]] = str(r["name"])
+            continue
+        parts = [str(r.get("norm") or configs[r["id"]].get("norm") or r["id"])]
+        parts += [f"{k} {_short(configs[r['id']].get(k))}" for k in varying]
+        if seeds:
+            parts.append(f"seed {r.get('seed')}")
+        out[r["id"]] = " · ".join(parts)
+    return out
+
+
+def _short(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def described(bundle: Bundle) -> pd.DataFrame:
+    """The bundle's metric rows with the :data:`DESCRIBED` columns appended."""
+    frame = bundle.metrics.copy()
+    names = {c["id"]: c.get("name") or c["id"] for c in bundle.comparisons}
+    labels = run_labels(bundle.runs)
+    run = frame["run"].astype(str)
+    by_id = {r["id"]: r for r in bundle.runs}
+    frame["label"] = run.map(labels)
+    frame["method"] = run.map({i: r.get("norm") for i, r in by_id.items()})
+    frame["seed"] = run.map({i: r.get("seed") for i, r in by_id.items()}).astype("Int64")
+    frame["comparison_name"] = run.map({i: names.get(r.get("comparison_id"))
+                                        for i, r in by_id.items()})
+    return frame
+
+
+def read_export(path: str | os.PathLike) -> pd.DataFrame:
+    """The tidy metric rows of any export file (JSON, Parquet or CSV), with the
+    :data:`DESCRIBED` columns: ``normlab.read_export("demo.json")``."""
+    return described(read_bundle(path))
 
 
 def csv_sidecar(path: str | os.PathLike) -> Path:
@@ -133,10 +191,18 @@ def _replace_atomically(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def _write_json(bundle: Bundle, path: Path) -> None:
+def json_doc(bundle: Bundle) -> dict[str, Any]:
+    """The ``json`` format's document of ``bundle`` (also what a report embeds)."""
     series = _series(bundle.metrics)
     doc = bundle.header()
-    doc["runs"] = [{**r, "series": series.get(r["id"], [])} for r in bundle.runs]
+    labels = run_labels(bundle.runs)
+    doc["runs"] = [{**r, "label": labels[r["id"]], "series": series.get(r["id"], [])}
+                   for r in bundle.runs]
+    return doc
+
+
+def _write_json(bundle: Bundle, path: Path) -> None:
+    doc = json_doc(bundle)
 
     def write(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
@@ -148,7 +214,7 @@ def _write_parquet(bundle: Bundle, path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pandas(bundle.metrics, preserve_index=False)
+    table = pa.Table.from_pandas(described(bundle), preserve_index=False)
     meta = dict(table.schema.metadata or {})
     meta[b"normlab"] = json.dumps(bundle.header()).encode()
     _replace_atomically(path, lambda tmp: pq.write_table(table.replace_schema_metadata(meta),
@@ -159,7 +225,7 @@ def _write_csv(bundle: Bundle, path: Path) -> None:
     def write_header(tmp: Path) -> None:
         tmp.write_text(json.dumps(bundle.header(), indent=1), encoding="utf-8")
     _replace_atomically(csv_sidecar(path), write_header)
-    _replace_atomically(path, lambda tmp: bundle.metrics.to_csv(tmp, index=False))
+    _replace_atomically(path, lambda tmp: described(bundle).to_csv(tmp, index=False))
 
 
 # ---------------------------------------------------------------- reading files
@@ -170,6 +236,8 @@ def sniff(path: Path) -> str:
         head = f.read(64)
     if head.startswith(b"PAR1"):
         return "parquet"
+    if looks_like_html(head):  # a report with its export embedded (normlab.runs.embedded)
+        return "html"
     if head.lstrip()[:1] == b"{":
         return "json"
     return "csv"
@@ -182,7 +250,8 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
         raise FileNotFoundError(f"no export file at {path}")
     try:
         format = sniff(path)
-        bundle = {"json": _read_json, "parquet": _read_parquet, "csv": _read_csv}[format](path)
+        bundle = {"json": _read_json, "parquet": _read_parquet, "csv": _read_csv,
+                  "html": _read_html}[format](path)
         bundle = _check(bundle)
     except _Malformed as e:
         raise ValueError(f"cannot import {path}: {e}") from None
@@ -217,6 +286,21 @@ def _read_json(path: Path) -> Bundle:
             doc = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise _Malformed(f"it is not valid JSON ({e})") from None
+    return _doc_bundle(doc)
+
+
+def _read_html(path: Path) -> Bundle:
+    try:
+        doc = extract(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise _Malformed(f"it is not UTF-8 text ({e})") from None
+    except ValueError as e:
+        raise _Malformed(str(e)) from None
+    return _doc_bundle(doc)
+
+
+def _doc_bundle(doc: Any) -> Bundle:
+    """The bundle of a parsed ``json`` document."""
     comparisons, runs = _parse_header(doc)
     cols: dict[str, list] = {c: [] for c in COLUMNS}
     records = []
@@ -237,7 +321,7 @@ def _read_json(path: Path) -> Bundle:
             cols["run"] += [run.get("id")] * n
             cols["step"] += s["steps"]
             cols["value"] += s["values"]
-        records.append({k: v for k, v in run.items() if k != "series"})
+        records.append({k: v for k, v in run.items() if k not in ("series", "label")})
     steps = np.array(cols["step"])
     if steps.size and steps.dtype.kind not in "iu":
         raise _Malformed("series steps must be whole numbers")
@@ -267,7 +351,7 @@ def _read_parquet(path: Path) -> Bundle:
         comparisons, runs = _parse_header(json.loads(raw))
     except json.JSONDecodeError as e:
         raise _Malformed(f"its 'normlab' metadata is not valid JSON ({e})") from None
-    return Bundle(comparisons, runs, table.to_pandas())
+    return Bundle(comparisons, runs, _tidy(table.to_pandas()))
 
 
 def _read_csv(path: Path) -> Bundle:
@@ -280,11 +364,21 @@ def _read_csv(path: Path) -> Bundle:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise _Malformed(f"{sidecar.name} is not valid JSON ({e})") from None
     try:
-        frame = pd.read_csv(path, dtype={c: str for c in ("run", "layer", "site", "metric")},
+        frame = pd.read_csv(path, dtype={c: str for c in ("run", "layer", "site", "metric",
+                                                          "label", "method",
+                                                          "comparison_name")},
                             keep_default_na=False, na_values={"value": ["nan", "NaN"]})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise _Malformed(f"it is not a readable CSV file ({e})") from None
-    return Bundle(comparisons, runs, frame)
+    return Bundle(comparisons, runs, _tidy(frame))
+
+
+def _tidy(frame: pd.DataFrame) -> pd.DataFrame:
+    """The stored columns of read rows: the :data:`DESCRIBED` ones are derived from the
+    records, so they are dropped (a file from before they existed has none)."""
+    if list(frame.columns) == COLUMNS + DESCRIBED:
+        return frame[COLUMNS]
+    return frame
 
 
 # ---------------------------------------------------------------- checking
@@ -335,10 +429,15 @@ def _check_rows(frame: pd.DataFrame, run_ids: set[str]) -> None:
 
 # ---------------------------------------------------------------- importing
 
+def import_path(store: Store, path: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """Add an export file's runs to ``store``: (ids added, ids skipped as already there)."""
+    return ingest(store, read_bundle(path))
+
+
 def import_file(store: Store, path: str | os.PathLike) -> list[str]:
-    """Add an export file's runs to ``store``; returns the ids of the runs added."""
-    bundle = read_bundle(path)
-    added, skipped = ingest(store, bundle)
+    """Add an export file's runs to ``store``; returns the ids of the runs added (runs
+    already in the store are skipped with a warning; :func:`import_path` returns them)."""
+    added, skipped = import_path(store, path)
     if skipped:
         warnings.warn(f"{path}: skipped {len(skipped)} run(s) already in the store "
                       f"({', '.join(skipped[:5])}); delete them first to import them again",

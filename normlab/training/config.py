@@ -73,6 +73,8 @@ class RunConfig:
     # Lab 3, internal covariate shift (normlab.measure.ics)
     ics_interval: int = 0  # drift, Santurkar's ICS and smoothness every this many steps
     #   (0 = off; each measured step costs ~depth + 9 extra forward/backward passes)
+    stages: bool = False  # record the formula's stages (x̂, μ/σ, g/b, near-linear share; y
+    #   per feature every eval_interval steps): sites "norm_hat", "affine" (Lab 1; costs time)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

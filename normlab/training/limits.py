@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import os
 
-from normlab.measure.schema import SITE_VALUES
+from normlab.measure.schema import FEATURE_CAP, SITE_VALUES, STAGE_VALUES
 from normlab.measure.decorrelation import (CURVE_METRICS, CURVE_SITES, MATRIX_FEATURES,
                                            values_per_snapshot)
 
@@ -164,15 +164,20 @@ def values_per_record(cfg: RunConfig) -> int:
     wrapped = 2 if cfg.norm in ("weight", "cosine") else 0  # grad_norm_v, grad_norm_g
     train_mode = 2 if getattr(cfg, "eval_train_mode", False) else 0  # val_train_mode
     decorrelation = DECORRELATION_VALUES if getattr(cfg, "decorrelation", False) else 0
-    return ((VALUES_PER_LAYER + wrapped + decorrelation) * cfg.depth + VALUES_PER_MODEL
-            + train_mode)
+    stages = STAGE_VALUES if getattr(cfg, "stages", False) else 0  # opt-in (Lab 1)
+    return ((VALUES_PER_LAYER + wrapped + decorrelation + stages) * cfg.depth
+            + VALUES_PER_MODEL + train_mode)
 
 
 def values_stored(cfg: RunConfig, record_interval: int | None = None) -> int:
     """Values a run stores from start to end (an upper bound)."""
     every = record_interval or cfg.record_interval
-    return (values_per_record(cfg) * (cfg.steps // every + 1) + snapshot_values(cfg)
-            + ics_values(cfg))
+    features = 0  # stages: 4 values per feature (at most FEATURE_CAP) every eval_interval
+    if getattr(cfg, "stages", False):
+        features = (4 * min(cfg.width, FEATURE_CAP) * cfg.depth
+                    * (cfg.steps // max(cfg.eval_interval, every) + 1))
+    return (values_per_record(cfg) * (cfg.steps // every + 1) + features
+            + snapshot_values(cfg) + ics_values(cfg))
 
 
 # -- Lab 2: decorrelation curves and correlation-matrix snapshots ------------------------

@@ -39,6 +39,7 @@ from normlab.measure.ics import IcsMeter, model_blocks, probe_examples
 from normlab.measure.probes import SAMPLE, Probe, accuracy
 from normlab.measure.decorrelation import DecorrelationProbe
 from normlab.measure.schema import RecordBatch
+from normlab.measure.stages import StageProbe
 from normlab.methods.weightnorm import data_dependent_init
 
 
@@ -103,6 +104,9 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.probe = Probe(self.model, every=cfg.record_interval, sample=probe_sample)
         self.decorrelation = DecorrelationProbe.for_config(self.model, cfg)  # Lab 2, opt-in
+        self.stages = (StageProbe(self.model, every=cfg.record_interval,  # opt-in (Lab 1)
+                                  features_every=cfg.eval_interval, sample=probe_sample)
+                       if cfg.stages else None)
         self.outcome = Outcome("running", 0)
         self.ics = (IcsMeter(self.model, model_blocks(self.model), F.cross_entropy, cfg.lr,
                              probe_examples(self.x_train, cfg.seed))
@@ -170,11 +174,14 @@ class Trainer:
         last_flush = time.monotonic()
         model.train()
         decor = self.decorrelation
-        with probe, (decor if decor is not None else nullcontext()):
+        with probe, (decor if decor is not None else nullcontext()), \
+                (self.stages or nullcontext()):
             for step in range(cfg.steps):
                 idx = torch.randint(0, n, (cfg.batch_size,), generator=self.generator)
                 x, y = self.x_train[idx], self.data.y_train[idx]
                 recorded = probe.arm(step)
+                if self.stages is not None:
+                    self.stages.arm(step)
                 if decor is not None:
                     decor.arm(step)
                 shift = self.ics is not None and step % cfg.ics_interval == 0
@@ -196,6 +203,8 @@ class Trainer:
                 if shift:
                     self.ics.take_gradient(model)
                 opt.step()  # so the probe reads them in after_update (no after_backward)
+                if self.stages is not None:
+                    self.stages.after_update()
                 if shift:
                     pending_val.append(self.ics.measure(model, x, y, step))
                 if recorded:
@@ -225,7 +234,8 @@ class Trainer:
         """The probe's rows, then the validation rows (a step can have one of each: every
         series is measured at most once per step, so nothing needs merging to store)."""
         decor = self.decorrelation.flush() if self.decorrelation is not None else None
-        parts = [b for b in [self.probe.flush(), decor, *pending_val] if b is not None]
+        stages = self.stages.flush() if self.stages is not None else None
+        parts = [b for b in [self.probe.flush(), decor, stages, *pending_val] if b is not None]
         return RecordBatch.concat(parts)
 
 

@@ -2,8 +2,9 @@
 
 * store and engine: :func:`get_store`, :func:`engine_ready`;
 * what is shown and the URL: :func:`current_comparison`, :func:`set_comparison`,
-  :func:`shown_runs`, :func:`comparison_picker`, :func:`run_picker`, :func:`apply_url`,
-  :func:`show_url_problems`, :func:`sync_url`;
+  :func:`show_comparison` (and its setup in the form), :func:`shown_runs`,
+  :func:`comparison_picker`, :func:`run_picker`, :func:`apply_url`,
+  :func:`show_url_problems`, :func:`shown_setup`, :func:`sync_url`;
 * the Compare page's form and view options live in :mod:`normlab.ui.form`, its live view
   in :mod:`normlab.ui.live`.
 
@@ -28,6 +29,9 @@ RUNS = "compare_runs"  # session key: run ids opened with ?runs= (instead of a c
 _WRITTEN = "_url_written"  # session key: the query params this session last wrote
 _PROBLEMS = "_url_problems"  # session key: messages about the last link's bad values
 HELD = "_held_dataset"  # session key: a link's file dataset, read only once confirmed
+TAB = "chart_group"  # session key (the Compare tabs' widget): the chart tab shown
+TAB_PARAM = "_tab_param"  # session key: the shown tab's URL slug, None for the first tab
+TAB_LINKED = "_tab_linked"  # session key: a link's tab slug, until the tabs are drawn
 
 
 @st.cache_resource
@@ -65,6 +69,48 @@ def set_comparison(cid: str | None) -> None:
     st.session_state[RUNS] = []
 
 
+def show_comparison(cid: str) -> None:
+    """Show comparison ``cid`` with its setup in the form (a comparison launched from a
+    setup: the form, the CLI, a lab); the form stays as it is for one without."""
+    set_comparison(cid)
+    record = views.comparison_record(get_store(), cid)
+    if record is None or not record.get("base"):
+        return
+    state, held = urlstate.hold_file_dataset(urlstate.from_comparison(record))
+    fill_form(state)
+    if held:  # the user's own comparison: its file is read as when it was launched
+        st.session_state["cfg_dataset"] = held
+
+
+def fill_form(state: urlstate.State) -> None:
+    """Put a setup into the form's widgets (before they are drawn in this run)."""
+    for name in FORM_FIELDS:
+        st.session_state[f"cfg_{name}"] = getattr(state.config, name)
+    st.session_state["cfg_methods"] = list(state.methods)
+    st.session_state["cfg_seeds"] = ", ".join(map(str, state.seeds))
+
+
+def show_newest() -> None:
+    """Nothing shown yet: show the newest comparison, its setup in the form."""
+    if st.session_state.get(RUNS) or current_comparison():
+        return
+    choices = views.comparison_choices(get_store())
+    if choices:
+        show_comparison(next(iter(choices)))
+
+
+def shown_setup() -> tuple[str, urlstate.State] | None:
+    """(comparison id, the setup it was launched with) of the comparison shown, or None
+    (nothing shown, runs from the Runs page, a comparison logged from a user's loop)."""
+    if st.session_state.get(RUNS):
+        return None
+    cid = current_comparison()
+    record = views.comparison_record(get_store(), cid) if cid else None
+    if record is None or not record.get("base"):
+        return None
+    return cid, urlstate.from_comparison(record)
+
+
 def shown_runs() -> tuple[str, list[str]] | None:
     """(key, run ids) the Compare page shows: the runs of a link's ``?runs=`` if any are
     left, else the current comparison's; None when there is nothing to show."""
@@ -91,9 +137,9 @@ def comparison_picker(label: str = "Comparison") -> tuple[str, list[str]] | None
         shown = shown_runs()
     st.session_state["_pick"] = shown[0]
 
-    def picked() -> None:
+    def picked() -> None:  # a callback: runs before the form is drawn, so it can fill it
         if st.session_state["_pick"] in views.comparison_choices(get_store()):
-            set_comparison(st.session_state["_pick"])
+            show_comparison(st.session_state["_pick"])
 
     st.selectbox(label, list(choices), key="_pick", format_func=choices.get, on_change=picked)
     return shown
@@ -151,10 +197,8 @@ def apply_url() -> None:
     state, held = urlstate.hold_file_dataset(state)
     st.session_state[HELD] = held
     if state.given:
-        for name in FORM_FIELDS:
-            st.session_state[f"cfg_{name}"] = getattr(state.config, name)
-        st.session_state["cfg_methods"] = list(state.methods)
-        st.session_state["cfg_seeds"] = ", ".join(map(str, state.seeds))
+        fill_form(state)
+    st.session_state[TAB_LINKED] = state.tab
     for name in View.__dataclass_fields__:
         st.session_state[f"view_{name}"] = getattr(state.view, name)
     st.session_state[_PROBLEMS] = problems
@@ -173,10 +217,46 @@ def show_url_problems() -> None:
 
 
 def sync_url(config, methods, seeds, view: View) -> None:
-    """Write the setup and what is shown to the URL (copy the link to share it)."""
+    """Write what is shown (comparison or runs, view options, tab) to the URL, and the
+    form's setup when it is not the shown comparison's own (copy the link to share it)."""
     runs = st.session_state.get(RUNS) or []
+    shown = shown_setup()
+    setup = shown is None or bool(urlstate.setup_diff(shown[1], config, methods, seeds))
     params = urlstate.encode(config, methods, seeds, None if runs else current_comparison(),
-                             view, runs)
+                             view, runs, setup=setup, tab=st.session_state.get(TAB_PARAM))
     if params != st.query_params.to_dict():
         st.query_params.from_dict(params)
     st.session_state[_WRITTEN] = params
+
+
+def tab_changed() -> None:
+    """The Compare tabs' callback: the URL follows the tab at once (the tabs live in a
+    fragment, whose reruns do not reach :func:`sync_url`)."""
+    names = st.session_state.get("_tab_names") or []
+    name = st.session_state.get(TAB)
+    slug = urlstate.tab_slug(name) if name and names and name != names[0] else None
+    st.session_state[TAB_PARAM] = slug
+    params = dict(st.session_state.get(_WRITTEN) or st.query_params.to_dict())
+    params.pop("tab", None)
+    if slug and ("comparison" in params or "runs" in params):
+        params["tab"] = slug
+    st.query_params.from_dict(params)
+    st.session_state[_WRITTEN] = params
+
+
+def linked_tab(names: list[str]) -> None:
+    """Before the tabs are drawn: select the tab a link named (once), remember the names
+    for :func:`tab_changed`, and the shown tab's slug for :func:`sync_url`."""
+    st.session_state["_tab_names"] = list(names)
+    slug = st.session_state.pop(TAB_LINKED, None)
+    if slug:
+        match = [n for n in names if urlstate.tab_slug(n) == slug]
+        if match:
+            st.session_state[TAB] = match[0]
+        else:
+            st.warning(f"The link's tab {slug!r} is not one of "
+                       f"{', '.join(urlstate.tab_slug(n) for n in names)}; showing the "
+                       "first tab.", icon=":material/link_off:")
+    name = st.session_state.get(TAB)
+    st.session_state[TAB_PARAM] = (urlstate.tab_slug(name) if name in names
+                                   and name != names[0] else None)

@@ -10,7 +10,7 @@ from normlab.runs import raydriver
 from normlab.views import urlstate, compareview as views
 from normlab.training.config import RunConfig
 from normlab.views.urlstate import FORM_FIELDS, View
-from normlab.ui.common import HELD, get_store, set_comparison
+from normlab.ui.common import HELD, get_store, set_comparison, show_comparison, shown_setup
 
 _UI = {  # field: (label, help, number step)
     "dataset": ("Dataset", "a built-in set, or type idx:FOLDER / csv:FILE", None),
@@ -153,6 +153,28 @@ def _backend() -> str | None:
     if choice == "ray" and not raydriver.ray_available():
         return f"Ray is not installed; install it with {raydriver.INSTALL}"
     return problem if choice == "ray" else None
+
+
+def setup_status(config, methods, seeds) -> None:
+    """Whether the form shows the shown comparison's setup or a new one being edited (with
+    the fields that differ and a way back)."""
+    shown = shown_setup()
+    if shown is None:
+        return
+    cid, state = shown
+    diff = urlstate.setup_diff(state, config, methods, seeds)
+    if not diff:
+        extra = state.problems.get("grid")
+        st.caption(f"The form shows the setup of the comparison shown ({cid})"
+                   + (f"; {extra}" if extra else "") + ". Change it and press Launch for "
+                   "a new comparison.")
+        return
+    names = ", ".join(_UI.get(n, (n.capitalize(),))[0].lower() for n in diff)
+    st.info(f"**New setup** — differs from the comparison shown ({cid}) in {names}. "
+            "Launch runs it as a new comparison.", icon=":material/edit:")
+    st.button("Back to the shown comparison's setup", key="_setup_reset",
+              on_click=show_comparison, args=(cid,), width="stretch",
+              icon=":material/undo:")
 
 
 def launch_button(config, methods, seeds, errors) -> None:

@@ -13,7 +13,8 @@ from normlab.views import compareview as views
 from normlab.runs.engine import engine_pid, ensure_engine
 from normlab.runs.store import NotFound
 from normlab.views.urlstate import View
-from normlab.ui.common import PAGE_WIDTH, POLL_SECONDS, get_store
+from normlab.ui.common import (PAGE_WIDTH, POLL_SECONDS, TAB, get_store, linked_tab,
+                               tab_changed)
 from normlab.ui.sweep import fields_of as sweep_fields, sweep_view
 
 
@@ -135,7 +136,8 @@ def _charts(key: str, runs, view: View) -> None:
         grid = record.get("grid") if record else None
     swept = sweep_fields(runs, grid)
     names = ([SWEEP_TAB] if swept else []) + list(views.CHART_GROUPS)
-    tabs = st.tabs(names, key="chart_group", on_change="rerun")
+    linked_tab(names)  # a link's ?tab=, and the shown tab for the URL
+    tabs = st.tabs(names, key=TAB, on_change=tab_changed)
     for tab, group in zip(tabs, names):
         if tab.open:
             with tab:

@@ -15,10 +15,16 @@ Parameters (all optional)::
     seeds=0,1,2                        integers, comma-separated (one run per method each)
     comparison=c1a2b3c4                the stored comparison to show
     runs=r1a2b3c4,r5d6e7f8             or: these stored runs (from any comparisons)
+    tab=gradients                      the chart tab shown (its name, lower case, words
+                                       joined by -: loss-accuracy, sweep, ...)
     layout=overlay|side  log=1  smooth=0.6  band=minmax|std|none  site=post_act  present=1
 
-Every form field is always written, so a link reproduces the setup even if the defaults
-change later; the view options are written only when they differ from :data:`VIEW_DEFAULTS`.
+A link with ``comparison=`` alone shows that comparison with its own setup in the form:
+the page writes the form fields only when they differ from the shown comparison's setup
+(a new setup being edited), so a link never pairs a comparison with a setup it was not
+run with by accident. Without a comparison every form field is written, so a link
+reproduces the setup even if the defaults change later. The view options and the tab are
+written only when they differ from :data:`VIEW_DEFAULTS` and the first tab.
 """
 from __future__ import annotations
 
@@ -56,6 +62,7 @@ LAYOUTS = ("overlay", "side")
 BANDS = ("minmax", "std", "none")
 SMOOTH_MAX = 0.99
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_TAB = re.compile(r"^[a-z0-9-]{1,40}$")
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,23 @@ class State:
     problems: dict[str, str] = field(default_factory=dict)
     given: frozenset[str] = frozenset()  # the form parameters the link set
     runs: tuple[str, ...] = ()  # stored runs to show instead of a comparison
+    tab: str | None = None  # the chart tab's slug (tab_slug), None: the first tab
+
+
+def tab_slug(name: str) -> str:
+    """A tab's name as the URL carries it: 'Loss & accuracy' -> 'loss-accuracy'."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def setup_diff(state: "State", config: RunConfig, methods, seeds) -> list[str]:
+    """The form parameters in which (config, methods, seeds) differ from ``state``'s setup
+    (e.g. a stored comparison's, :func:`from_comparison`); [] when the form shows it."""
+    out = [n for n in FORM_FIELDS if getattr(config, n) != getattr(state.config, n)]
+    if tuple(methods) != tuple(state.methods):
+        out.append("methods")
+    if tuple(int(s) for s in seeds) != tuple(state.seeds):
+        out.append("seeds")
+    return out
 
 
 def default_methods(model: str) -> tuple[str, ...]:
@@ -103,15 +127,21 @@ def _fmt(value: Any) -> str:
 
 
 def encode(config: RunConfig, methods, seeds, comparison: str | None = None,
-           view: View = VIEW_DEFAULTS, runs=()) -> dict[str, str]:
-    """Query parameters (strings) for a setup; see the module docstring."""
-    params = {name: _fmt(getattr(config, name)) for name in FORM_FIELDS}
-    params["methods"] = ",".join(methods)
-    params["seeds"] = ",".join(str(int(s)) for s in seeds)
+           view: View = VIEW_DEFAULTS, runs=(), *, setup: bool = True,
+           tab: str | None = None) -> dict[str, str]:
+    """Query parameters (strings) for a setup; see the module docstring. ``setup=False``
+    leaves the form fields out (the form shows the shown comparison's own setup)."""
+    params = {}
+    if setup or not comparison:
+        params = {name: _fmt(getattr(config, name)) for name in FORM_FIELDS}
+        params["methods"] = ",".join(methods)
+        params["seeds"] = ",".join(str(int(s)) for s in seeds)
     if comparison:
         params["comparison"] = comparison
     elif runs:
         params["runs"] = ",".join(runs)
+    if tab and (comparison or runs):
+        params["tab"] = tab
     for f in fields(View):
         value = getattr(view, f.name)
         if value != getattr(VIEW_DEFAULTS, f.name):
@@ -255,10 +285,18 @@ def decode(params: Mapping[str, Any]) -> State:
         if len(runs) < len(ids) or not runs:
             problems["runs"] = ("runs: give run ids like r1a2b3c4 separated by commas; "
                                 f"{len(ids) - len(runs)} malformed id(s) ignored")
+    tab = None
+    if "tab" in params:
+        raw = _last(params["tab"])
+        if _TAB.match(raw):
+            tab = raw
+        else:
+            problems["tab"] = (f"tab {raw[:40]!r} is not a tab name like loss-accuracy or "
+                               "gradients — showing the first tab")
     view = _view(params, problems)
     given = frozenset(k for k in (*FORM_FIELDS, "methods", "seeds") if k in params)
     return State(config, tuple(methods), tuple(seeds), comparison, view, problems, given,
-                 runs)
+                 runs, tab)
 
 
 def hold_file_dataset(state: State) -> tuple[State, str | None]:

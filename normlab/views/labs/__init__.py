@@ -7,6 +7,8 @@ draws — frames, Altair chart builders, and a one-line readout computed from th
 shown, never written in advance. Streamlit-free, like every module under ``normlab/views``:
 the pages in ``pages/`` draw these through :mod:`normlab.ui.lab`.
 
+* :mod:`~normlab.views.labs.formula` — Lab 1, one formula (x → x̂ → y → f(y) stage by
+  stage; "mean b and variance g²" per feature; the near-linear share at x̂ and y);
 * :mod:`~normlab.views.labs.whitening` — Lab 2, how far from whitening (correlation
   matrices, covariance spectra, per-feature spreads; which methods decorrelate);
 * :mod:`~normlab.views.labs.ics` — Lab 3, internal covariate shift (drift of each layer's
