@@ -286,6 +286,7 @@ def _tiny_tour_store(path: Path) -> None:
     short = {"steps": 12, "eval_interval": 6, "record_interval": 3, "width": 32}
     grids = {"whitening": {"norm": ["none", "batch", "layer", "whiten"]},
              "shift": {"norm": ["none", "batch"], "lr": [0.1, 0.5]},
+             "sigmoid": {"norm": ["none", "batch", "layer"]},
              "weights": {"norm": ["batch", "none"], "weight_decay": [0.0, 0.005]},
              "lr": {"norm": ["none", "batch"], "lr": [0.01, 0.1, 1.0], "seed": [0]},
              "init": {"norm": ["none", "batch"], "init_scale": [0.1, 1.0, 10.0], "seed": [0]},

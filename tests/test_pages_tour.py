@@ -26,9 +26,11 @@ def preset_name(step_key: str, n: int) -> str:
 # ------------------------------------------------------------------ the registry
 def test_registry_is_in_the_arguments_order_and_every_preset_exists():
     keys = [s.key for s in tour.STEPS]
-    assert keys == ["whitening", "ics", "framework", "invariance", "lr", "init", "batch"]
+    assert keys == ["whitening", "ics", "formula", "framework", "invariance", "lr", "init",
+                    "batch"]
     for step in tour.STEPS:
-        assert step.claim.count(". ") + 1 in (2, 3) and step.claim.endswith((".", ")."))
+        sentences = step.claim.replace("et al.", "et al").split(". ")
+        assert len(sentences) == 2 and step.claim.endswith("."), step.key  # two sentences
         assert step.needs is None or step.needs in step.lab.presets
 
 
@@ -41,8 +43,8 @@ def test_stored_comparison_is_the_newest_of_the_preset(store):
     assert tour.stored_comparison(store, step) == old
     new, _ = store.create_comparison([cfg, cfg], name=preset_name("lr", 2))
     assert tour.stored_comparison(store, step) == new
-    assert [s.key for s in tour.missing(store)] == ["whitening", "ics", "invariance",
-                                                    "init", "batch"]
+    assert [s.key for s in tour.missing(store)] == ["whitening", "ics", "formula",
+                                                    "invariance", "init", "batch"]
 
 
 def test_time_left_shares_the_speed_between_unfinished_comparisons(store):
@@ -162,7 +164,7 @@ def test_a_link_opens_its_step_and_stored_tiny_runs_draw_the_labs_chart(store):
     fill(store, configs, preset_name("lr", 6), {"norm": ["batch", "none"],
                                                 "lr": [0.01, 0.1, 1.0]}, diverge=5)
     at = ok(tour_page(step="invariance"))
-    assert at.title[0].value == tour.STEPS[3].title
+    assert at.title[0].value == tour.STEPS[tour.index_of("invariance")].title
     assert len(store.comparisons()) == 2  # not the first step: nothing queued
     assert len(charts(at)) == 1
     assert any("slope −1" in s.value and "batch wd 0.01" in s.value for s in at.success)
@@ -173,7 +175,7 @@ def test_a_link_opens_its_step_and_stored_tiny_runs_draw_the_labs_chart(store):
     assert "not stored yet" in texts(at)
     next(b for b in at.button if b.label == "Queue the tour's runs now").click()
     at = ok(at.run())
-    assert tour.missing(store) == [] and len(store.comparisons()) == 6  # 4 presets queued
+    assert tour.missing(store) == [] and len(store.comparisons()) == 7  # 5 presets queued
     assert "waiting for a worker" in texts(at)
 
 

@@ -26,7 +26,7 @@ import altair as alt
 import pandas as pd
 
 from normlab.runs.store import FINISHED, NotFound, Store
-from normlab.views.labs import ics, invariance, sensitivity
+from normlab.views.labs import formula, ics, invariance, sensitivity
 from normlab.views.labs import whitening as wh
 from normlab.views.labs.scaffold import Lab, Preset, launch
 
@@ -226,6 +226,20 @@ def _ics(store: Store, cid: str | None) -> tuple[Figure, str]:
     return ics.drift_chart(frame, width=230), f"{ics.drift_readout(frame)} {ics.ics_readout(frame)}"
 
 
+def _formula(store: Store, cid: str | None) -> tuple[Figure, str]:
+    runs = _runs(store, cid)
+    if runs is None:
+        return None, NO_RUNS
+    linear = formula.linear_frame(formula.load(store, cid, runs)["summary"], runs)
+    if linear.empty:
+        return None, ("Waiting for the first measurements… (runs made without "
+                      "`stages=True` record none: launch the lab's preset)")
+    from normlab.views.frames import natural_order
+
+    layer = natural_order(linear["layer"].unique())[-1]  # the lab page's default layer
+    return formula.linear_chart(linear, layer), formula.linear_readout(linear, layer)
+
+
 @lru_cache(maxsize=1)
 def _invariances() -> pd.DataFrame:
     return invariance.invariance_table(FRAMEWORK_METHODS)
@@ -331,6 +345,15 @@ STEPS: tuple[TourStep, ...] = (
         ics.LAB, "shift", _ics,
         "How far each layer's input moves between measurements, in units of its initial "
         "spread; faint: the sampling floor."),
+    TourStep(
+        "formula", "One formula: what g and b do",
+        "Every method computes h = f(g·(x − μ)/σ + b): it standardizes x with some μ and σ, "
+        "then re-scales and re-shifts it with learned g and b. Standardizing alone would "
+        "hold a sigmoid's input near 0, where it is almost linear, so g and b let the "
+        "layer move it back out and keep the network non-linear.",
+        formula.LAB, "sigmoid", _formula,
+        "The last hidden layer: share of f's input in its near-linear region, at x̂ "
+        "(dashed, before g and b) and at y (solid, after)."),
     TourStep(
         "framework", "BN, LN, WN and CosineNorm in one framework",
         "Every method is a choice in h = f(g·(x − μ)/σ + b): which axes the mean and spread "
