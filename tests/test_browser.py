@@ -229,10 +229,11 @@ DEEP_LINKS = [("/home", "Home"), ("/compare?dataset=mnist1d&steps=300", "Compare
               ("/ics?comparison=cdoesnotexist", "Internal covariate shift"),
               ("/invariance", "Re-scaling invariance"),
               ("/lr_init?comparison=cdoesnotexist", "Learning rate and initialization"),
-              ("/batch_size", "Batch size")]
+              ("/batch_size", "Batch size")]  # /tour: test_tour_walks_with_the_keyboard
 MENU = ["Home", "Compare", "Layer dynamics", "Runs",  # then the labs, in menu order
         "One formula", "How far from whitening?", "Internal covariate shift",
-        "Re-scaling invariance", "Learning rate and initialization", "Batch size"]
+        "Re-scaling invariance", "Learning rate and initialization", "Batch size",
+        "Guided tour"]
 
 
 @pytest.mark.parametrize("link,title", DEEP_LINKS, ids=[t for _, t in DEEP_LINKS])
@@ -344,5 +345,96 @@ def test_charts_fit_their_column_on_laptop_and_full_hd(tmp_path):
                 _charts_fit(page, f"{w}×{h} layers", 3)
                 page.screenshot(path=str(ARTIFACTS / f"fit_layers_{w}.png"), full_page=True)
                 page.close()
+        finally:
+            browser.close()
+
+
+def _tiny_tour_store(path: Path) -> None:
+    """Every preset of the tour, trained in-process as a SHORT run of the same preset (fewer
+    steps, a narrower net and a smaller grid, same name prefix, so the tour finds it), so
+    the browser walks finished steps without waiting for the full 1,000-step runs. The
+    batch preset's last two runs stay queued and held (paused), so its step shows the
+    progress of unfinished runs beside what is there so far, and the engine trains none."""
+    from dataclasses import replace
+    from functools import partial
+
+    from normlab.runs.store import Store
+    from normlab.training.trainer import train
+    from normlab.views import tour
+    from normlab.views.labs import sensitivity
+    from normlab.views.labs.scaffold import preset_configs, with_changes
+
+    short = {"steps": 12, "eval_interval": 6, "record_interval": 3, "width": 32}
+    grids = {"whitening": {"norm": ["none", "batch", "layer", "whiten"]},
+             "shift": {"norm": ["none", "batch"], "lr": [0.1, 0.5]},
+             "sigmoid": {"norm": ["none", "batch", "layer"]},
+             "weights": {"norm": ["batch", "none"], "weight_decay": [0.0, 0.005]},
+             "lr": {"norm": ["none", "batch"], "lr": [0.01, 0.1, 1.0], "seed": [0]},
+             "init": {"norm": ["none", "batch"], "init_scale": [0.1, 1.0, 10.0], "seed": [0]},
+             "batch": {"norm": ["batch", "layer"], "batch_size": [8, 32, 128], "seed": [0]}}
+    store = Store(path)
+    for step in tour.missing(store):
+        preset = step.needs
+        base = {k: v for k, v in short.items() if k not in ("steps", "eval_interval",
+                                                              "record_interval")
+                or preset.tied is None}
+        if "corr_snapshots" in preset.base.to_dict() and preset.base.corr_snapshots:
+            base["corr_snapshots"] = 2
+        if preset.base.ics_interval:
+            base["ics_interval"] = 5
+        preset = with_changes(preset, base, grids[preset.key])
+        if preset.tied is not None:  # the batch sweep: 256 examples seen instead of 3,200
+            preset = replace(preset, tied=partial(sensitivity.scaled_for_batch, examples=256))
+        configs = preset_configs(preset)
+        cid, ids = store.create_comparison([c.to_dict() for c in configs],
+                                           name=preset.name(step.lab.title))
+        held = ids[-2:] if preset.key == "batch" else []
+        for rid in held:
+            store.request(rid, "pause")
+        for rid, cfg in zip(ids, configs):
+            if rid not in held:
+                batch, outcome = train(cfg)
+                store.append(rid, batch)
+                store.finish(rid, outcome.status, outcome.step)
+    store.close()
+
+
+def test_tour_walks_with_the_keyboard(tmp_path):
+    """/tour from its first step to its last with the → key, a screenshot per step; ← goes
+    back; every step of short stored runs draws its chart or table and its readout."""
+    _require_browser()
+    from playwright.sync_api import sync_playwright
+
+    from normlab.views.tour import STEPS
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    _tiny_tour_store(tmp_path / "runs.sqlite")
+    with _serve(tmp_path) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.goto(url + "/tour")
+            for i, step in enumerate(STEPS):
+                page.get_by_role("heading", name=step.title).wait_for(timeout=60_000)
+                assert page.url.endswith(f"step={step.key}") or (i == 0 and "step" not in
+                                                                 page.url)
+                figure = ".vega-embed svg" if step.needs else '[data-testid="stTable"]'
+                page.locator(figure).first.wait_for(timeout=60_000)
+                page.locator('[data-testid="stAlertContentSuccess"]').first.wait_for(
+                    timeout=30_000)
+                if step.key == "batch":  # two runs held in the queue
+                    page.get_by_text("4 of 6 runs finished · the others are paused",
+                                     exact=False).wait_for(
+                        timeout=10_000)
+                time.sleep(1.0)  # let the chart finish drawing
+                _no_exception(page)
+                page.screenshot(path=str(ARTIFACTS / f"tour_{i + 1}_{step.key}.png"))
+                if i + 1 < len(STEPS):
+                    page.keyboard.press("ArrowRight")
+                    page.wait_for_url(f"**step={STEPS[i + 1].key}", timeout=20_000)
+            page.keyboard.press("ArrowLeft")
+            page.wait_for_url(f"**step={STEPS[-2].key}", timeout=20_000)
+            page.get_by_role("heading", name=STEPS[-2].title).wait_for(timeout=30_000)
+            _no_exception(page)
         finally:
             browser.close()

@@ -30,6 +30,7 @@ ICS = Page("pages/6_ics.py", "Internal covariate shift", ":material/moving:")
 INVARIANCE = Page("pages/7_invariance.py", "Re-scaling invariance", ":material/open_in_full:")
 LR_INIT = Page("pages/8_lr_init.py", "Learning rate and initialization", ":material/tune:")
 BATCH_SIZE = Page("pages/9_batch_size.py", "Batch size", ":material/stacks:")
+TOUR = Page("pages/10_tour.py", "Guided tour", ":material/co_present:")
 # one page per claim of the literature, in the argument's order
 LABS: tuple[Page, ...] = (ONE_FORMULA, WHITENING, ICS, INVARIANCE, LR_INIT, BATCH_SIZE)
 
@@ -53,4 +54,7 @@ def menu() -> None:
             st.caption("Labs")
             for page in LABS:
                 st.page_link(page.path, label=page.title, icon=page.icon)
+            # after the labs: the tour walks them in the same order, so it reads as their
+            #   summary, and the labs keep their numbered order
+            st.page_link(TOUR.path, label=TOUR.title, icon=TOUR.icon)
         st.divider()

@@ -62,7 +62,7 @@ def tolerance_readout(frame: pd.DataFrame, field: str, share: float = SHARE) -> 
         return "No run has finished yet."
     parts = []
     for r in table.itertuples():
-        if r.lo is None:
+        if r.lo is None or pd.isna(r.lo):  # None becomes NaN beside other series' floats
             parts.append(f"{r.series} none")
         elif r.lo == r.hi:
             parts.append(f"{r.series} only {r.lo:g}")
