@@ -209,6 +209,7 @@ def test_form_explains_bad_settings_and_blocks_launch(store):
     at = ok(at.run())
     errors = "\n".join(e.value for e in at.error)
     assert "**Seeds**" in errors and "**Model**" in errors and "moons" in errors
+    assert "**Seeds**: 'x'" in errors  # the field's name once, not "Seeds: seeds 'x'"
     assert store.comparisons().empty
 
 

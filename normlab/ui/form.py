@@ -4,6 +4,8 @@ Widget values survive page switches (``persist_state="session"``).
 """
 from __future__ import annotations
 
+import re
+
 import streamlit as st
 
 from normlab.runs import raydriver
@@ -119,8 +121,8 @@ def config_form() -> tuple[RunConfig, list[str], list[int], dict[str, str]]:
         boxes[row] = st.container()  # this row's error messages, filled in below
     config, methods, seeds, seed_problem = form_values()
     errors = views.form_errors(config, methods, seeds)
-    if seed_problem:
-        errors["seeds"] = seed_problem
+    if seed_problem:  # the field's name is the message's label already
+        errors["seeds"] = re.sub(r"^seeds:? ", "", seed_problem)
     warnings = views.form_warnings(config, methods)
     for row, box in boxes.items():
         for name in row:
