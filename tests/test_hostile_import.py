@@ -94,7 +94,7 @@ def _readable(store: Store) -> None:
         layerview.load_rows(store, list(runs["id"]), "post_act", "percentiles")
 
 
-@settings(max_examples=120, deadline=None,
+@settings(max_examples=50, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(which=st.integers(0, 1), damage=corruption())
 def test_corrupted_export_fails_cleanly_or_imports_cleanly(export_doc, which, damage, capsys):
