@@ -235,3 +235,28 @@ def test_gradients_read_after_the_update_equal_those_after_backward(mlp, make_op
             frames.append(probe.flush().to_frame())
     assert frames[0]["value"].notna().all()
     pd.testing.assert_frame_equal(frames[0], frames[1])
+
+
+def test_statistics_on_the_helper_thread_equal_those_taken_in_line(monkeypatch):
+    """The compiled kernels take the activation statistics on a helper thread while the
+    backward pass runs; the records are bit-identical to taking them in the training
+    thread, including a diverging run's last steps and a step left unfinished."""
+    from normlab.measure import kernels, probes
+    from normlab.training.trainer import train
+
+    assert kernels.RELEASES_GIL
+    cfg = RunConfig(dataset="digits", model="mlp", depth=2, width=24, activation="sigmoid",
+                    norm="batch", steps=40, record_interval=1, eval_interval=20, seed=3)
+    threaded, _ = train(cfg)
+    assert probes._helper is not None and probes._helper[0] == __import__("os").getpid()
+    monkeypatch.setattr(kernels, "RELEASES_GIL", False)
+    inline, _ = train(cfg)
+    pd.testing.assert_frame_equal(threaded.to_frame(), inline.to_frame())
+    diverging = cfg.replace(norm="none", lr=1e4, init="normal", init_scale=10.0,
+                            activation="relu", steps=200, eval_interval=50)
+    monkeypatch.setattr(kernels, "RELEASES_GIL", True)
+    a, outcome = train(diverging)
+    monkeypatch.setattr(kernels, "RELEASES_GIL", False)
+    b, _ = train(diverging)
+    assert outcome.status == "diverged"
+    pd.testing.assert_frame_equal(a.to_frame(), b.to_frame())

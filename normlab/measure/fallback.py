@@ -172,16 +172,6 @@ def activation_stats(addresses, shapes, samples, sample_index, edges, kinds, bou
                                                 bounds[s, 1], outer, units, inner)
 
 
-def after_forward(addresses, shapes, samples, sample_index, edges, kinds, bounds, quantiles,
-                  units_at, unit_quantiles, row, base, saturation_at, work32, work64,
-                  weight_addresses, weight_sizes, buffer, weight2) -> None:
-    """:func:`activation_stats`, then :func:`copy_weights`."""
-    activation_stats(addresses, shapes, samples, sample_index, edges, kinds, bounds,
-                     quantiles, units_at, unit_quantiles, row, base, saturation_at, work32,
-                     work64)
-    copy_weights(weight_addresses, weight_sizes, buffer, weight2)
-
-
 def _saturation(x, x64, kind, low, high, outer, units, inner) -> float:
     if kind == KIND_BOUNDS:
         return float(((x64 < low) | (x64 > high)).sum()) / x.shape[0]

@@ -49,6 +49,7 @@ from normlab.measure.kernelspec import (FINE, KIND_BOUNDS, KIND_DEAD, KIND_NONE,
                                       SMALL, UNWANTED, workspace)
 
 _jit = njit(cache=True)  # holding the GIL: releasing it costs ~3 µs a call in a training loop
+RELEASES_GIL = True  # activation_stats runs without the GIL: a probe may run it on a thread
 _sums = njit(cache=True, fastmath={"reassoc"})  # see "Determinism"
 
 
@@ -330,7 +331,7 @@ def _count_buckets(values, low, scale, nb, finite, bucket_of, counts):
     return under, over
 
 
-@_jit
+@njit(cache=True, nogil=True)  # a probe runs it on a helper thread (Probe._join)
 def activation_stats(addresses, shapes, samples, sample_index, edges, kinds, bounds,
                      quantiles, units_at, unit_quantiles, row, base, saturation_at, work32,
                      work64):
@@ -450,19 +451,6 @@ def activation_stats(addresses, shapes, samples, sample_index, edges, kinds, bou
         if saturation_at[s] >= 0:  # over every value
             row[saturation_at[s]] = _saturation(x, kinds[s], bounds[s, 0], bounds[s, 1],
                                                 outer, units, inner)
-
-
-@_jit
-def after_forward(addresses, shapes, samples, sample_index, edges, kinds, bounds, quantiles,
-                  units_at, unit_quantiles, row, base, saturation_at, work32, work64,
-                  weight_addresses, weight_sizes, buffer, weight2):
-    """:func:`activation_stats`, then :func:`copy_weights`: what a probe measures right
-    after the forward pass, in one call (the weights are the ones the optimizer is about
-    to change, and still in the CPU's cache)."""
-    activation_stats(addresses, shapes, samples, sample_index, edges, kinds, bounds,
-                     quantiles, units_at, unit_quantiles, row, base, saturation_at, work32,
-                     work64)
-    copy_weights(weight_addresses, weight_sizes, buffer, weight2)
 
 
 @_jit

@@ -23,14 +23,22 @@ Cost: the arithmetic runs in compiled kernels (:mod:`normlab.measure.kernels`) t
 tensors in place, one call after the forward pass (every activation tensor, a copy of the
 layer weights) and one after the update (every gradient, the step the weights took),
 writing into a preallocated block of float64 rows; :meth:`Probe.flush` turns the rows
-into one :class:`~normlab.measure.schema.RecordBatch`. Mean, variance and saturation use every
+into one :class:`~normlab.measure.schema.RecordBatch`. With the compiled kernels the
+activation statistics run on a helper thread with the GIL released, while the training
+thread computes the loss and the backward pass: the probe holds the activations (nothing
+writes to them meanwhile) and joins the thread in :meth:`Probe.after_update`, so a step's
+row is complete there, the numbers are the same, and only a second core makes it faster
+(on a single core the work is the same, in another thread). Mean, variance and saturation use every
 value; percentiles and histograms use a fixed random sample of at most ``sample``
 positions per activation tensor (default :data:`SAMPLE`; ``sample=None`` uses every
 value).
 """
 from __future__ import annotations
 
+import os
+import threading
 import types
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -61,6 +69,20 @@ Z95 = 1.959963984540054  # the normal 97.5% quantile
 _ACT_STATS = (("mean", "var") + tuple(f"p{q}" for q in PERCENTILES) + MEDIAN_CI
               + HIST_METRICS + HIST_EXTRA)
 _SLOT_WIDTH = len(_ACT_STATS) + UNITS * len(UNIT_PERCENTILES)
+
+
+_helper: tuple[int, ThreadPoolExecutor] | None = None  # (pid, the thread) of this process
+_helper_lock = threading.Lock()
+
+
+def _statistics_thread() -> ThreadPoolExecutor:
+    """The one helper thread of this process on which probes take activation statistics
+    (made on first use, and again in a forked child, which inherits no threads)."""
+    global _helper
+    with _helper_lock:
+        if _helper is None or _helper[0] != os.getpid():
+            _helper = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="normlab-probe"))
+        return _helper[1]
 
 
 def _sample_index(n: int, size: int | None) -> np.ndarray:
@@ -217,6 +239,7 @@ class Probe:
         self._activations_done = False  # after_forward ran this step
         self._extra_keys: list[tuple[str, str, str]] | None = None
         self._layouts: dict[tuple, _Layout] = {}
+        self._pending: tuple[Future, list, list] | None = None  # statistics in flight
         self._all_params = [p for p in model.parameters() if p.requires_grad]
         # weight-space layers (WeightNorm, CosineNorm): their weight, update and gradient
         # are those of the effective weight the map uses; v's and g's gradients go apart
@@ -242,6 +265,7 @@ class Probe:
         self._grads, self._weights = _Addresses(), _Addresses()
         self._edges: list[np.ndarray] = []  # per slot: histogram bin edges
         self._fitted: list[bool] = []  # per slot: its range is fitted to the data
+        self._all_fitted = True
         self._units_at = np.zeros((0, UNITS), dtype=np.int64)  # per slot: units, -1 padded
         self._sat_slots: list[int] = []  # slots at post_act with a known activation
         self._kinds = np.zeros(0, dtype=np.int64)
@@ -279,6 +303,7 @@ class Probe:
         self._saturation_at[self._sat_slots] = after + np.arange(len(self._sat_slots))
 
     def __exit__(self, *exc) -> None:
+        self._join()
         for _, module in self._wrapped:
             module.keep_weight, module.used_weight = False, None
         for undo in reversed(self._undo):
@@ -293,6 +318,7 @@ class Probe:
         self._slot_layer.append(layer)
         self._edges.append(hist_edges(site, activation))
         self._fitted.append(False)
+        self._all_fitted = False
         if activation is not None:
             self._sat_slots.append(len(self._slots) - 1)
         self._captured.append(None)
@@ -360,6 +386,7 @@ class Probe:
         """Give the calls of this step that had no slot (a module called more often than
         before) their own slots, named ``name#k``. The rows recorded so far keep their
         columns: they are set aside as a batch that :meth:`flush` returns with the rest."""
+        self._join()
         rows = self._take_rows()
         if rows is not None:
             self._finished.append(rows)
@@ -386,6 +413,7 @@ class Probe:
     def arm(self, step: int) -> bool:
         """Call before the forward pass of ``step``; returns whether it is recorded. A step
         armed but never completed by :meth:`after_update` (a diverged one) leaves no row."""
+        self._join()  # a step left unfinished (diverged) may still be measured
         self._step = step
         self._armed = step % self.every == 0
         self._copied = self._graded = self._activations_done = False
@@ -433,6 +461,7 @@ class Probe:
             return
         if not self._activations_done:
             self._activation_stats(copy_weights=False)  # the weights have changed
+        self._join()
         self._armed = False
         row = self._row()
         weights = self._weights
@@ -454,24 +483,39 @@ class Probe:
         self._copied = self._graded = self._activations_done = False
 
     def _activation_stats(self, copy_weights: bool) -> None:
+        """The activation statistics of the step (on the helper thread with the compiled
+        kernels: :meth:`_join` waits for them), and the weight copy if ``copy_weights``."""
         if self._spill:
             self._grow()
         captured, keep = self._captured, []
-        if not all(self._fitted):
+        if not self._all_fitted:
             self._fit_ranges(captured)
         pointers, shapes = _addresses_and_shapes(captured, keep)
         layout = self._layout(shapes)
         held = self._weight_tensors(before=True)  # alive until the kernel has read them
         weights = self._weights.update(held) if copy_weights else _NO_TENSORS
-        self.kernels.after_forward(pointers, layout.shapes, layout.samples, layout.sample_index,
-                              self._edge_matrix, self._kinds, self._bounds,
-                              layout.quantiles, self._units_at, _UNIT_QUANTILES,
-                              self._row(), self._act_base, self._saturation_at,
-                              layout.work32, layout.work64, weights, self._weights.sizes,
-                              self._snapshot, self._weight2)
+        args = (pointers, layout.shapes, layout.samples, layout.sample_index,
+                self._edge_matrix, self._kinds, self._bounds, layout.quantiles,
+                self._units_at, _UNIT_QUANTILES, self._row(), self._act_base,
+                self._saturation_at, layout.work32, layout.work64)
+        if copy_weights:  # now: the optimizer changes them before the thread is joined
+            self.kernels.copy_weights(weights, self._weights.sizes, self._snapshot,
+                                      self._weight2)
+        if getattr(self.kernels, "RELEASES_GIL", False):  # the tensors stay referenced
+            future = _statistics_thread().submit(self.kernels.activation_stats, *args)
+            self._pending = (future, captured, keep)  # until the thread is joined
+        else:
+            self.kernels.activation_stats(*args)
         self._copied = self._copied or copy_weights
         self._activations_done = True
         self._captured = [None] * len(captured)
+
+    def _join(self) -> None:
+        """Wait for the activation statistics in flight (if any), then let go of the
+        tensors they read."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending[0].result()
 
     def _row(self) -> np.ndarray:
         """The row of the step being recorded, in the block of rows (grown by doubling)."""
@@ -525,6 +569,7 @@ class Probe:
             lo, hi = fit_range(float(low), float(high), site, activation)
             self._edge_matrix[i] = np.linspace(lo, hi, HIST_BINS + 1)
             self._fitted[i] = True
+        self._all_fitted = all(self._fitted)
 
     def _layout(self, shapes: tuple) -> _Layout:
         if shapes not in self._layouts:
@@ -566,6 +611,7 @@ class Probe:
 
     def _take_rows(self) -> RecordBatch | None:
         """The rows recorded since the last flush (None if none), and forget them."""
+        self._join()
         if not self._steps:
             return None
         n = len(self._steps)
