@@ -249,6 +249,8 @@ def test_statistics_on_the_helper_thread_equal_those_taken_in_line(monkeypatch):
                     norm="batch", steps=40, record_interval=1, eval_interval=20, seed=3)
     threaded, _ = train(cfg)
     assert probes._helper is not None and probes._helper[0] == __import__("os").getpid()
+    with Probe(build_model(cfg, (64,), 10)) as probe:  # a user's loop (the logger): in line
+        assert not probe.threaded
     monkeypatch.setattr(kernels, "RELEASES_GIL", False)
     inline, _ = train(cfg)
     pd.testing.assert_frame_equal(threaded.to_frame(), inline.to_frame())

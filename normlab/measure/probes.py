@@ -23,12 +23,14 @@ Cost: the arithmetic runs in compiled kernels (:mod:`normlab.measure.kernels`) t
 tensors in place, one call after the forward pass (every activation tensor, a copy of the
 layer weights) and one after the update (every gradient, the step the weights took),
 writing into a preallocated block of float64 rows; :meth:`Probe.flush` turns the rows
-into one :class:`~normlab.measure.schema.RecordBatch`. With the compiled kernels the
-activation statistics run on a helper thread with the GIL released, while the training
-thread computes the loss and the backward pass: the probe holds the activations (nothing
-writes to them meanwhile) and joins the thread in :meth:`Probe.after_update`, so a step's
-row is complete there, the numbers are the same, and only a second core makes it faster
-(on a single core the work is the same, in another thread). Mean, variance and saturation use every
+into one :class:`~normlab.measure.schema.RecordBatch`. With ``threaded=True`` (NormLab's
+trainer) and the compiled kernels, the activation statistics run on a helper thread with
+the GIL released while the training thread computes the loss and the backward pass: the
+probe holds the activations and joins the thread in :meth:`Probe.after_update`, so a step's
+row is complete there and the numbers are the same; only a second core makes it faster
+(the work is the same, in another thread). It requires a loop that writes nothing into
+the model's activations between :meth:`Probe.after_forward` and :meth:`Probe.after_update`
+(autograd never does; a user's loop might, so :mod:`normlab.runs.logger` keeps it off). Mean, variance and saturation use every
 value; percentiles and histograms use a fixed random sample of at most ``sample``
 positions per activation tensor (default :data:`SAMPLE`; ``sample=None`` uses every
 value).
@@ -207,13 +209,14 @@ class Probe:
     """
 
     def __init__(self, model: nn.Module, *, every: int = 1, sample: int | None = SAMPLE,
-                 activation_sites: bool = True):
+                 activation_sites: bool = True, threaded: bool = False):
         if every < 1:
             raise ValueError(f"every must be at least 1 (got {every})")
         if sample is not None and sample < 1:
             raise ValueError(f"sample must be at least 1 or None for every value (got {sample})")
         self.model, self.every, self.sample = model, every, sample
         self.activation_sites = activation_sites
+        self.threaded = threaded  # activation statistics on the helper thread (see _join)
         self.kernels = backends.current()  # compiled, or numpy until they are
         self.groups = find_layers(model)  # every name records are kept under
         self.layers = [g for g in self.groups if g.weight is not None]  # weight metrics
@@ -501,9 +504,9 @@ class Probe:
         if copy_weights:  # now: the optimizer changes them before the thread is joined
             self.kernels.copy_weights(weights, self._weights.sizes, self._snapshot,
                                       self._weight2)
-        if getattr(self.kernels, "RELEASES_GIL", False):  # the tensors stay referenced
+        if self.threaded and getattr(self.kernels, "RELEASES_GIL", False):  # the tensors
             future = _statistics_thread().submit(self.kernels.activation_stats, *args)
-            self._pending = (future, captured, keep)  # until the thread is joined
+            self._pending = (future, captured, keep)  # stay referenced until it is joined
         else:
             self.kernels.activation_stats(*args)
         self._copied = self._copied or copy_weights

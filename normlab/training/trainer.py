@@ -102,7 +102,8 @@ class Trainer:
             data_dependent_init(self.model, self.init_batch())
         self.optimizer = make_optimizer(cfg, self.model.parameters())
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        self.probe = Probe(self.model, every=cfg.record_interval, sample=probe_sample)
+        self.probe = Probe(self.model, every=cfg.record_interval, sample=probe_sample,
+                           threaded=True)  # the loop below writes no activation
         self.decorrelation = DecorrelationProbe.for_config(self.model, cfg)  # Lab 2, opt-in
         self.stages = (StageProbe(self.model, every=cfg.record_interval,  # opt-in (Lab 1)
                                   features_every=cfg.eval_interval, sample=probe_sample)
