@@ -25,18 +25,19 @@ def live_runs(key: str, ids: list[str], view: View,
               controls: Callable[[], View] | None = None,
               on_view: Callable[[View], None] | None = None) -> None:
     """Progress, controls and charts of runs ``ids`` (``key`` names them: a comparison id);
-    polls the store every POLL_SECONDS while any run is unfinished, then stops.
+    polls the store every POLL_SECONDS while any run is unfinished (faster until the first
+    step is recorded: :func:`normlab.views.compareview.poll_seconds`), then stops.
 
     ``controls`` draws the view options and returns the View (else ``view`` is used): drawn
     inside the fragment, a view toggle (or a tab switch) reruns only the charts, not the
     page; ``on_view`` then gets the new View (e.g. to write it to the URL)."""
     try:
-        live = not views.finished(get_store().runs(ids=ids))
+        every = views.poll_seconds(get_store().runs(ids=ids), POLL_SECONDS)
     except NotFound:
         st.error("These runs do not exist any more (deleted?). Pick another comparison.")
         return
 
-    @st.fragment(run_every=POLL_SECONDS if live else None)
+    @st.fragment(run_every=every)
     def _live() -> None:
         try:
             runs = get_store().runs(ids=ids)
@@ -50,8 +51,8 @@ def live_runs(key: str, ids: list[str], view: View,
             _engine_check()
         _progress(key, runs)
         _charts(key, runs, shown)
-        if live and views.finished(runs):
-            st.rerun()  # everything ended: redraw once without polling
+        if every is not None and views.poll_seconds(runs, POLL_SECONDS) != every:
+            st.rerun()  # first records in, or everything ended: poll at the new pace
 
     _live()
 

@@ -145,6 +145,25 @@ def signature(runs: pd.DataFrame) -> tuple:
     return tuple(zip(runs["id"], runs["status"], runs["step"].fillna(0).astype(int)))
 
 
+FIRST_POLL_SECONDS = 0.25  # the live view's poll until the first records arrive
+FIRST_POLL_WINDOW = 30.0  # ... for at most this long after the runs were queued
+
+
+def poll_seconds(runs: pd.DataFrame, steady: float, now: float | None = None) -> float | None:
+    """How often a live view of ``runs`` polls the store: None once every run has ended;
+    FIRST_POLL_SECONDS while no run has reported a step yet, so the first curve is drawn
+    as soon as a worker flushes its first step (a quarter second, not up to ``steady``),
+    but only for FIRST_POLL_WINDOW s after the runs were queued (runs waiting behind
+    another comparison are polled at ``steady``); ``steady`` otherwise."""
+    if finished(runs):
+        return None
+    now = time.time() if now is None else now
+    started = runs["step"].fillna(0).gt(0).any()
+    if not started and now - pd.to_numeric(runs["created_at"]).min() < FIRST_POLL_WINDOW:
+        return min(FIRST_POLL_SECONDS, steady)
+    return steady
+
+
 LIVE_REDRAWS = 40  # a live chart is redrawn about this many times over a run's training
 
 
