@@ -5,7 +5,9 @@ browser (the browser test measures the figure itself, see BENCHMARKS.md).
   imports neither torch nor scikit-learn, numba or scipy: on a cold server each costs
   seconds of CPU the engine's warm-up needs (checked in a fresh interpreter);
 * the live view polls fast until the first step is recorded, then at its steady pace
-  (:func:`normlab.views.compareview.poll_seconds`, on constructed run tables).
+  (:func:`normlab.views.compareview.poll_seconds`, on constructed run tables);
+* its chart rows are drawn as each is built (:func:`normlab.views.compareview.stream_rows`),
+  in the rows :func:`normlab.views.compareview.chart_rows` lays out.
 """
 from __future__ import annotations
 
@@ -61,3 +63,20 @@ def test_the_live_view_polls_fast_until_the_first_step_then_steadily():
     assert views.poll_seconds(_runs([0, 0], ["queued"] * 2), steady, now=late) == steady
     assert views.poll_seconds(_runs([500, 3], ["done", "failed"]), steady, now=101) is None
     assert views.poll_seconds(_runs([0], ["running"]), 0.1, now=101) == 0.1  # never slower
+
+
+def test_chart_rows_are_yielded_as_soon_as_they_are_complete():
+    built = []
+
+    def charts(halves):  # records which charts have been built when a row comes out
+        for i, half in enumerate(halves):
+            built.append(i)
+            yield i, half
+
+    rows = views.stream_rows(charts([True, True, True, False]), lambda item: item[1])
+    assert [i for i, _ in next(rows)] == [0, 1] and built == [0, 1]  # not all four first
+    assert [[i for i, _ in row] for row in rows] == [[2], [3]]
+    for halves in ([True] * 5, [False, True, True], [True, False, True], []):
+        streamed = [[i for i, _ in row] for row in
+                    views.stream_rows(charts(halves), lambda item: item[1])]
+        assert streamed == views.chart_rows(halves)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import altair as alt
@@ -444,13 +444,26 @@ def build_chart(frame: pd.DataFrame, spec: ChartSpec, view: View, *, n_seeds: in
 def chart_rows(halves: list[bool]) -> list[list[int]]:
     """Rows of chart indices: charts that may take half the width (``halves[i]``) go in
     pairs of consecutive ones; the others, and a half chart left without a partner, alone."""
-    rows: list[list[int]] = []
-    for i, half in enumerate(halves):
-        if half and rows and len(rows[-1]) == 1 and halves[rows[-1][0]]:
-            rows[-1].append(i)
+    return list(stream_rows(range(len(halves)), halves.__getitem__))
+
+
+def stream_rows(items: Iterable, half: Callable[[object], bool]) -> Iterator[list]:
+    """:func:`chart_rows` over ``items`` as they come: each row is yielded as soon as it is
+    complete, so a live view draws its first charts while it builds the next ones."""
+    pending = None  # a half-width item waiting for its partner
+    for item in items:
+        if half(item) and pending is not None:
+            yield [pending, item]
+            pending = None
+        elif half(item):
+            pending = item
         else:
-            rows.append([i])
-    return rows
+            if pending is not None:
+                yield [pending]
+                pending = None
+            yield [item]
+    if pending is not None:
+        yield [pending]
 
 
 def fit(chart, columns: int, width: int, scale: float = 1.0):
