@@ -41,14 +41,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from normlab.measure.schema import RecordBatch
+from normlab.measure.schema import (CURVE_METRICS, CURVE_SITES, MATRIX_FEATURES,  # noqa: F401
+                                   MATRIX_SITES, MAX_SNAPSHOTS, RecordBatch,
+                                   values_per_snapshot)
+#   (the names and sizes live in the schema, without torch: checking a config is cheap)
 from normlab.methods.specs import largest_divisor
-
-MATRIX_FEATURES = 32  # features in a stored correlation matrix (the first ones)
-MAX_SNAPSHOTS = 12  # corr_snapshots allowed at most
-CURVE_SITES = ("pre_norm", "xhat")  # the norm's input, its standardized output
-CURVE_METRICS = ("corr_offdiag", "corr_offdiag_group", "mean_spread", "var_spread")
-MATRIX_SITES = ("matrix_in", "matrix_out")
 
 
 def corr_metric(i: int, j: int) -> str:
@@ -61,11 +58,6 @@ def matrix_features(width: int, group_size: int) -> int:
     MATRIX_FEATURES (whole groups), or min(width, MATRIX_FEATURES) if no group fits."""
     whole = (min(width, MATRIX_FEATURES) // group_size) * group_size
     return whole if whole >= 2 else min(width, MATRIX_FEATURES)
-
-
-def values_per_snapshot(features: int) -> int:
-    """Values one layer stores at a snapshot: two upper triangles and two spectra."""
-    return features * (features - 1) + 2 * features
 
 
 def snapshot_steps(steps: int, n: int) -> list[int]:

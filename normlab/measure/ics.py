@@ -47,15 +47,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from normlab.measure.schema import RecordBatch
+from normlab.measure.schema import (DRIFT_METRICS, GRADIENT_METRICS,  # noqa: F401
+                                   ICS_LAYER_VALUES as LAYER_VALUES, SMOOTH_METRICS,
+                                   RecordBatch)
+#   (the names and sizes live in the schema, without torch: checking a config is cheap)
 
 SITE = "ics"
 PROBE_EXAMPLES = 1024  # fixed training examples of the drift measurement (two halves)
 STEP_MULTIPLES = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)  # η / lr of the smoothness probe
-DRIFT_METRICS = ("drift", "drift_noise", "drift_total", "drift_floor")
-GRADIENT_METRICS = ("ics_diff", "ics_rel", "ics_cos")
-SMOOTH_METRICS = ("loss_min", "loss_max", "grad_change_min", "grad_change_max", "beta")
-LAYER_VALUES = len(DRIFT_METRICS) + len(GRADIENT_METRICS)  # per measured layer and step
 
 
 def unit_values(t: torch.Tensor) -> torch.Tensor:

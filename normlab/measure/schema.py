@@ -141,6 +141,27 @@ def feature_metric(feature: int, kind: str) -> str:
     return f"f{feature}_{kind}"
 # -- end of Stages ------------------------------------------------------------------------
 
+# -- Decorrelation (Lab 2, opt-in; computed by normlab.measure.decorrelation) -------------
+# Names and sizes live here, without torch, so validating a config (limits, config.errors)
+# does not import torch: the dashboard's Launch stays fast on a cold server.
+MATRIX_FEATURES = 32  # features in a stored correlation matrix (the first ones)
+MAX_SNAPSHOTS = 12  # corr_snapshots allowed at most
+CURVE_SITES = ("pre_norm", "xhat")  # the norm's input, its standardized output
+CURVE_METRICS = ("corr_offdiag", "corr_offdiag_group", "mean_spread", "var_spread")
+MATRIX_SITES = ("matrix_in", "matrix_out")
+
+
+def values_per_snapshot(features: int) -> int:
+    """Values one layer stores at a snapshot: two upper triangles and two spectra."""
+    return features * (features - 1) + 2 * features
+
+
+# -- ICS (Lab 3, opt-in; measured by normlab.measure.ics) --------------------------------
+DRIFT_METRICS = ("drift", "drift_noise", "drift_total", "drift_floor")
+GRADIENT_METRICS = ("ics_diff", "ics_rel", "ics_cos")
+SMOOTH_METRICS = ("loss_min", "loss_max", "grad_change_min", "grad_change_max", "beta")
+ICS_LAYER_VALUES = len(DRIFT_METRICS) + len(GRADIENT_METRICS)  # per measured layer and step
+
 FIT_MARGIN = 0.25  # fit_range widens the first step's span by this much on each side
 DEFAULT_METRICS = ("loss", "acc", "grad_norm")  # what the loss/accuracy charts load
 

@@ -211,7 +211,7 @@ def errors(cfg: RunConfig, train_size: int | None = None) -> dict[str, str]:
     need(cfg.ics_interval >= 0, "ics_interval",
          f"ics_interval must be 0 (off) or a positive number of steps (got {cfg.ics_interval})")
     need(cfg.rmax >= 1, "rmax", f"rmax must be at least 1 (got {cfg.rmax})")
-    from normlab.measure.decorrelation import MAX_SNAPSHOTS  # Lab 2's snapshot cap
+    from normlab.measure.schema import MAX_SNAPSHOTS  # Lab 2's snapshot cap
 
     need(0 <= cfg.corr_snapshots <= MAX_SNAPSHOTS, "corr_snapshots",
          f"corr_snapshots must be 0 (none) to {MAX_SNAPSHOTS} (got {cfg.corr_snapshots})")

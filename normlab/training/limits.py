@@ -32,9 +32,9 @@ from __future__ import annotations
 import math
 import os
 
-from normlab.measure.schema import FEATURE_CAP, SITE_VALUES, STAGE_VALUES
-from normlab.measure.decorrelation import (CURVE_METRICS, CURVE_SITES, MATRIX_FEATURES,
-                                           values_per_snapshot)
+from normlab.measure.schema import (CURVE_METRICS, CURVE_SITES, FEATURE_CAP,
+                                   ICS_LAYER_VALUES, MATRIX_FEATURES, SITE_VALUES,
+                                   SMOOTH_METRICS, STAGE_VALUES, values_per_snapshot)
 
 # ``cfg`` arguments are normlab.training.config.RunConfig objects; not imported here,
 # because config.errors imports this module for the n_samples cap.
@@ -194,12 +194,10 @@ def snapshot_values(cfg: RunConfig) -> int:
 
 def ics_values(cfg: RunConfig) -> int:
     """Values Lab 3's opt-in ICS measurement stores (``ics_interval``; 0 when off)."""
-    from normlab.measure.ics import LAYER_VALUES, SMOOTH_METRICS
-
     every = getattr(cfg, "ics_interval", 0)
     if every < 1:
         return 0
-    return (LAYER_VALUES * cfg.depth + len(SMOOTH_METRICS)) * (cfg.steps // every + 1)
+    return (ICS_LAYER_VALUES * cfg.depth + len(SMOOTH_METRICS)) * (cfg.steps // every + 1)
 
 
 def _size(n: float) -> str:

@@ -25,18 +25,19 @@ def live_runs(key: str, ids: list[str], view: View,
               controls: Callable[[], View] | None = None,
               on_view: Callable[[View], None] | None = None) -> None:
     """Progress, controls and charts of runs ``ids`` (``key`` names them: a comparison id);
-    polls the store every POLL_SECONDS while any run is unfinished, then stops.
+    polls the store every POLL_SECONDS while any run is unfinished (faster until the first
+    step is recorded: :func:`normlab.views.compareview.poll_seconds`), then stops.
 
     ``controls`` draws the view options and returns the View (else ``view`` is used): drawn
     inside the fragment, a view toggle (or a tab switch) reruns only the charts, not the
     page; ``on_view`` then gets the new View (e.g. to write it to the URL)."""
     try:
-        live = not views.finished(get_store().runs(ids=ids))
+        every = views.poll_seconds(get_store().runs(ids=ids), POLL_SECONDS)
     except NotFound:
         st.error("These runs do not exist any more (deleted?). Pick another comparison.")
         return
 
-    @st.fragment(run_every=POLL_SECONDS if live else None)
+    @st.fragment(run_every=every)
     def _live() -> None:
         try:
             runs = get_store().runs(ids=ids)
@@ -50,8 +51,8 @@ def live_runs(key: str, ids: list[str], view: View,
             _engine_check()
         _progress(key, runs)
         _charts(key, runs, shown)
-        if live and views.finished(runs):
-            st.rerun()  # everything ended: redraw once without polling
+        if every is not None and views.poll_seconds(runs, POLL_SECONDS) != every:
+            st.rerun()  # first records in, or everything ended: poll at the new pace
 
     _live()
 
@@ -225,25 +226,29 @@ def _group(key: str, runs, group: str, view: View) -> None:
             st.info("Waiting for the first measurements… A run waits in the queue until a "
                     "worker is free.")
         return
-    charts = []
-    for spec in views.CHART_GROUPS[group]:
-        own = views.relevant_view(spec, view, n_seeds)
-        try:
-            chart = _chart(path, key, sig, spec.key, own, n_seeds, PAGE_WIDTH, metrics, sites,
-                           every)
-        except Exception as exc:  # a chart that cannot be drawn must not break the page
-            st.warning(f"Could not draw “{spec.title}”: {exc}")
-            continue
-        if chart is not None:
-            charts.append((spec, chart))
-    drawn = len(charts)
-    for row in views.chart_rows([not wide and not spec.per_layer for spec, _ in charts]):
+    def built():  # the group's charts, built one by one (a cached spec when unchanged)
+        for spec in views.CHART_GROUPS[group]:
+            own = views.relevant_view(spec, view, n_seeds)
+            try:
+                chart = _chart(path, key, sig, spec.key, own, n_seeds, PAGE_WIDTH, metrics,
+                               sites, every)
+            except Exception as exc:  # a chart that cannot be drawn must not break the page
+                st.warning(f"Could not draw “{spec.title}”: {exc}")
+                continue
+            if chart is not None:
+                yield spec, chart
+
+    drawn = 0
+    # each row is sent to the browser as soon as its charts are built: the first curve
+    # shows while the next charts are being built
+    for row in views.stream_rows(built(), lambda item: not wide and not item[0].per_layer):
+        drawn += len(row)
         if len(row) == 2:  # two model-level charts side by side
-            for col, i in zip(st.columns(2), row):
+            for col, (_, chart) in zip(st.columns(2), row):
                 with col:
-                    st.vega_lite_chart(charts[i][1], width="stretch")
+                    st.vega_lite_chart(chart, width="stretch")
         else:  # full width (a lone model-level chart too); facets keep their fitted size
-            spec, chart = charts[row[0]]
+            spec, chart = row[0]
             faceted = spec.per_layer or view.layout == "side"
             st.vega_lite_chart(chart, width="content" if faceted else "stretch")
     if not drawn:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import altair as alt
@@ -143,6 +143,25 @@ def finished(runs: pd.DataFrame) -> bool:
 def signature(runs: pd.DataFrame) -> tuple:
     """(id, status, step) per run: changes whenever a run's stored results may have."""
     return tuple(zip(runs["id"], runs["status"], runs["step"].fillna(0).astype(int)))
+
+
+FIRST_POLL_SECONDS = 0.25  # the live view's poll until the first records arrive
+FIRST_POLL_WINDOW = 30.0  # ... for at most this long after the runs were queued
+
+
+def poll_seconds(runs: pd.DataFrame, steady: float, now: float | None = None) -> float | None:
+    """How often a live view of ``runs`` polls the store: None once every run has ended;
+    FIRST_POLL_SECONDS while no run has reported a step yet, so the first curve is drawn
+    as soon as a worker flushes its first step (a quarter second, not up to ``steady``),
+    but only for FIRST_POLL_WINDOW s after the runs were queued (runs waiting behind
+    another comparison are polled at ``steady``); ``steady`` otherwise."""
+    if finished(runs):
+        return None
+    now = time.time() if now is None else now
+    started = runs["step"].fillna(0).gt(0).any()
+    if not started and now - pd.to_numeric(runs["created_at"]).min() < FIRST_POLL_WINDOW:
+        return min(FIRST_POLL_SECONDS, steady)
+    return steady
 
 
 LIVE_REDRAWS = 40  # a live chart is redrawn about this many times over a run's training
@@ -425,13 +444,26 @@ def build_chart(frame: pd.DataFrame, spec: ChartSpec, view: View, *, n_seeds: in
 def chart_rows(halves: list[bool]) -> list[list[int]]:
     """Rows of chart indices: charts that may take half the width (``halves[i]``) go in
     pairs of consecutive ones; the others, and a half chart left without a partner, alone."""
-    rows: list[list[int]] = []
-    for i, half in enumerate(halves):
-        if half and rows and len(rows[-1]) == 1 and halves[rows[-1][0]]:
-            rows[-1].append(i)
+    return list(stream_rows(range(len(halves)), halves.__getitem__))
+
+
+def stream_rows(items: Iterable, half: Callable[[object], bool]) -> Iterator[list]:
+    """:func:`chart_rows` over ``items`` as they come: each row is yielded as soon as it is
+    complete, so a live view draws its first charts while it builds the next ones."""
+    pending = None  # a half-width item waiting for its partner
+    for item in items:
+        if half(item) and pending is not None:
+            yield [pending, item]
+            pending = None
+        elif half(item):
+            pending = item
         else:
-            rows.append([i])
-    return rows
+            if pending is not None:
+                yield [pending]
+                pending = None
+            yield [item]
+    if pending is not None:
+        yield [pending]
 
 
 def fit(chart, columns: int, width: int, scale: float = 1.0):

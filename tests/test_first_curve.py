@@ -1,0 +1,82 @@
+"""The quick start's first curve on a cold server: what keeps it fast, checked without a
+browser (the browser test measures the figure itself, see BENCHMARKS.md).
+
+* the dashboard's Launch path (checking the quick start's configs, submitting them)
+  imports neither torch nor scikit-learn, numba or scipy: on a cold server each costs
+  seconds of CPU the engine's warm-up needs (checked in a fresh interpreter);
+* the live view polls fast until the first step is recorded, then at its steady pace
+  (:func:`normlab.views.compareview.poll_seconds`, on constructed run tables);
+* its chart rows are drawn as each is built (:func:`normlab.views.compareview.stream_rows`),
+  in the rows :func:`normlab.views.compareview.chart_rows` lays out.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from normlab.views import compareview as views
+
+ROOT = Path(__file__).resolve().parents[1]
+
+LAUNCH = """
+import json, sys
+import normlab.runs.comparisons as comparisons
+comparisons.ensure_engine = lambda *a, **k: None  # the engine is not under test
+from normlab.runs.store import Store
+from normlab.views import compareview as views, urlstate
+quick = views.QUICK_START
+cid, problems = views.launch(Store(sys.argv[1]), quick, urlstate.default_methods(quick.model),
+                             views.QUICK_SEEDS)
+print(json.dumps({"cid": cid, "problems": problems,
+                  "heavy": sorted(m for m in ("torch", "sklearn", "numba", "scipy")
+                                  if m in sys.modules)}))
+"""
+
+
+def test_launching_the_quick_start_imports_no_heavy_module(tmp_path):
+    out = subprocess.run([sys.executable, "-c", LAUNCH, str(tmp_path / "runs.sqlite")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["cid"] and result["problems"] == {}  # really launched (queued)
+    assert result["heavy"] == []
+
+
+def _runs(steps, statuses=None, created=100.0) -> pd.DataFrame:
+    statuses = statuses or ["running"] * len(steps)
+    return pd.DataFrame({"step": steps, "status": statuses,
+                         "created_at": [created] * len(steps)})
+
+
+def test_the_live_view_polls_fast_until_the_first_step_then_steadily():
+    steady, fast = 1.0, views.FIRST_POLL_SECONDS
+    assert fast < steady
+    assert views.poll_seconds(_runs([0, 0], ["running", "queued"]), steady, now=101) == fast
+    assert views.poll_seconds(_runs([None, 0]), steady, now=101) == fast  # none reported
+    assert views.poll_seconds(_runs([1, 0]), steady, now=101) == steady  # a first step in
+    # queued behind another comparison for longer than the window: the steady pace
+    late = 100 + views.FIRST_POLL_WINDOW + 1
+    assert views.poll_seconds(_runs([0, 0], ["queued"] * 2), steady, now=late) == steady
+    assert views.poll_seconds(_runs([500, 3], ["done", "failed"]), steady, now=101) is None
+    assert views.poll_seconds(_runs([0], ["running"]), 0.1, now=101) == 0.1  # never slower
+
+
+def test_chart_rows_are_yielded_as_soon_as_they_are_complete():
+    built = []
+
+    def charts(halves):  # records which charts have been built when a row comes out
+        for i, half in enumerate(halves):
+            built.append(i)
+            yield i, half
+
+    rows = views.stream_rows(charts([True, True, True, False]), lambda item: item[1])
+    assert [i for i, _ in next(rows)] == [0, 1] and built == [0, 1]  # not all four first
+    assert [[i for i, _ in row] for row in rows] == [[2], [3]]
+    for halves in ([True] * 5, [False, True, True], [True, False, True], []):
+        streamed = [[i for i, _ in row] for row in
+                    views.stream_rows(charts(halves), lambda item: item[1])]
+        assert streamed == views.chart_rows(halves)
