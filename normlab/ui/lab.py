@@ -80,7 +80,7 @@ def _show(lab: Lab, cid: str) -> None:
 
 def _launch(lab: Lab, preset: Preset) -> None:
     try:
-        cid, ids = launch(preset, lab.title, store=get_store())
+        cid, ids = launch(preset, lab, store=get_store())
     except ConfigError as exc:
         for field, msg in exc.errors.items():
             st.error(f"{field}: {msg}")
