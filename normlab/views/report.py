@@ -336,8 +336,9 @@ def _md(text: str) -> str:
 
 
 def _table(frame: pd.DataFrame) -> str:
-    index = not isinstance(frame.index, pd.RangeIndex)  # a lab table's row labels
-    return frame.to_html(index=index, border=0, classes="tbl", na_rep="", escape=True)
+    if not isinstance(frame.index, pd.RangeIndex):  # a lab table's row labels: a column
+        frame = frame.rename_axis(frame.index.name or "").reset_index()
+    return frame.to_html(index=False, border=0, classes="tbl", na_rep="", escape=True)
 
 
 def _fields(common: pd.DataFrame) -> str:
@@ -416,9 +417,10 @@ EMBED = """
 """
 
 
-def _figure_html(i: int, fig: Figure) -> list[str]:
+def _figure_html(i: int, fig: Figure, heading: str = "") -> list[str]:
     spec = packed_spec(zoomable(fig.spec))
-    return [f"<h3>{html.escape(fig.title)}</h3>", f'<div class="chart" id="chart-{i}"></div>',
+    title = [f"<h3>{html.escape(fig.title)}</h3>"] if fig.title != heading else []
+    return [*title, f'<div class="chart" id="chart-{i}"></div>',
             f'<p class="note">{html.escape(fig.note())}</p>',
             f'<script type="application/json" data-chart="chart-{i}" '
             f'id="normlab-chart-{i}">{json_text(spec)}</script>']
@@ -467,7 +469,7 @@ def render(*, title: str, subtitle: str, command_line: str, runs: pd.DataFrame,
             doc.append(hint)
         doc += [f"<p>{_md(note)}</p>" for note in part.notes]
         for fig in part.figures:
-            doc += _figure_html(n, fig)
+            doc += _figure_html(n, fig, part.title)
             n += 1
         doc += [_table(t) for t in part.tables]
         if len(parts) > 1 or lab is not None:  # a lab page writes each under its chart
