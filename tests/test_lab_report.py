@@ -166,3 +166,15 @@ def test_the_cli_chooses_the_lab_and_lets_the_user_choose(labs, tmp_path, capsys
     plain, _ = store.create_comparison([dict(TINY, norm="batch")], name="plain")
     assert cli.main(["report", plain, "-o", str(out), "--page", "lab", *s]) == 2
     assert "--page lab is for a comparison launched by a lab's preset" in capsys.readouterr().err
+
+
+def test_a_chart_as_wide_as_its_column_gets_a_width_in_the_report():
+    import altair as alt
+    import pandas as pd
+
+    frame = pd.DataFrame({"x": [1.0, 2.0], "y": [3.0, 4.0]})
+    base = alt.Chart(frame).mark_line().encode(x="x:Q", y="y:Q")
+    chart = alt.hconcat(base.properties(width="container"), base.properties(width=200))
+    fig = report.lab_figure("t", chart)
+    assert [c["width"] for c in fig.spec["hconcat"]] == [report.WIDTH * 3 // 4, 200]
+    assert fig.drawn == 2 and "every row it draws (2;" in fig.note()

@@ -255,6 +255,9 @@ def test_the_report_opens_offline_in_a_browser(made, tmp_path):
                     timeout=60_000)
                 assert [u for u in asked if not u.startswith("file://")] == []
                 assert errors == [] and page.locator(".error").count() == 0
+                widths = page.evaluate("Array.from(document.querySelectorAll('.chart'))"
+                                       ".map(d => d.offsetWidth)")
+                assert len(widths) == n and min(widths) > 100  # every chart drawn wide
                 page.screenshot(path=str(ARTIFACTS / f"report-{name}.png"), full_page=True)
                 page.close()
         finally:

@@ -169,10 +169,26 @@ def compare_figures(store: Store, runs: pd.DataFrame, view: View = VIEW_DEFAULTS
     return out
 
 
+def fixed_width(node, width: int = WIDTH):
+    """``node`` (a spec) with every ``"width": "container"`` set to ``width`` px: a page's
+    chart that fills its column would have no width in the report (vega-embed's div is
+    inline-block, as wide as its content)."""
+    if isinstance(node, dict):
+        return {k: (width if k == "width" and v == "container" else fixed_width(v, width))
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [fixed_width(v, width) for v in node]
+    return node
+
+
 def lab_figure(title: str, chart: alt.TopLevelMixin) -> Figure:
     """A lab chart's spec with its data inlined; drawn = rows of its largest dataset."""
     with alt.data_transformers.enable("default", max_rows=None):
         spec = chart.to_dict(validate=False)
+    datasets = spec.pop("datasets", None)  # data rows are never touched
+    spec = fixed_width(spec, WIDTH * 3 // 4)
+    if datasets is not None:
+        spec["datasets"] = datasets
     drawn = max(map(len, spec.get("datasets", {}).values()), default=0)
     return Figure(title, spec, drawn, drawn, lab=True)
 
