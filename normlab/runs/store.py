@@ -40,8 +40,9 @@ from normlab.runs.chunks import INSERT_CHUNK, MetricQuery, chunk_rows, metrics_f
 from normlab.measure.schema import RecordBatch
 from normlab.runs.storedb import (
     ACTIVE, BACKENDS, COMPARISON_FIELDS, FINISHED, MIGRATIONS, RUN_FIELDS, STATUSES, Database,
-    NotFound, _as_list, _clean_origin, _clean_tags, _config_dict, _default_name, _FLOAT_FIELDS, _INT_FIELDS,
-    _new_id, _qmarks, _record, _require, _require_runs, _resolve, _run_selection, migrate,
+    NotFound, _as_list, _clean_origin, _clean_tags, _config_dict, _default_name, _FLOAT_FIELDS,
+    _INT_FIELDS, _new_id, _qmarks, _record, _require, _require_runs, _resolve, _run_selection,
+    migrate,
 )
 
 # Not used here: re-exported so that every public name of normlab.runs.store stays importable.

@@ -42,7 +42,7 @@ from normlab.runs.store import Store
 from normlab.views import compareview as views
 from normlab.views import layercharts, layerview
 from normlab.views.labs import sections as labsections
-from normlab.views.labs.sections import lab_of  # noqa: F401 (the report's lab, by origin)
+from normlab.views.labs.sections import lab_of
 from normlab.views.urlstate import VIEW_DEFAULTS, View
 
 PAGES = ("compare", "layers", "lab")  # the pages a report can reproduce
@@ -132,12 +132,38 @@ def points(frame: pd.DataFrame, every: int | None = None) -> int:
     return len(frame[keys].astype(str).drop_duplicates()) * (every or 1)
 
 
+CONTAINER = 800  # px of a chart that takes its container's width on the page
+
+
+def fixed_width(node, width: int = CONTAINER):
+    """``node`` (a spec) with every ``"width": "container"`` set to ``width`` px: a page's
+    chart as wide as its column would have no width in the report (vega-embed's div is
+    inline-block, as wide as its content) and be drawn blank."""
+    if isinstance(node, dict):
+        return {k: (width if k == "width" and v == "container" else fixed_width(v, width))
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [fixed_width(v, width) for v in node]
+    return node
+
+
+def spec_of(chart: alt.TopLevelMixin) -> dict:
+    """``chart``'s Vega-Lite spec with its data inlined (no row limit: the builders chose
+    what to draw) and a fixed width for every panel (:func:`fixed_width`)."""
+    with alt.data_transformers.enable("default", max_rows=None):
+        spec = chart.to_dict(validate=False)
+    datasets = spec.pop("datasets", None)  # the data rows are never touched
+    spec = fixed_width(spec)
+    if datasets is not None:
+        spec["datasets"] = datasets
+    return spec
+
+
 def figure(title: str, chart: alt.TopLevelMixin, measured: int | None) -> Figure:
     """The chart's spec with its data inlined (no row limit: the builders thinned it);
     drawn = distinct (label, layer, step) of its largest dataset. ``measured`` None: the
     chart shows a single step, nothing was thinned."""
-    with alt.data_transformers.enable("default", max_rows=None):
-        spec = chart.to_dict(validate=False)
+    spec = spec_of(chart)
     rows = max(spec.get("datasets", {}).values(), key=len, default=[])
     keys = [k for k in KEYS if rows and k in rows[0]]
     drawn = len({tuple(r.get(k) for k in keys) for r in rows}) if keys else len(rows)
@@ -169,26 +195,9 @@ def compare_figures(store: Store, runs: pd.DataFrame, view: View = VIEW_DEFAULTS
     return out
 
 
-def fixed_width(node, width: int = WIDTH):
-    """``node`` (a spec) with every ``"width": "container"`` set to ``width`` px: a page's
-    chart that fills its column would have no width in the report (vega-embed's div is
-    inline-block, as wide as its content)."""
-    if isinstance(node, dict):
-        return {k: (width if k == "width" and v == "container" else fixed_width(v, width))
-                for k, v in node.items()}
-    if isinstance(node, list):
-        return [fixed_width(v, width) for v in node]
-    return node
-
-
 def lab_figure(title: str, chart: alt.TopLevelMixin) -> Figure:
     """A lab chart's spec with its data inlined; drawn = rows of its largest dataset."""
-    with alt.data_transformers.enable("default", max_rows=None):
-        spec = chart.to_dict(validate=False)
-    datasets = spec.pop("datasets", None)  # data rows are never touched
-    spec = fixed_width(spec, WIDTH * 3 // 4)
-    if datasets is not None:
-        spec["datasets"] = datasets
+    spec = spec_of(chart)
     drawn = max(map(len, spec.get("datasets", {}).values()), default=0)
     return Figure(title, spec, drawn, drawn, lab=True)
 

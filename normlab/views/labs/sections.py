@@ -158,8 +158,8 @@ def _ics(store: Store, cid: str, runs: pd.DataFrame) -> list[Section]:
                 readouts=(ics.drift_readout(frame),)),
         Section("Santurkar et al.'s ICS: does a layer's gradient change when the layers "
                 "below update?",
-                charts=(("‖G − G′‖", ics.lines_chart(frame, "ics_diff", "‖G − G′‖", log=True,
-                                                     width=210)),
+                charts=(("‖G − G′‖", ics.lines_chart(frame, "ics_diff", "‖G − G′‖",
+                                                     log=True, width=210)),
                         ("cos(G, G′)", ics.lines_chart(frame, "ics_cos", "cos(G, G′)",
                                                        width=210))),
                 readouts=(ics.ics_readout(frame),)),
