@@ -369,8 +369,13 @@ def _report_parser(sub) -> None:
                          "the runs inside; opens offline, `import` reads it back)")
     rep.add_argument("id", help="a comparison id (a lab's too) or run ids, comma-separated")
     rep.add_argument("-o", "--output", required=True, metavar="PATH", help="the .html file")
-    rep.add_argument("--page", choices=("compare", "layers"), default="compare",
-                     help="whose charts: Compare's (default) or Layer dynamics'")
+    rep.add_argument("--page", choices=("compare", "layers", "lab"), default=None,
+                     help="whose charts: the lab's (claim, the lab page's charts and "
+                     "readouts; the default for a comparison a lab's preset launched), "
+                     "Compare's (the default otherwise) or Layer dynamics'")
+    rep.add_argument("--lab", default=None, metavar="KEY", help="--page lab as this lab's "
+                     "page shows the comparison (one_formula, whitening, ics, invariance, "
+                     "lr_init, batch_size; default: the lab that launched it)")
     rep.add_argument("--site", default=None, help="--page layers: the activation site "
                      "(pre_norm, post_norm, post_act; default: the page's)")
     rep.add_argument("--layers", default=None, help="--page layers: comma-separated layers "
@@ -381,15 +386,23 @@ def _report_parser(sub) -> None:
 def cmd_report(args, store) -> int:
     from normlab.measure.schema import ACT_SITES
     from normlab.views import report
+    from normlab.views.labs import sections as labsections
 
     if args.site is not None and args.site not in ACT_SITES:
         raise UsageError(f"normlab report: --site {args.site!r} is not an activation site; "
                          f"use one of {', '.join(ACT_SITES)}")
     if args.page != "layers" and (args.site or args.layers):
         raise UsageError("normlab report: --site and --layers are for --page layers")
+    if args.lab is not None:
+        keys = [lab.key for lab in labsections.LABS]
+        if args.lab not in keys:
+            raise UsageError(f"normlab report: no lab {args.lab!r}; use one of "
+                             f"{', '.join(keys)}")
+        if args.page not in (None, "lab"):
+            raise UsageError(f"normlab report: --lab is for --page lab, not --page {args.page}")
     layers = [p.strip() for p in args.layers.split(",") if p.strip()] if args.layers else None
     path = report.write(store, args.id, args.output, page=args.page, site=args.site,
-                        layers=layers)
+                        layers=layers, lab=args.lab)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
 

@@ -73,7 +73,7 @@ def view(runs) -> None:
 
 cid = lab.presets(formula.LAB)
 if cid:
-    lab.live(cid, view)
+    lab.live(formula.LAB, cid, view)
 st.caption("Near-linear region of f: |v| < 1 for sigmoid and tanh, v > 0 (the identity "
            "piece) for relu and gelu. Per feature, the statement holds when |mean(y) − b| "
            "≤ 0.001 and |var(y)/g² − 1| ≤ 1%.")

@@ -48,4 +48,4 @@ def view(runs) -> None:
 
 cid = lab.presets(wh.LAB)
 if cid:
-    lab.live(cid, view)
+    lab.live(wh.LAB, cid, view)

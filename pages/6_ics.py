@@ -51,7 +51,7 @@ def view(runs) -> None:
 
 cid = lab.presets(ics.LAB)
 if cid:
-    lab.live(cid, view)
+    lab.live(ics.LAB, cid, view)
 st.caption("Measured every `ics_interval` steps on a copy of the model (training is "
            "unchanged; the cost is in BENCHMARKS.md). Definitions: README, *What is "
            "measured*.")

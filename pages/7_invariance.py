@@ -49,4 +49,4 @@ def view(runs) -> None:
 
 cid = lab.presets(inv.LAB)
 if cid:
-    lab.live(cid, view)
+    lab.live(inv.LAB, cid, view)

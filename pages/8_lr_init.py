@@ -21,7 +21,7 @@ def view(runs) -> None:
 
 cid = lab.presets(sensitivity.LR_LAB)
 if cid:
-    lab.live(cid, view)
+    lab.live(sensitivity.LR_LAB, cid, view)
 st.caption("The readout uses validation accuracy whatever the chart shows: the widest run of "
            "consecutive grid values whose mean over seeds reaches 90% of the best accuracy "
            "of any method, with no seed diverged there.")

@@ -25,7 +25,7 @@ def view(runs) -> None:
 
 cid = lab.presets(sensitivity.BATCH_LAB)
 if cid:
-    lab.live(cid, view)
+    lab.live(sensitivity.BATCH_LAB, cid, view)
 st.caption("Error = 1 − validation accuracy, mean over seeds. *Eval mode* is how a model is "
            "used after training (BatchNorm: running statistics); *training mode* normalizes "
            "each validation batch of the run's batch size with its own statistics.")

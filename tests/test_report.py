@@ -221,18 +221,24 @@ def test_cli_report(made, tmp_path, capsys):
     assert "--site 'nope' is not an activation site" in capsys.readouterr().err
 
 
-def test_the_report_opens_offline_in_a_browser(made):
+def test_the_report_opens_offline_in_a_browser(made, tmp_path):
     from test_browser import ARGS, CHROMIUM, _require_browser
 
     _require_browser()
     from playwright.sync_api import sync_playwright
 
+    from normlab.views.labs import whitening
+    from test_lab_report import lab_comparison
+
     _, _, _, path, layers = made
+    labs = Store(tmp_path / "lab.sqlite")  # and a lab's report: the whitening lab's
+    white = lab_comparison(labs, whitening.LAB, "whitening", {"norm": ["batch", "whiten"]})
+    lab = report.write(labs, white, tmp_path / "lab.html")
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
-            for name, file in (("compare", path), ("layers", layers)):
+            for name, file in (("compare", path), ("layers", layers), ("lab", lab)):
                 page = browser.new_page(viewport={"width": 1280, "height": 900})
                 asked, errors = [], []
                 page.route("**/*", lambda route: (asked.append(route.request.url),
@@ -243,11 +249,15 @@ def test_the_report_opens_offline_in_a_browser(made):
                 page.on("pageerror", lambda e: errors.append(str(e)))
                 page.goto(file.as_uri())
                 n = len(chart_specs(file))
+                assert n >= 3
                 page.wait_for_function(
                     f"document.querySelectorAll('.chart canvas').length >= {n}",
                     timeout=60_000)
                 assert [u for u in asked if not u.startswith("file://")] == []
                 assert errors == [] and page.locator(".error").count() == 0
+                widths = page.evaluate("Array.from(document.querySelectorAll('.chart'))"
+                                       ".map(d => d.offsetWidth)")
+                assert len(widths) == n and min(widths) > 100  # every chart drawn wide
                 page.screenshot(path=str(ARTIFACTS / f"report-{name}.png"), full_page=True)
                 page.close()
         finally:
@@ -281,8 +291,8 @@ def test_compare_page_has_the_download_button(made, monkeypatch):
 
 def test_a_lab_page_reports_its_claim_and_the_readouts_it_shows(store, monkeypatch):  # noqa: F811
     from normlab.training.config import RunConfig
-    from normlab.ui import report as ui_report
-    from normlab.views.labs import sensitivity
+    from normlab.views.labs import sections, sensitivity
+    from test_lab_report import readouts_in
     from test_pages import ok
     from test_pages_labs import TINY as LAB_TINY, fill as lab_fill, lab_page
 
@@ -292,11 +302,11 @@ def test_a_lab_page_reports_its_claim_and_the_readouts_it_shows(store, monkeypat
                       {"norm": ["batch", "none"], "lr": [0.01, 0.1]})
     at = ok(lab_page("pages/8_lr_init.py", comparison=cid))
     assert any(b.proto.label == "Download report" for b in at.get("download_button"))
-    shown = [s.value for s in at.success]
-    assert shown and at.session_state[ui_report.LIVE_READOUTS] == shown
-    lab = report.lab_of(store.comparison(cid))
-    monkeypatch.setattr(report, "javascript", lambda: "")  # charts are tested above
-    text = report.render(title="t", subtitle="s", command_line="c", figures=[], export={},
-                         runs=store.runs(comparison=cid), lab=lab, readouts=shown)
+    shown = [s.value for s in at.success]  # what the page shows at its defaults ...
+    runs = store.runs(comparison=cid)
+    lab = sections.lab_of(store.comparison(cid))  # (stored without an origin: by its name)
     assert lab is sensitivity.LR_LAB
-    assert report._md(lab.claim) in text and report._md(shown[0]) in text
+    assert shown and sections.readouts(sections.sections(store, lab, cid, runs)) == shown
+    monkeypatch.setattr(report, "javascript", lambda: "")  # charts are tested above
+    path = report.write(store, cid, store.path.parent / "lab.html")  # ... is in its report
+    assert readouts_in(path) == shown and report._md(lab.claim) in path.read_text()

@@ -132,12 +132,14 @@ def check(configs: list[RunConfig]) -> None:
 def submit(configs: list[RunConfig], *, name: str | None = None, base: RunConfig | None = None,
            grid: dict | None = None, store: Store | str | None = None, start: bool = True,
            workers: int | None = None, backend: str | None = None,
-           ray_address: str | None = None) -> tuple[str, list[str]]:
+           ray_address: str | None = None, origin: dict | None = None
+           ) -> tuple[str, list[str]]:
     """Queue ``configs`` as one comparison; returns (comparison id, run ids) at once.
 
     ``backend``: 'local' (the engine) or 'ray'; default 'ray' if $NORMLAB_RAY_ADDRESS is
     set. Without Ray installed, 'ray' raises :class:`~normlab.runs.raydriver.RayMissing`
-    before anything is stored."""
+    before anything is stored. ``origin``: the lab and preset that launched them
+    (``{"lab": key, "preset": key}``, stored with the comparison)."""
     backend = backend or raydriver.default_backend()
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
@@ -148,7 +150,7 @@ def submit(configs: list[RunConfig], *, name: str | None = None, base: RunConfig
     store = store if isinstance(store, Store) else Store(store)
     cid, run_ids = store.create_comparison([c.to_dict() for c in configs], name=name,
                                            base=base.to_dict() if base else None, grid=grid,
-                                           backend=backend)
+                                           backend=backend, origin=origin)
     if start and backend == "ray":
         raydriver.ensure_driver(store.path, ray_address)
     elif start:

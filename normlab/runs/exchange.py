@@ -1,8 +1,8 @@
 """Export and import of runs and comparisons: carry results to another machine, losslessly.
 
-Every format holds the same content: the comparison record (name, base, grid, notes, tags),
-the run records (config, status, step, times, name, notes, tags, ...) and the tidy metric
-rows of :mod:`normlab.measure.schema`.
+Every format holds the same content: the comparison record (name, base, grid, notes, tags,
+origin), the run records (config, status, step, times, name, notes, tags, ...) and the tidy
+metric rows of :mod:`normlab.measure.schema`.
 
 * ``json`` — one file ``{"format": "normlab", "format_version": 1, "comparisons": [...],
   "runs": [{...run fields..., "series": [{"layer", "site", "metric", "steps": [...],
@@ -473,10 +473,11 @@ def _insert_comparison(conn, c: dict) -> str:
     if row is not None and row[0] == c["created_at"]:
         return c["id"]
     new_id = c["id"] if row is None else _new_id(conn, "comparisons", "c")
-    conn.execute("INSERT INTO comparisons (id, name, created_at, base, grid, notes, tags) "
-                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
+    conn.execute("INSERT INTO comparisons (id, name, created_at, base, grid, notes, tags, "
+                 "origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                  (new_id, c["name"] or new_id, c["created_at"], _json_or_none(c["base"]),
-                  _json_or_none(c["grid"]), c["notes"], json.dumps(c["tags"])))
+                  _json_or_none(c["grid"]), c["notes"], json.dumps(c["tags"]),
+                  _json_or_none(c.get("origin"))))
     return new_id
 
 

@@ -121,9 +121,15 @@ def clean_comparison(record: Any, index: int) -> dict[str, Any]:
     if grid is not None and not (isinstance(grid, dict) and all(
             isinstance(k, str) and isinstance(v, list) for k, v in grid.items())):
         c.fail("grid", f"{_short(grid)} is not an object of lists")
+    origin = record.get("origin")  # absent in exports older than the field
+    if origin is not None and not (isinstance(origin, dict) and set(origin) == {"lab", "preset"}
+                                   and all(isinstance(v, str) and v for v in origin.values())):
+        c.fail("origin", f"{_short(origin)} is not {{\"lab\": key, \"preset\": key}}")
     return {"id": cid, "name": c.text("name"), "created_at": c.number("created_at"),
             "base": c.config("base", full=False), "grid": grid,
-            "notes": c.text("notes") or "", "tags": c.tags()}
+            "notes": c.text("notes") or "", "tags": c.tags(),
+            "origin": None if origin is None else {"lab": origin["lab"],
+                                                   "preset": origin["preset"]}}
 
 
 def clean_run(record: Any, index: int, comparisons: set[str]) -> dict[str, Any]:

@@ -40,8 +40,9 @@ from normlab.runs.chunks import INSERT_CHUNK, MetricQuery, chunk_rows, metrics_f
 from normlab.measure.schema import RecordBatch
 from normlab.runs.storedb import (
     ACTIVE, BACKENDS, COMPARISON_FIELDS, FINISHED, MIGRATIONS, RUN_FIELDS, STATUSES, Database,
-    NotFound, _as_list, _clean_tags, _config_dict, _default_name, _FLOAT_FIELDS, _INT_FIELDS,
-    _new_id, _qmarks, _record, _require, _require_runs, _resolve, _run_selection, migrate,
+    NotFound, _as_list, _clean_origin, _clean_tags, _config_dict, _default_name, _FLOAT_FIELDS,
+    _INT_FIELDS, _new_id, _qmarks, _record, _require, _require_runs, _resolve, _run_selection,
+    migrate,
 )
 
 # Not used here: re-exported so that every public name of normlab.runs.store stays importable.
@@ -100,10 +101,11 @@ class Store(Database):
 
     def create_comparison(self, configs: list[dict], name: str | None = None,
                           base: dict | None = None, grid: dict | None = None,
-                          tags: Iterable[str] = (), backend: str = "local"
-                          ) -> tuple[str, list[str]]:
+                          tags: Iterable[str] = (), backend: str = "local",
+                          origin: dict | None = None) -> tuple[str, list[str]]:
         """Insert a comparison and one queued run per config (position = index), to be
-        trained by ``backend`` ('local': the engine; 'ray': :mod:`normlab.runs.raydriver`)."""
+        trained by ``backend`` ('local': the engine; 'ray': :mod:`normlab.runs.raydriver`).
+        ``origin``: what launched it, ``{"lab": key, "preset": key}`` for a lab's preset."""
         configs = [_config_dict(c, i) for i, c in enumerate(configs)]
         if not configs:
             raise ValueError("a comparison needs at least one config; got an empty list")
@@ -117,11 +119,12 @@ class Store(Database):
             created = now if last is None or now > last else last + 1e-6
             cid = _new_id(conn, "comparisons", "c")
             conn.execute(
-                "INSERT INTO comparisons (id, name, created_at, base, grid, tags) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO comparisons (id, name, created_at, base, grid, tags, origin) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (cid, name or _default_name(configs, grid), created,
                  None if base is None else json.dumps(base),
-                 None if grid is None else json.dumps(grid), json.dumps(tags)))
+                 None if grid is None else json.dumps(grid), json.dumps(tags),
+                 None if origin is None else json.dumps(_clean_origin(origin))))
             run_ids = []
             for position, cfg in enumerate(configs):
                 rid = _new_id(conn, "runs", "r")

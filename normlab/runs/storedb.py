@@ -9,7 +9,8 @@ cut or OS crash); a killed writer loses at most the batch it was writing.
 Tables (schema version ``PRAGMA user_version``; :data:`MIGRATIONS` upgrades older files on
 open, one function per version step):
 
-* ``comparisons`` — runs submitted together: name, base config and grid JSON, notes, tags.
+* ``comparisons`` — runs submitted together: name, base config and grid JSON, notes, tags,
+  and ``origin`` (the lab and preset that launched them, JSON, or NULL).
 * ``runs`` — one training run: config JSON (its identity, see :mod:`normlab.training.config`), the
   fields charts group by (norm, seed, dataset, model), status, progress, worker, control,
   and the backend that trains it (``local`` engine or ``ray``, schema version 2).
@@ -43,10 +44,10 @@ RUN_FIELDS = ("id", "comparison_id", "position", "name", "status", "control", "s
               "worker_pid", "created_at", "started_at", "finished_at", "heartbeat_at",
               "tags", "notes", "config", "source")
 SOURCES = ("normlab", "external")  # trained by NormLab's engine, or logged by a user's loop
-COMPARISON_FIELDS = ("id", "name", "created_at", "base", "grid", "notes", "tags")
+COMPARISON_FIELDS = ("id", "name", "created_at", "base", "grid", "notes", "tags", "origin")
 _INT_FIELDS = ("position", "step", "total_steps", "seed", "worker_pid")
 _FLOAT_FIELDS = ("steps_per_sec", "created_at", "started_at", "finished_at", "heartbeat_at")
-_JSON_FIELDS = ("config", "base", "grid", "tags")
+_JSON_FIELDS = ("config", "base", "grid", "tags", "origin")
 
 
 class NotFound(KeyError):
@@ -135,8 +136,14 @@ def _migrate_to_v3(conn: sqlite3.Connection) -> None:
                  "CHECK (source IN ('normlab', 'external'))")
 
 
+def _migrate_to_v4(conn: sqlite3.Connection) -> None:
+    """Comparisons say what launched them: ``origin`` is JSON ``{"lab": key, "preset": key}``
+    for a lab's preset (:func:`normlab.views.labs.scaffold.launch`), NULL otherwise."""
+    conn.execute("ALTER TABLE comparisons ADD COLUMN origin TEXT")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_to_v1, _migrate_to_v2,
-                                                          _migrate_to_v3]
+                                                          _migrate_to_v3, _migrate_to_v4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -332,6 +339,18 @@ def _clean_tags(tags: Iterable[str]) -> list[str]:
                         f"write [{tags!r}]")
     out = [str(t).strip() for t in tags]
     return list(dict.fromkeys(t for t in out if t))
+
+
+ORIGIN_KEYS = ("lab", "preset")  # what a comparison's origin names
+
+
+def _clean_origin(origin: Any) -> dict[str, str]:
+    """``{"lab": key, "preset": key}``; TypeError naming anything else."""
+    if not (isinstance(origin, dict) and set(origin) == set(ORIGIN_KEYS)
+            and all(isinstance(v, str) and v for v in origin.values())):
+        raise TypeError(f"origin must be {{'lab': key, 'preset': key}} (two non-empty "
+                        f"strings), got {origin!r}")
+    return {k: origin[k] for k in ORIGIN_KEYS}
 
 
 def _config_dict(config: Any, position: int) -> dict[str, Any]:

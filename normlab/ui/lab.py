@@ -10,8 +10,9 @@ Every lab page (``pages/7_invariance.py``, ...) is a few calls into this module:
 * :func:`live` — the progress of the shown runs (one summary line however many there are,
   pause / resume / cancel) and the lab's view, polled while they train;
 * :func:`readout` — the one-line measured result, computed by the lab from the runs shown;
-* under the live view, "Download report" (:mod:`normlab.ui.report`): the claim, the
-  readouts shown, the comparison's charts and runs in one offline HTML file.
+* under the live view, "Download report" (:mod:`normlab.ui.report`): the lab's report —
+  the claim, the page's charts and readouts at its default choices
+  (:mod:`normlab.views.labs.sections`) and the runs, in one offline HTML file.
 
 The computing is in :mod:`normlab.views.labs`; this module draws.
 """
@@ -27,8 +28,7 @@ from normlab.runs.comparisons import parse_values
 from normlab.runs.store import NotFound
 from normlab.training.config import ConfigError
 from normlab.ui.common import POLL_SECONDS, get_store
-from normlab.ui.report import (IN_LIVE, LIVE_READOUTS, download_button, readouts,
-                               record_readout, start_page_readouts)
+from normlab.ui.report import download_button
 from normlab.views import compareview as views
 from normlab.views.labs.scaffold import Lab, Preset, launch, preset_configs, with_changes
 
@@ -37,7 +37,6 @@ FORM_BASE = ("steps", "lr", "batch_size", "width", "depth")  # base fields the f
 
 def header(lab: Lab) -> None:
     """Title, claim and what to look for."""
-    start_page_readouts()
     st.title(lab.title)
     st.markdown(lab.claim)
     st.caption(f"**What to look for.** {lab.look_for}")
@@ -80,7 +79,7 @@ def _show(lab: Lab, cid: str) -> None:
 
 def _launch(lab: Lab, preset: Preset) -> None:
     try:
-        cid, ids = launch(preset, lab.title, store=get_store())
+        cid, ids = launch(preset, lab, store=get_store())
     except ConfigError as exc:
         for field, msg in exc.errors.items():
             st.error(f"{field}: {msg}")
@@ -175,9 +174,9 @@ def _form(lab: Lab) -> None:
         st.rerun()
 
 
-def live(cid: str, view: Callable[[pd.DataFrame], None]) -> None:
-    """Progress and controls of comparison ``cid``, then ``view(runs)``; polled every
-    POLL_SECONDS while a run is unfinished."""
+def live(lab: Lab, cid: str, view: Callable[[pd.DataFrame], None]) -> None:
+    """Progress and controls of comparison ``cid``, then ``view(runs)`` and the lab's
+    "Download report"; polled every POLL_SECONDS while a run is unfinished."""
     try:
         running = not views.finished(get_store().runs(comparison=cid))
     except NotFound:
@@ -192,12 +191,8 @@ def live(cid: str, view: Callable[[pd.DataFrame], None]) -> None:
             st.warning("This comparison was deleted while it was shown.")
             return
         progress(cid, runs)
-        st.session_state[LIVE_READOUTS], st.session_state[IN_LIVE] = [], True
-        try:
-            view(runs)
-        finally:
-            st.session_state[IN_LIVE] = False
-        download_button(cid, readouts=readouts(), key=f"lab_report_{cid}")
+        view(runs)
+        download_button(cid, page="lab", lab=lab.key, key=f"lab_report_{cid}")
         if running and views.finished(runs):
             st.rerun()
 
@@ -224,6 +219,5 @@ def progress(cid: str, runs: pd.DataFrame) -> None:
 
 
 def readout(text: str) -> None:
-    """The lab's one-line measured result (also written in the page's report)."""
-    record_readout(text)
+    """The lab's one-line measured result (the page's report computes the same)."""
     st.success(text, icon=":material/straighten:")

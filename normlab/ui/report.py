@@ -5,8 +5,8 @@ The HTML (:func:`normlab.views.report.build`) is built only when the button is c
 (Streamlit ≥ 1.52), so drawing a page never pays for a report. The callable opens the
 store by path and never calls ``st.*``.
 
-Lab pages: :func:`normlab.ui.lab.readout` records each readout it shows
-(:func:`record_readout`), and the lab's button puts them in the report beside the claim.
+A lab page's button writes the lab's report (``page="lab"``): its claim, its own charts
+and the readouts the lab computes from the runs (:mod:`normlab.views.labs.sections`).
 """
 from __future__ import annotations
 
@@ -19,10 +19,6 @@ from normlab.runs.store import Store
 from normlab.ui.common import get_store
 from normlab.views import report
 from normlab.views.urlstate import VIEW_DEFAULTS, View
-
-PAGE_READOUTS = "_report_readouts"  # readouts drawn by the page's script run
-LIVE_READOUTS = "_report_live_readouts"  # ... and by the live fragment's latest run
-IN_LIVE = "_report_in_live"
 
 
 def report_id(runs: pd.DataFrame) -> str:
@@ -43,15 +39,15 @@ def _file_name(id: str) -> str:
 
 def download_button(id: str, *, page: str = "compare", view: View = VIEW_DEFAULTS,
                     site: str | None = None, layers: list[str] | None = None,
-                    readouts=(), key: str = "report") -> None:
-    """A "Download report" button for comparison or runs ``id`` as ``page`` shows them."""
+                    lab: str | None = None, key: str = "report") -> None:
+    """A "Download report" button for comparison or runs ``id`` as ``page`` shows them
+    (``page="lab"``: as lab ``lab``'s page shows comparison ``id``)."""
     path = get_store().path
-    readouts = tuple(readouts)
 
     def data() -> bytes:  # runs on click, on Streamlit's download thread
         try:
             text = report.build(Store(path), id, page=page, view=view, site=site,
-                                layers=layers, readouts=readouts)
+                                layers=layers, lab=lab)
         except Exception as exc:  # the download must still say what went wrong
             text = ("<!doctype html><meta charset='utf-8'><title>NormLab report</title>"
                     f"<p>The report of {html.escape(id)} could not be built: "
@@ -64,21 +60,3 @@ def download_button(id: str, *, page: str = "compare", view: View = VIEW_DEFAULT
                        help="One HTML file that opens offline: the setup, the methods, "
                             "these charts (interactive) and the runs themselves — "
                             "`normlab import` reads it back into another store.")
-
-
-def start_page_readouts() -> None:
-    """A lab page's script starts: forget the readouts of its previous run."""
-    st.session_state[PAGE_READOUTS] = []
-    st.session_state[IN_LIVE] = False
-
-
-def record_readout(text: str) -> None:
-    """Remember a readout the page shows, for its report."""
-    which = LIVE_READOUTS if st.session_state.get(IN_LIVE) else PAGE_READOUTS
-    st.session_state.setdefault(which, []).append(text)
-
-
-def readouts() -> list[str]:
-    """The readouts shown on the page now (page-level, then the live view's), once each."""
-    return list(dict.fromkeys(st.session_state.get(PAGE_READOUTS, [])
-                              + st.session_state.get(LIVE_READOUTS, [])))

@@ -13,7 +13,11 @@ The charts are the page's own: Compare's :data:`~normlab.views.compareview.CHART
 through :func:`~normlab.views.compareview.build_chart`, Layer dynamics' percentile chart,
 histogram heatmap and histograms at the last step (:mod:`normlab.views.layercharts`).
 The builders already thin each series to what the eye can see; each chart states how
-many measured values it draws (the downsampling factor).
+many measured values it draws (the downsampling factor). A lab's report (``page="lab"``,
+the default for a comparison a lab's preset launched: :func:`page_for`) holds the lab's
+claim, its page's sections (:mod:`normlab.views.labs.sections`: the lab's own charts and
+tables at the page's default choices) and the readouts the lab computes from the runs,
+listed under the claim and written under their charts.
 
 The comparison's JSON export (:func:`normlab.runs.exchange.json_doc`) is embedded too
 (:mod:`normlab.runs.embedded`), so ``normlab import report.html`` brings the runs into
@@ -37,9 +41,11 @@ from normlab.runs.embedded import json_text, script_block
 from normlab.runs.store import Store
 from normlab.views import compareview as views
 from normlab.views import layercharts, layerview
+from normlab.views.labs import sections as labsections
+from normlab.views.labs.sections import lab_of
 from normlab.views.urlstate import VIEW_DEFAULTS, View
 
-PAGES = ("compare", "layers")  # the pages a report can reproduce
+PAGES = ("compare", "layers", "lab")  # the pages a report can reproduce
 WIDTH = 1000  # px the charts are sized for
 HIDDEN = ("seed",)  # config fields not listed as "differs" (the label shows them)
 
@@ -52,10 +58,15 @@ class Figure:
     spec: dict  # the chart's Vega-Lite spec, data inlined
     measured: int  # measured values behind the chart
     drawn: int  # rows of the largest dataset inlined in the spec
+    lab: bool = False  # a lab's chart: its frame is drawn as it is, nothing thinned
 
     def note(self) -> str:
         if not self.drawn:
             return ""
+        if self.lab:
+            return (f"The lab page's chart with every row it draws ({self.drawn:,}; values "
+                    f"rounded to {DIGITS} significant digits); the exact measured series are "
+                    "in the embedded export.")
         factor = self.measured / self.drawn
         if factor <= 1.05:
             return (f"Every measured point drawn ({self.measured:,}), rounded to {DIGITS} "
@@ -83,18 +94,6 @@ def resolve(store: Store, id: str) -> tuple[str, pd.DataFrame, dict | None]:
         if store.resolve(i)[0] != "run":
             raise ValueError(f"{i!r} is a comparison; give one comparison id or only run ids")
     return ",".join(ids), store.runs(ids=ids), None
-
-
-def lab_of(comparison: dict | None):
-    """The lab whose preset made this comparison (its name starts 'Lab title · '), or None."""
-    if not comparison:
-        return None
-    from normlab.views.labs import invariance, sensitivity, whitening
-
-    for lab in (whitening.LAB, invariance.LAB, sensitivity.LR_LAB, sensitivity.BATCH_LAB):
-        if str(comparison.get("name") or "").startswith(f"{lab.title} · "):
-            return lab
-    return None
 
 
 def setup_tables(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -133,12 +132,38 @@ def points(frame: pd.DataFrame, every: int | None = None) -> int:
     return len(frame[keys].astype(str).drop_duplicates()) * (every or 1)
 
 
+CONTAINER = 800  # px of a chart that takes its container's width on the page
+
+
+def fixed_width(node, width: int = CONTAINER):
+    """``node`` (a spec) with every ``"width": "container"`` set to ``width`` px: a page's
+    chart as wide as its column would have no width in the report (vega-embed's div is
+    inline-block, as wide as its content) and be drawn blank."""
+    if isinstance(node, dict):
+        return {k: (width if k == "width" and v == "container" else fixed_width(v, width))
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [fixed_width(v, width) for v in node]
+    return node
+
+
+def spec_of(chart: alt.TopLevelMixin) -> dict:
+    """``chart``'s Vega-Lite spec with its data inlined (no row limit: the builders chose
+    what to draw) and a fixed width for every panel (:func:`fixed_width`)."""
+    with alt.data_transformers.enable("default", max_rows=None):
+        spec = chart.to_dict(validate=False)
+    datasets = spec.pop("datasets", None)  # the data rows are never touched
+    spec = fixed_width(spec)
+    if datasets is not None:
+        spec["datasets"] = datasets
+    return spec
+
+
 def figure(title: str, chart: alt.TopLevelMixin, measured: int | None) -> Figure:
     """The chart's spec with its data inlined (no row limit: the builders thinned it);
     drawn = distinct (label, layer, step) of its largest dataset. ``measured`` None: the
     chart shows a single step, nothing was thinned."""
-    with alt.data_transformers.enable("default", max_rows=None):
-        spec = chart.to_dict(validate=False)
+    spec = spec_of(chart)
     rows = max(spec.get("datasets", {}).values(), key=len, default=[])
     keys = [k for k in KEYS if rows and k in rows[0]]
     drawn = len({tuple(r.get(k) for k in keys) for r in rows}) if keys else len(rows)
@@ -168,6 +193,31 @@ def compare_figures(store: Store, runs: pd.DataFrame, view: View = VIEW_DEFAULTS
             title = spec.title if spec.site != "site" else f"{spec.title} ({site})"
             out.append(figure(f"{group} — {title}", chart, measured))
     return out
+
+
+def lab_figure(title: str, chart: alt.TopLevelMixin) -> Figure:
+    """A lab chart's spec with its data inlined; drawn = rows of its largest dataset."""
+    spec = spec_of(chart)
+    drawn = max(map(len, spec.get("datasets", {}).values()), default=0)
+    return Figure(title, spec, drawn, drawn, lab=True)
+
+
+@dataclass(frozen=True)
+class Part:
+    """A heading of the report's charts: the page's section with its figures."""
+
+    title: str
+    figures: tuple[Figure, ...] = ()
+    tables: tuple[pd.DataFrame, ...] = ()
+    readouts: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+def lab_parts(store: Store, lab, cid: str, runs: pd.DataFrame) -> list[Part]:
+    """The lab page's sections (:func:`normlab.views.labs.sections.sections`) with their
+    charts as report figures."""
+    return [Part(s.title, tuple(lab_figure(t, c) for t, c in s.charts), s.tables, s.readouts,
+                 s.notes) for s in labsections.sections(store, lab, cid, runs)]
 
 
 def layer_figures(store: Store, runs: pd.DataFrame, site: str | None = None,
@@ -212,10 +262,14 @@ def layer_figures(store: Store, runs: pd.DataFrame, site: str | None = None,
 
 
 def command(id: str, page: str = "compare", site: str | None = None,
-            layers: list[str] | None = None) -> str:
-    """The CLI command that writes this report again."""
+            layers: list[str] | None = None, default: str = "compare",
+            lab: str | None = None) -> str:
+    """The CLI command that writes this report again (``default``: the page the CLI
+    chooses for ``id`` without --page; ``lab``: a lab other than the one that launched it)."""
     parts = ["normlab", "report", id, "-o", "report.html"]
-    if page != "compare":
+    if lab:
+        parts += ["--lab", lab]
+    elif page != default:
         parts += ["--page", page]
     if site:
         parts += ["--site", site]
@@ -307,6 +361,8 @@ def _md(text: str) -> str:
 
 
 def _table(frame: pd.DataFrame) -> str:
+    if not isinstance(frame.index, pd.RangeIndex):  # a lab table's row labels: a column
+        frame = frame.rename_axis(frame.index.name or "").reset_index()
     return frame.to_html(index=False, border=0, classes="tbl", na_rep="", escape=True)
 
 
@@ -386,67 +442,110 @@ EMBED = """
 """
 
 
+def _figure_html(i: int, fig: Figure, heading: str = "") -> list[str]:
+    spec = packed_spec(zoomable(fig.spec))
+    title = [f"<h3>{html.escape(fig.title)}</h3>"] if fig.title != heading else []
+    return [*title, f'<div class="chart" id="chart-{i}"></div>',
+            f'<p class="note">{html.escape(fig.note())}</p>',
+            f'<script type="application/json" data-chart="chart-{i}" '
+            f'id="normlab-chart-{i}">{json_text(spec)}</script>']
+
+
 def render(*, title: str, subtitle: str, command_line: str, runs: pd.DataFrame,
-           figures: list[Figure], export: dict, lab=None, readouts=()) -> str:
-    """The HTML document."""
+           figures: list[Figure] = (), export: dict, lab=None, readouts=(),
+           parts: list[Part] | None = None) -> str:
+    """The HTML document: ``figures`` under one heading, or the lab page's ``parts``
+    (each with its figures, tables, readouts and notes) — their readouts are also listed
+    under the claim."""
     per_run, common = setup_tables(runs)
     per_run.insert(1, "label", per_run["run"].map(views.run_label(runs)))
-    parts = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
-             '<meta name="viewport" content="width=device-width, initial-scale=1">',
-             f"<title>{html.escape(title)} — NormLab report</title>",
-             f"<style>{STYLE}</style>", f"<script>{javascript()}</script>",
-             "</head><body>", f"<h1>{html.escape(title)}</h1>",
-             f'<p class="meta">{html.escape(subtitle)}</p>',
-             f'<p class="meta">NormLab {html.escape(version())} · written '
-             f'{time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())} · the same report: '
-             f"<code>{html.escape(command_line)}</code> · the runs: "
-             "<code>normlab import report.html</code> (the export is inside this file)</p>"]
+    if parts is None:
+        parts = [Part("Charts", tuple(figures))]
+        readouts = tuple(readouts)
+    else:
+        readouts = tuple(r for p in parts for r in p.readouts)
+    doc = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
+           '<meta name="viewport" content="width=device-width, initial-scale=1">',
+           f"<title>{html.escape(title)} — NormLab report</title>",
+           f"<style>{STYLE}</style>", f"<script>{javascript()}</script>",
+           "</head><body>", f"<h1>{html.escape(title)}</h1>",
+           f'<p class="meta">{html.escape(subtitle)}</p>',
+           f'<p class="meta">NormLab {html.escape(version())} · written '
+           f'{time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())} · the same report: '
+           f"<code>{html.escape(command_line)}</code> · the runs: "
+           "<code>normlab import report.html</code> (the export is inside this file)</p>"]
     if lab is not None:
-        parts += ["<h2>The claim</h2>", f'<div class="claim"><p>{_md(lab.claim)}</p>',
-                  f"<p><b>What to look for.</b> {_md(lab.look_for)}</p></div>"]
+        doc += ["<h2>The claim</h2>", f'<div class="claim"><p>{_md(lab.claim)}</p>',
+                f"<p><b>What to look for.</b> {_md(lab.look_for)}</p></div>"]
     if readouts:
-        parts.append("<h2>Readout</h2>")
-        parts += [f'<p class="readout">{_md(r)}</p>' for r in readouts]
-    parts += ["<h2>Setup</h2>", f"<h3>What differs between the {len(runs)} runs</h3>",
-              _table(per_run), "<h3>What all runs share</h3>", _fields(common),
-              "<h2>Methods</h2>", _table(methods_rows(runs)), "<h2>Charts</h2>",
-              '<p class="note">Hover for values; click a legend entry to highlight a '
-              "method (shift-click for several); on line charts the mouse wheel zooms the "
-              "step axis, drag pans, double click resets.</p>"]
-    for i, fig in enumerate(figures):
-        spec = packed_spec(zoomable(fig.spec))
-        parts += [f"<h3>{html.escape(fig.title)}</h3>",
-                  f'<div class="chart" id="chart-{i}"></div>',
-                  f'<p class="note">{html.escape(fig.note())}</p>',
-                  f'<script type="application/json" data-chart="chart-{i}" '
-                  f'id="normlab-chart-{i}">{json_text(spec)}</script>']
-    if not figures:
-        parts.append("<p>Nothing measured yet for these runs.</p>")
-    parts += [script_block(export), f"<script>{EMBED}</script>", "</body></html>"]
-    return "\n".join(parts)
+        doc.append('<h2>Readout</h2><div id="readouts">')
+        doc += [f'<p class="readout">{_md(r)}</p>' for r in readouts]
+        doc.append("</div>")
+    doc += ["<h2>Setup</h2>", f"<h3>What differs between the {len(runs)} runs</h3>",
+            _table(per_run), "<h3>What all runs share</h3>", _fields(common),
+            "<h2>Methods</h2>", _table(methods_rows(runs))]
+    hint = ('<p class="note">Hover for values; click a legend entry to highlight a '
+            "method (shift-click for several); on line charts the mouse wheel zooms the "
+            "step axis, drag pans, double click resets.</p>")
+    n = 0
+    for k, part in enumerate(parts):
+        doc.append(f"<h2>{html.escape(part.title)}</h2>")
+        if k == 0:
+            doc.append(hint)
+        doc += [f"<p>{_md(note)}</p>" for note in part.notes]
+        for fig in part.figures:
+            doc += _figure_html(n, fig, part.title)
+            n += 1
+        doc += [_table(t) for t in part.tables]
+        if len(parts) > 1 or lab is not None:  # a lab page writes each under its chart
+            doc += [f'<p class="readout">{_md(r)}</p>' for r in part.readouts]
+    if n == 0 and not any(p.notes for p in parts):
+        doc.append("<p>Nothing measured yet for these runs.</p>")
+    doc += [script_block(export), f"<script>{EMBED}</script>", "</body></html>"]
+    return "\n".join(doc)
 
 
-def build(store: Store, id: str, *, page: str = "compare", view: View = VIEW_DEFAULTS,
-          site: str | None = None, layers: list[str] | None = None,
-          readouts=()) -> str:
-    """The report of comparison or runs ``id`` as the page ``page`` shows them."""
-    if page not in PAGES:
+def page_for(comparison: dict | None, page: str | None, lab: str | None = None) -> str:
+    """The page a report reproduces: ``page``, else the lab's for a lab's comparison (or
+    when ``lab`` names one), else Compare's. ``'lab'`` needs a comparison and a lab."""
+    if page is not None and page not in PAGES:
         raise ValueError(f"page {page!r} has no report; use one of {', '.join(PAGES)}")
+    known = lab is not None or lab_of(comparison) is not None
+    if page == "lab" and (comparison is None or not known):
+        raise ValueError("--page lab is for a comparison launched by a lab's preset; "
+                         + ("give its comparison id, not run ids" if comparison is None
+                            else "this one was not (use --page compare or layers)"))
+    return page or ("lab" if comparison is not None and known else "compare")
+
+
+def build(store: Store, id: str, *, page: str | None = None, view: View = VIEW_DEFAULTS,
+          site: str | None = None, layers: list[str] | None = None,
+          lab: str | None = None) -> str:
+    """The report of comparison or runs ``id`` as the page ``page`` shows them (None: the
+    lab's page for a comparison a lab launched, else Compare). ``lab``: the key of the lab
+    whose page shows the comparison (default: the lab that launched it)."""
     key, runs, comparison = resolve(store, id)
+    chosen = labsections.lab_by_key(lab) if lab is not None else lab_of(comparison)
+    page = page_for(comparison, page, lab)
     if runs.empty:
         raise ValueError(f"{id!r} has no runs to report")
+    parts, figures = None, []
     if page == "layers":
         figures = layer_figures(store, runs, site, layers)
         name = "Layer dynamics"
+    elif page == "lab":
+        parts = lab_parts(store, chosen, key, runs)
+        name = f"Lab: {chosen.title}"
     else:
         figures = compare_figures(store, runs, view)
         name = "Compare"
     title = (comparison or {}).get("name") or f"{len(runs)} runs"
     subtitle = f"{name} · {len(runs)} runs · " + (f"comparison {key}" if comparison
                                                   else f"runs {key}")
-    return render(title=title, subtitle=subtitle, runs=runs, figures=figures,
-                  command_line=command(key, page, site, layers), export=export_doc(store, key),
-                  lab=lab_of(comparison), readouts=tuple(readouts))
+    return render(title=title, subtitle=subtitle, runs=runs, figures=figures, parts=parts,
+                  command_line=command(key, page, site, layers, page_for(comparison, None),
+                                       lab if lab_of(comparison) is not chosen else None),
+                  export=export_doc(store, key), lab=chosen if page == "lab" else None)
 
 
 def write(store: Store, id: str, path: str | Path, **kw) -> Path:

@@ -85,7 +85,7 @@ def missing(store: Store, steps=None) -> list[TourStep]:
 
 def launch_missing(store: Store, steps=None) -> list[tuple[str, str]]:
     """Queue every preset the tour needs that is not stored; [(step key, comparison id)]."""
-    return [(step.key, launch(step.needs, step.lab.title, store=store)[0])
+    return [(step.key, launch(step.needs, step.lab, store=store)[0])
             for step in missing(store, steps)]
 
 

@@ -16,5 +16,7 @@ the pages in ``pages/`` draw these through :mod:`normlab.ui.lab`.
 * :mod:`~normlab.views.labs.invariance` — Lab 4, re-scaling invariance (Ba et al. 2016,
   Table 1, computed live; the gradient's 1/λ; weight growth over training);
 * :mod:`~normlab.views.labs.sensitivity` — Lab 5, learning rate and initialization, and
-  Lab 6, batch size, both read through the sweep view (:mod:`normlab.views.sweep`).
+  Lab 6, batch size, both read through the sweep view (:mod:`normlab.views.sweep`);
+* :mod:`~normlab.views.labs.sections` — every lab page's charts, tables and readouts at
+  the page's defaults, for the lab's report (and which lab launched a comparison).
 """

@@ -5,7 +5,9 @@ combination, as :func:`normlab.runs.comparisons.expand` makes it), optionally wi
 ``tied`` fields computed from each config and the base (Lab 6 scales the learning rate and the number
 of steps with the batch size). :func:`preset_configs` builds the configs, :func:`launch`
 submits them as one stored comparison through the engine, so a lab's experiment is
-reopenable by link (``?comparison=``), pausable and exportable like any comparison.
+reopenable by link (``?comparison=``), pausable and exportable like any comparison; the
+comparison records its ``origin`` (lab and preset keys), which export and import carry and
+by which ``normlab report`` writes the lab's report.
 
 :func:`with_changes` is what a lab's form does: the same preset with other base values,
 methods, seeds or grid values (the form's text fields take the CLI's value syntax,
@@ -90,11 +92,18 @@ def with_changes(preset: Preset, base: dict[str, Any] | None = None,
     return replace(preset, base=new_base, grid=new_grid)
 
 
-def launch(preset: Preset, lab_title: str, store=None) -> tuple[str, list[str]]:
-    """Submit the preset as one comparison (validated first); (comparison id, run ids)."""
+def launch(preset: Preset, lab: Lab, store=None) -> tuple[str, list[str]]:
+    """Submit ``lab``'s ``preset`` as one comparison (validated first), named
+    :meth:`Preset.name` and recording its :func:`origin`; (comparison id, run ids)."""
     from normlab.runs.comparisons import submit
 
     configs = preset_configs(preset)
     grid = {k: list(v) for k, v in preset.grid.items()}
-    return submit(configs, name=preset.name(lab_title), base=preset.base, grid=grid,
-                  store=store)
+    return submit(configs, name=preset.name(lab.title), base=preset.base, grid=grid,
+                  store=store, origin=origin(lab, preset))
+
+
+def origin(lab: Lab, preset: Preset) -> dict[str, str]:
+    """What a lab's comparison stores about its launch (``comparisons.origin``): the lab's
+    key and the preset's. ``normlab report`` writes the lab's report for such a comparison."""
+    return {"lab": lab.key, "preset": preset.key}
