@@ -251,6 +251,9 @@ def test_statistics_on_the_helper_thread_equal_those_taken_in_line(monkeypatch):
     assert probes._helper is not None and probes._helper[0] == __import__("os").getpid()
     with Probe(build_model(cfg, (64,), 10)) as probe:  # a user's loop (the logger): in line
         assert not probe.threaded
+    probes.stop_statistics_thread()  # what the engine does before it forks its workers
+    assert probes._helper is None
+    assert not any(t.name.startswith("normlab-probe") for t in __import__("threading").enumerate())
     monkeypatch.setattr(kernels, "RELEASES_GIL", False)
     inline, _ = train(cfg)
     pd.testing.assert_frame_equal(threaded.to_frame(), inline.to_frame())

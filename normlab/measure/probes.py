@@ -87,6 +87,16 @@ def _statistics_thread() -> ThreadPoolExecutor:
         return _helper[1]
 
 
+def stop_statistics_thread() -> None:
+    """End this process's helper thread (a later probe makes a new one): a process about
+    to fork calls it, so the child is forked from a single-threaded parent."""
+    global _helper
+    with _helper_lock:
+        if _helper is not None and _helper[0] == os.getpid():
+            _helper[1].shutdown(wait=True)
+        _helper = None
+
+
 def _sample_index(n: int, size: int | None) -> np.ndarray:
     """A fixed random subset of ``size`` positions out of ``n`` (all of them when ``size``
     is None or at least ``n``), drawn from its own generator: the training RNG is never

@@ -262,8 +262,11 @@ def _warm_up() -> None:
     from normlab.training.config import RunConfig
     from normlab.training.trainer import train
 
+    from normlab.measure.probes import stop_statistics_thread
+
     train(RunConfig(dataset="moons", n_samples=64, steps=3, batch_size=8, width=4, depth=1,
                     eval_interval=3))
+    stop_statistics_thread()  # the workers are forked from a single-threaded supervisor
     try:  # the quick-start dataset, in memory before the fork (10 ms from its cache)
         from normlab.training.data import load_dataset
         load_dataset("digits")
