@@ -173,7 +173,8 @@ def test_runs_table_and_filters(filled):
     assert not at.exception and not at.error
     frame = at.dataframe[0].value
     assert len(frame) == 8 and "Select runs" in texts(at.info)
-    at.multiselect[2].set_value(["batch"]).run()  # Method filter
+    method = next(m for m in at.multiselect if m.label == "Method")
+    method.set_value(["batch"]).run()
     assert not at.exception
     assert set(at.dataframe[0].value["method"]) == {"batch"}
 
