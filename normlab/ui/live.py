@@ -12,7 +12,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from normlab.views import compareview as views, explorer
+from normlab.views import compareview as views, explorer, linked
 from normlab.runs.engine import engine_pid, ensure_engine
 from normlab.runs.store import NotFound
 from normlab.views.urlstate import View
@@ -237,15 +237,10 @@ def _group(key: str, runs, group: str, view: View) -> None:
         if chart is not None:
             charts.append((spec, chart))
     drawn = len(charts)
-    for row in views.chart_rows([not wide and not spec.per_layer for spec, _ in charts]):
-        if len(row) == 2:  # two model-level charts side by side
-            for col, i in zip(st.columns(2), row):
-                with col:
-                    st.vega_lite_chart(charts[i][1], width="stretch")
-        else:  # full width (a lone model-level chart too); facets keep their fitted size
-            spec, chart = charts[row[0]]
-            faceted = spec.per_layer or view.layout == "side"
-            st.vega_lite_chart(chart, width="content" if faceted else "stretch")
+    if drawn:  # one spec: zooming the steps of any chart zooms them all (views.linked)
+        halves = [not wide and not spec.per_layer for spec, _ in charts]
+        st.vega_lite_chart(linked.compose([c for _, c in charts], halves, PAGE_WIDTH),
+                           width="content")
     if not drawn:
         st.info("Nothing measured for these charts: the runs ended before their first "
                 "record (see the notes in the Runs table above).")
