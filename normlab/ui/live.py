@@ -196,6 +196,7 @@ def _explore(key: str, runs, view: View) -> None:
         help="Every series the runs recorded (histogram bins: see Layer dynamics). Log scale, "
              "smoothing, seed band and layout follow the view options above.")
     n_seeds, every = int(runs["seed"].nunique()), _every(runs)
+    charts = []
     for name in picked:
         metric, site, layer = explorer.parse_series(name)
         frame = views.comparison_frame(get_store(), list(runs["id"]), [metric], [site],
@@ -204,8 +205,11 @@ def _explore(key: str, runs, view: View) -> None:
         if chart is None:
             st.info(f"No values of {name} yet.")
             continue
-        st.altair_chart(views.fit(chart, min(3, frame["label"].nunique()), PAGE_WIDTH),
-                        width="stretch" if view.layout == "overlay" else "content")
+        with alt.data_transformers.disable_max_rows():
+            charts.append(views.fit(chart, min(3, frame["label"].nunique()),
+                                    PAGE_WIDTH).to_dict())
+    if charts:  # one spec: the picked series zoom their steps together (views.linked)
+        st.vega_lite_chart(linked.compose(charts, width=PAGE_WIDTH), width="content")
 
 
 def _group(key: str, runs, group: str, view: View) -> None:

@@ -132,11 +132,12 @@ def open_page(page: str, params: dict[str, str]) -> None:
 
 
 # ---------------------------------------------------------------------------- charts
-def chart_downloads(chart, stem: str, *, key: str) -> None:
-    """PNG and SVG download buttons; the image is rendered only when one is clicked."""
+def chart_downloads(chart, stem: str, *, key: str, what: str = "") -> None:
+    """PNG and SVG download buttons (``what``: the chart, when several share a row); the
+    image is rendered only when one is clicked."""
     row = st.container(horizontal=True)
     for fmt in runtable.IMAGE_MIME:
-        row.download_button(fmt.upper(), data=lambda fmt=fmt: runtable.chart_bytes(chart, fmt),
+        row.download_button(f"{what} {fmt.upper()}".strip(), data=lambda fmt=fmt: runtable.chart_bytes(chart, fmt),
                             file_name=f"{stem}.{fmt}", mime=runtable.IMAGE_MIME[fmt],
                             key=f"{key}_{fmt}", on_click="ignore", icon=":material/download:")
 
