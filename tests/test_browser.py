@@ -316,6 +316,30 @@ def _charts_fit(page, where: str, at_least: int) -> None:
     assert not wide, f"{where}: charts wider than their column: {wide}"
 
 
+def _steps_zoom_together(page) -> None:
+    """Scrolling over the tab's first chart (global gradient norm) redraws the charts below
+    it (zoomed steps: one spec, one zoom); a double-click draws them as before. Compared as
+    pixels: with many points Streamlit draws the charts on a canvas."""
+    time.sleep(1.5)  # the tab's spec has replaced the previous tab's
+    embed = page.locator(".vega-embed >> visible=true").first
+    spot = {"x": embed.bounding_box()["width"] * 0.4, "y": 160}  # in the first chart's plot
+    embed.hover(position=spot)  # scrolls the chart into view
+    box, height = embed.bounding_box(), page.viewport_size["height"]
+    top = box["y"] + 440  # below the first chart: the first per-layer grid
+    assert top < height - 100, (box, height)
+    below = {"x": box["x"], "y": top, "width": box["width"], "height": height - top}
+
+    def grids() -> bytes:
+        return page.screenshot(clip=below)
+
+    before = grids()
+    page.mouse.wheel(0, -300)
+    _wait(lambda: grids() != before, 10, "the other charts zoomed", page)
+    embed.dblclick(position=spot)
+    page.mouse.move(5, 5)  # off the charts: no hover marker
+    _wait(lambda: grids() == before, 10, "the other charts reset", page)
+
+
 @pytest.mark.timeout(300)
 def test_charts_fit_their_column_on_laptop_and_full_hd(tmp_path):
     """Compare (every tab, both layouts) and Layer dynamics with all 9 MLP methods, the
@@ -337,14 +361,16 @@ def test_charts_fit_their_column_on_laptop_and_full_hd(tmp_path):
                     page.get_by_text(f"{len(METHODS)} of {len(METHODS)} runs finished") \
                         .wait_for(timeout=60_000)
                     assert page.get_by_test_id("stSidebarUserContent").is_visible()
-                    for tab in tabs:
-                        n = {"Loss & accuracy": 4, "Gradients": 4, "Activations": 3}[tab]
+                    for tab in tabs:  # a tab's charts are one spec (they zoom together)
                         page.get_by_role("tab", name=tab).click(no_wait_after=True)
-                        _charts_fit(page, f"{w}×{h} compare {tab} {layout}", n)
+                        page.wait_for_url(f"**tab={tab.lower()}**", timeout=30_000)
+                        _charts_fit(page, f"{w}×{h} compare {tab} {layout}", 1)
+                        if w == 1280 and not layout:
+                            _steps_zoom_together(page)
                     page.screenshot(path=str(ARTIFACTS / f"fit_compare{layout[8:]}_{w}.png"),
                                     full_page=True)
                 page.goto(f"{url}/layers?comparison={cid}")
-                _charts_fit(page, f"{w}×{h} layers", 3)
+                _charts_fit(page, f"{w}×{h} layers", 2)  # the grids over steps are one
                 page.screenshot(path=str(ARTIFACTS / f"fit_layers_{w}.png"), full_page=True)
                 page.close()
         finally:
