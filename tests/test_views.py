@@ -421,6 +421,9 @@ def test_a_tab_is_one_spec_whose_charts_zoom_their_steps_together(trained, layou
             if len(row) == 2:
                 assert sum(c["width"] + linked.Y_AXIS for c in row) + linked.SPACING <= 800
         assert set(tab["datasets"]) == {k for c in charts for k in c["datasets"]}
+        # small charts: SVG as they were one by one (hover points = rows of the data)
+        assert max(map(linked.point_rows, charts)) <= linked.SVG_ROWS
+        assert tab["usermeta"]["embedOptions"]["renderer"] == "svg"
         compiled = vlc.vegalite_to_vega(tab)
         scales = list(_x_scales(compiled))
         assert len(scales) == len(charts), scales  # one x scale per chart (own width) ...
@@ -428,6 +431,17 @@ def test_a_tab_is_one_spec_whose_charts_zoom_their_steps_together(trained, layou
         assert all(raw == {"signal": 'zoom["step"]'} for _, raw in scales), scales
         tops = [s for s in compiled["signals"] if s["name"] == "zoom_step"]
         assert len(tops) == 1  # one state: the chart zoomed last sets every chart's steps
+
+
+def test_point_rows_counts_point_marks_of_their_data():
+    from normlab.views import linked
+
+    spec = {"datasets": {"a": [{}] * 5, "b": [{}] * 7}, "data": {"name": "a"},
+            "layer": [{"mark": "line"}, {"mark": {"type": "point"}},
+                      {"data": {"name": "b"}, "mark": "rect"}]}
+    assert linked.point_rows(spec) == 5 + 7  # the line's rows are not counted
+    big = {**spec, "datasets": {"a": [{}] * 2500, "b": []}}
+    assert "usermeta" not in linked.compose([big])  # Streamlit picks the canvas
 
 
 def test_compose_refuses_nothing_and_mismatched_halves():

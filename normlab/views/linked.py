@@ -17,6 +17,8 @@ What else changes in the composition:
   its top, over the union of the charts' methods (same palette colours);
 * each chart's ``hover`` param is renamed ``hover_<i>``: a nearest-point tooltip of one
   chart must not light up points of another;
+* the tab is drawn as SVG when each chart alone would have been (Streamlit switches a
+  spec to a canvas above ~2,000 point-like marks, counted over the whole spec);
 * model-level charts drawn ``width='container'`` get a fixed width: two side by side
   (``halves``) share a row of ``width`` px, a lone one takes the row; faceted charts keep
   the width :func:`normlab.views.compareview.fit` gave them.
@@ -71,6 +73,31 @@ def _view_names(node) -> set[str]:
     if isinstance(node, list):
         return set().union(*(_view_names(v) for v in node))
     return set()
+
+
+POINTY = {"point", "circle", "square", "rect", "bar", "tick", "rule", "text"}
+SVG_ROWS = 2000  # Streamlit draws a spec on a canvas above this many rows of such marks
+
+
+def point_rows(spec: dict) -> int:
+    """Rows drawn by point-like marks (one SVG element each) in a chart spec: what
+    Streamlit weighs, summed over a whole spec, to pick a canvas over SVG."""
+    sizes = {k: len(v) for k, v in (spec.get("datasets") or {}).items()}
+
+    def walk(node, rows: int) -> int:
+        if not isinstance(node, dict):
+            return 0
+        if isinstance(node.get("data"), dict):
+            rows = sizes.get(node["data"].get("name"), 0)
+        mark = node.get("mark")
+        kind = mark.get("type") if isinstance(mark, dict) else mark
+        if kind is not None:
+            return rows if kind in POINTY else 0
+        children = [*node.get("layer", []), *node.get("hconcat", []), *node.get("vconcat", []),
+                    *node.get("concat", []), node.get("spec")]
+        return sum(walk(c, rows) for c in children)
+
+    return walk(spec, 0)
 
 
 def _one_legend(charts: list[dict]) -> None:
@@ -149,6 +176,10 @@ def compose(specs: Sequence[dict], halves: Sequence[bool] | None = None,
                     else {"hconcat": [charts[i] for i in row], "spacing": SPACING})
     out = {"$schema": specs[0].get("$schema"), "vconcat": rows, "spacing": SPACING,
            "params": list(params.values())}
+    if max(point_rows(s) for s in specs) <= SVG_ROWS:
+        # each chart alone would be SVG (Streamlit's rule): the tab stays SVG, as the
+        #   charts were one by one, rather than a canvas for their sum
+        out["usermeta"] = {"embedOptions": {"renderer": "svg"}}
     kinds = {e.get("type") for e in _encodings(charts, "color")}
     if len(kinds) > 1:  # e.g. methods beside a heatmap's fractions: a scale (legend) each
         out["resolve"] = {"scale": {"color": "independent"}}
