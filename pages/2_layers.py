@@ -61,8 +61,7 @@ value_range = layerview.bulk_range(hist, site, activation) if zoomed else full
 def over_time() -> None:
     kind = "units" if per_unit else "percentiles"
     rows = picker.site_rows(store, runs, site, kind, names=names) if live or per_unit else pct
-    st.subheader("Percentiles and histogram over training" + (" — single units" if per_unit
-                                                              else ""))
+    st.subheader("Over training" + (" — single units" if per_unit else ""))
     st.caption(layerview.UNIT_CAPTION if per_unit else layerview.PCT_CAPTION)
     chart, heat = layerview.percentile_view(rows, site, layers, units=per_unit), None
     rows = picker.site_rows(store, hist_runs, site, "histogram", layers=layers, every=every,
@@ -74,12 +73,12 @@ def over_time() -> None:
         heat = layerview.heatmap_view(rows, site, activation, value_range)
     # one spec: the two grids share their steps (zoom either, both follow)
     st.vega_lite_chart(layerview.over_time_spec(chart, heat), width="content")
-    with st.container(horizontal=True):
-        picker.chart_downloads(chart, f"normlab-percentiles-{site}", key="dl_pct",
-                               what="Percentiles")
-        if heat is not None:
-            picker.chart_downloads(heat, f"normlab-heatmap-{site}", key="dl_heat",
-                                   what="Histograms")
+    with st.container(horizontal=True):  # PNG and SVG of each grid
+        for what, grid, stem in (("Percentiles", chart, "percentiles"),
+                                 ("Histograms", heat, "heatmap")):
+            if grid is not None:
+                picker.chart_downloads(grid, f"normlab-{stem}-{site}", key=f"dl_{stem}",
+                                       what=what)
 
 
 @st.fragment(run_every=refresh)
