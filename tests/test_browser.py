@@ -33,6 +33,7 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
         "--disable-component-update", "--disable-sync"]
 EXCEPTION = '[data-testid="stException"]'
 CURVE = ".vega-embed svg .mark-line path"
+DRAWN = f"{CURVE}, .vega-embed canvas"  # drawn (a canvas when a spec has many points)
 METHODS = norms_for("mlp")
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.xdist_group("browser")]  # one worker: one
@@ -174,13 +175,14 @@ def test_quick_start_live_charts_layout_link_and_layers(server, capsys):
             page.get_by_text("Side by side", exact=True).click()
             page.wait_for_url("**layout=side**", timeout=20_000)
             first = page.locator(".vega-embed").first
-            _wait(lambda: first.locator("g.cell").count() > 0  # a faceted chart
+            _wait(lambda: first.locator('g[class*="cell"]').count() > 0  # a faceted chart
+                  #   (class concat_0_cell: the tab's charts are one spec)
                   and first.locator("g.view_1_pathgroup").count() >= len(METHODS),
                   20, "one panel per method", page)
             page.get_by_role("tab", name="Gradients").click()
-            _wait(lambda: "Global gradient norm" in first.inner_text(), 20, "the gradients tab",
-                  page)
             page.wait_for_url("**tab=gradients**", timeout=20_000)  # the tab is in the link
+            # its charts: one spec, on a canvas when its grids hold many points (no text)
+            page.locator(f"{DRAWN} >> visible=true").first.wait_for(timeout=20_000)
             _no_exception(page)
             page.screenshot(path=str(ARTIFACTS / "compare_side_gradients.png"))
             main = page.get_by_test_id("stMainBlockContainer")
@@ -198,7 +200,7 @@ def test_quick_start_live_charts_layout_link_and_layers(server, capsys):
             again = browser.new_page(viewport={"width": 1600, "height": 1000})
             start = time.monotonic()
             again.goto(link)
-            again.locator(CURVE).first.wait_for(timeout=20_000)
+            again.locator(DRAWN).first.wait_for(timeout=20_000)
             timings["stored_link_to_first_curve_s"] = round(time.monotonic() - start, 2)
             again.get_by_text(f"{len(METHODS)} of {len(METHODS)} runs finished").wait_for()
             assert again.get_by_role("tab", selected=True).inner_text() == "Gradients"
