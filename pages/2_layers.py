@@ -61,21 +61,24 @@ value_range = layerview.bulk_range(hist, site, activation) if zoomed else full
 def over_time() -> None:
     kind = "units" if per_unit else "percentiles"
     rows = picker.site_rows(store, runs, site, kind, names=names) if live or per_unit else pct
-    st.subheader("Percentiles over training" + (" — single units" if per_unit else ""))
+    st.subheader("Over training" + (" — single units" if per_unit else ""))
     st.caption(layerview.UNIT_CAPTION if per_unit else layerview.PCT_CAPTION)
-    chart = layerview.percentile_view(rows, site, layers, units=per_unit)
-    st.altair_chart(chart, width="content")
-    picker.chart_downloads(chart, f"normlab-percentiles-{site}", key="dl_pct")
-
-    st.subheader("Histogram over time")
+    chart, heat = layerview.percentile_view(rows, site, layers, units=per_unit), None
     rows = picker.site_rows(store, hist_runs, site, "histogram", layers=layers, every=every,
                             names=names) if live else hist
     if rows.empty:
-        return st.info(f"No {site} histograms recorded for these runs.")
-    st.caption(layerview.heatmap_caption(rows, site, value_range, full))
-    heat = layerview.heatmap_view(rows, site, activation, value_range)
-    st.altair_chart(heat, width="content")
-    picker.chart_downloads(heat, f"normlab-heatmap-{site}", key="dl_heat")
+        st.info(f"No {site} histograms recorded for these runs.")
+    else:
+        st.caption(layerview.heatmap_caption(rows, site, value_range, full))
+        heat = layerview.heatmap_view(rows, site, activation, value_range)
+    # one spec: the two grids share their steps (zoom either, both follow)
+    st.vega_lite_chart(layerview.over_time_spec(chart, heat), width="content")
+    with st.container(horizontal=True):  # PNG and SVG of each grid
+        for what, grid, stem in (("Percentiles", chart, "percentiles"),
+                                 ("Histograms", heat, "heatmap")):
+            if grid is not None:
+                picker.chart_downloads(grid, f"normlab-{stem}-{site}", key=f"dl_{stem}",
+                                       what=what)
 
 
 @st.fragment(run_every=refresh)

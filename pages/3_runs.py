@@ -35,12 +35,12 @@ else:
     st.subheader(f"{len(selected)} run(s) selected"
                  + (f" ({hidden} hidden by the filters)" if hidden else ""))
     params = runtable.link_params(table, selected)
-    a, b, c, _ = st.columns([1.3, 1, 1, 3])
-    if a.button("Open in Layer dynamics", icon=":material/stacked_line_chart:"):
-        picker.open_page(menu.LAYERS.path, params)
-    if b.button("Open in Compare", icon=":material/compare_arrows:"):
-        picker.open_page(menu.COMPARE.path, params)
-    c.button("Clear selection", on_click=picker.set_selection, args=([],))
+    with st.container(horizontal=True):  # buttons as wide as their labels
+        if st.button("Open in Layer dynamics", icon=":material/stacked_line_chart:"):
+            picker.open_page(menu.LAYERS.path, params)
+        if st.button("Open in Compare", icon=":material/compare_arrows:"):
+            picker.open_page(menu.COMPARE.path, params)
+        st.button("Clear selection", on_click=picker.set_selection, args=([],))
 
     target = picker.pick_target(runtable.targets(table, selected))
     edit, download, again, delete = st.tabs(["Rename · tag · annotate", "Download", "Re-run",

@@ -6,8 +6,10 @@ browser (the browser test measures the figure itself, see BENCHMARKS.md).
   seconds of CPU the engine's warm-up needs (checked in a fresh interpreter);
 * the live view polls fast until the first step is recorded, then at its steady pace
   (:func:`normlab.views.compareview.poll_seconds`, on constructed run tables);
-* its chart rows are drawn as each is built (:func:`normlab.views.compareview.stream_rows`),
-  in the rows :func:`normlab.views.compareview.chart_rows` lays out.
+* :func:`normlab.views.compareview.stream_rows` yields each row of charts as soon as it is
+  complete, in the rows :func:`normlab.views.compareview.chart_rows` lays out (the live
+  view sends a tab's first chart alone on its first draw, then the whole tab as one
+  linked spec: ``normlab.ui.live``).
 """
 from __future__ import annotations
 

@@ -102,7 +102,14 @@ def texts(at: AppTest) -> str:
 
 
 def charts(at: AppTest) -> list:
-    return at.get("vega_lite_chart")
+    """The charts drawn: a tab's charts are one spec (views.linked), counted one by one."""
+    import json
+
+    out = []
+    for element in at.get("vega_lite_chart"):
+        spec = json.loads(element.proto.spec)
+        out += [c for row in spec.get("vconcat", [spec]) for c in row.get("hconcat", [row])]
+    return out
 
 
 def ok(at: AppTest) -> AppTest:
@@ -150,6 +157,7 @@ def test_compare_shows_a_finished_comparison_in_every_tab_and_layout(trained):
     assert at.number_input(key="cfg_steps").value == TINY.steps  # the stored setup
     assert at.multiselect(key="cfg_methods").value == list(METHODS)
     assert at.text_input(key="cfg_seeds").value == "0, 1"
+    assert len(at.get("vega_lite_chart")) == 1  # ... in one spec, zoomed together
     for group, n in (("Gradients", 4), ("Activations", 3), ("Explore", 1)):
         at.session_state["chart_group"] = group
         assert len(charts(ok(at.run()))) == n, group

@@ -63,7 +63,10 @@ def run(page: str, **query) -> AppTest:
 
 
 def charts(at: AppTest) -> list[dict]:
-    return [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
+    """The charts drawn; the grids over steps are one spec (they zoom together), counted
+    one by one."""
+    specs = [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
+    return [c for s in specs for c in s.get("vconcat", [s])]
 
 
 def texts(elements) -> str:
@@ -86,6 +89,9 @@ def test_layers_comparison_from_url(filled):
             for s in specs] == ["post_norm (activation input): 15/50/85th percentiles",
                                 "post_norm histogram over time",
                                 "post_norm histogram at step 19"]  # the activation's input
+    first = json.loads(at.get("vega_lite_chart")[0].proto.spec)  # the grids over steps:
+    zoom = [p for p in first["params"] if p["name"] == "zoom"]  # one zoom in both
+    assert len(zoom) == 1 and len(zoom[0]["views"]) == 2 and len(first["vconcat"]) == 2
     buttons = [b.label for b in at.get("download_button")]
     assert len(buttons) == 7 and "Download report" in buttons  # PNG + SVG per chart; the report
     assert at.multiselect(key="layers_runs").value == info["a_ids"]
@@ -173,7 +179,8 @@ def test_runs_table_and_filters(filled):
     assert not at.exception and not at.error
     frame = at.dataframe[0].value
     assert len(frame) == 8 and "Select runs" in texts(at.info)
-    at.multiselect[2].set_value(["batch"]).run()  # Method filter
+    method = next(m for m in at.multiselect if m.label == "Method")
+    method.set_value(["batch"]).run()
     assert not at.exception
     assert set(at.dataframe[0].value["method"]) == {"batch"}
 

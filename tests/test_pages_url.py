@@ -5,7 +5,7 @@ visibly new setup whose fields the URL carries, and every written URL, opened fr
 gives the same page back."""
 from __future__ import annotations
 
-from test_pages import (METHODS, TINY, compare, fill, ok, store, texts,  # noqa: F401
+from test_pages import (METHODS, TINY, charts, compare, fill, ok, store, texts,  # noqa: F401
                         trained, trained_file)
 
 from normlab.views.compareview import CHART_GROUPS
@@ -75,7 +75,7 @@ def test_the_selected_tab_is_in_the_link(trained):
     assert params(at) == {"comparison": cid, "tab": "gradients"}
     again = ok(compare(**params(at)))
     assert again.session_state["chart_group"] == "Gradients"
-    assert len(again.get("vega_lite_chart")) == len(CHART_GROUPS["Gradients"])
+    assert len(charts(again)) == len(CHART_GROUPS["Gradients"])
     assert params(again) == {"comparison": cid, "tab": "gradients"}
     bad = ok(compare(comparison=cid, tab="nope"))
     assert "The link's tab 'nope' is not one of loss-accuracy, gradients" in texts(bad)

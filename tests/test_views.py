@@ -5,6 +5,8 @@ frames.with_methods over Store.metrics for the joined frame, the store's own run
 records for progress."""
 from __future__ import annotations
 
+import re
+
 import altair as alt
 import numpy as np
 import pandas as pd
@@ -351,3 +353,101 @@ def test_chart_signature_buckets_live_steps_and_keeps_finished_ones():
     later = runs.assign(step=[40, 1020, 333])  # same buckets (50 steps each): same key
     assert views.chart_signature(later, 40) == views.chart_signature(runs, 40)
     assert views.chart_signature(runs.assign(step=[50, 1049, 333]), 40)[0] == ("a", "running", 50)
+
+
+# ------------------------------------------------------------------ one spec per tab
+def _units(node):
+    """(view name, x field) of every unit with a name in a Vega-Lite spec."""
+    if isinstance(node, dict):
+        if "mark" in node and "name" in node:
+            yield node["name"], ((node.get("encoding") or {}).get("x") or {}).get("field")
+        for value in node.values():
+            yield from _units(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _units(item)
+
+
+def _x_scales(vega: dict):
+    """(name, domainRaw) of every x scale of a compiled Vega spec, at any depth."""
+    for scale in vega.get("scales", []):
+        if scale["name"] == "x" or scale["name"].endswith("_x"):
+            yield scale["name"], scale.get("domainRaw")
+    for mark in vega.get("marks", []):
+        if isinstance(mark, dict):
+            yield from _x_scales(mark)
+
+
+@pytest.mark.parametrize("layout,groups", [("overlay", ("Loss & accuracy", "Gradients")),
+                                           ("side", ("Loss & accuracy",))])
+def test_a_tab_is_one_spec_whose_charts_zoom_their_steps_together(trained, layout, groups):
+    """Every chart of a tab in one spec: one 'zoom' param (an interval on x bound to the
+    scales) defined in every chart, and — compiled by Vega-Lite — every chart's x scale
+    takes its domain from that one selection; hover stays per chart; rows fit the width."""
+    import json
+
+    import vl_convert as vlc
+
+    from normlab.views import linked
+
+    store, cid, ids, _ = trained
+    view = View(layout=layout, log=True)
+    for group in groups:  # pairs of model-level charts; one beside per-layer grids
+        specs = views.CHART_GROUPS[group]
+        metrics, sites = views.group_request(group, view)
+        frame = views.comparison_frame(store, ids, metrics, sites)
+        built = [(s, views.build_chart(frame, s, views.relevant_view(s, view, 2),
+                                       n_seeds=2, width=800)) for s in specs]
+        charts = [c.to_dict() for _, c in built]
+        halves = [layout == "overlay" and not s.per_layer for s, _ in built]
+        tab = linked.compose(charts, halves, 800)
+        names = [p["name"] for p in tab["params"]]
+        assert len(names) == len(set(names)), names  # one param per name
+        zoom = [p for p in tab["params"] if p["name"] == "zoom"]
+        assert len(zoom) == 1 and zoom[0]["bind"] == "scales"
+        assert zoom[0]["select"] == {"type": "interval", "encodings": ["x"]}
+        rows = [r.get("hconcat", [r]) for r in tab["vconcat"]]
+        subs = [c for row in rows for c in row]
+        assert len(subs) == len(charts)
+        for sub in subs:  # the param is in each chart, on a unit drawing x = step
+            units = dict(_units(sub))
+            assert any(units.get(v) == "step" for v in zoom[0]["views"]), group
+        hovers = [p for p in tab["params"] if p["name"].startswith("hover")]
+        assert len(hovers) == len(charts)  # hover stays per chart
+        for i, sub in enumerate(subs):
+            used = set(re.findall(r'"param": "(hover[^"]*)"', json.dumps(sub)))
+            assert used == {f"hover_{i}"}, used
+        for row in rows:  # two model-level charts side by side share the column
+            if len(row) == 2:
+                assert sum(c["width"] + linked.Y_AXIS for c in row) + linked.SPACING <= 800
+        assert set(tab["datasets"]) == {k for c in charts for k in c["datasets"]}
+        # small charts: SVG as they were one by one (hover points = rows of the data)
+        assert max(map(linked.point_rows, charts)) <= linked.SVG_ROWS
+        assert tab["usermeta"]["embedOptions"]["renderer"] == "svg"
+        compiled = vlc.vegalite_to_vega(tab)
+        scales = list(_x_scales(compiled))
+        assert len(scales) == len(charts), scales  # one x scale per chart (own width) ...
+        # ... each with its domain taken from the one shared selection
+        assert all(raw == {"signal": 'zoom["step"]'} for _, raw in scales), scales
+        tops = [s for s in compiled["signals"] if s["name"] == "zoom_step"]
+        assert len(tops) == 1  # one state: the chart zoomed last sets every chart's steps
+
+
+def test_point_rows_counts_point_marks_of_their_data():
+    from normlab.views import linked
+
+    spec = {"datasets": {"a": [{}] * 5, "b": [{}] * 7}, "data": {"name": "a"},
+            "layer": [{"mark": "line"}, {"mark": {"type": "point"}},
+                      {"data": {"name": "b"}, "mark": "rect"}]}
+    assert linked.point_rows(spec) == 5 + 7  # the line's rows are not counted
+    big = {**spec, "datasets": {"a": [{}] * 2500, "b": []}}
+    assert "usermeta" not in linked.compose([big])  # Streamlit picks the canvas
+
+
+def test_compose_refuses_nothing_and_mismatched_halves():
+    from normlab.views import linked
+
+    with pytest.raises(ValueError, match="at least one"):
+        linked.compose([])
+    with pytest.raises(ValueError, match="halves has 1 entries for 2 specs"):
+        linked.compose([{"mark": "line"}, {"mark": "line"}], [True])

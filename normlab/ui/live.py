@@ -12,7 +12,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from normlab.views import compareview as views, explorer
+from normlab.views import compareview as views, explorer, linked
 from normlab.runs.engine import engine_pid, ensure_engine
 from normlab.runs.store import NotFound
 from normlab.views.urlstate import View
@@ -197,6 +197,7 @@ def _explore(key: str, runs, view: View) -> None:
         help="Every series the runs recorded (histogram bins: see Layer dynamics). Log scale, "
              "smoothing, seed band and layout follow the view options above.")
     n_seeds, every = int(runs["seed"].nunique()), _every(runs)
+    charts = []
     for name in picked:
         metric, site, layer = explorer.parse_series(name)
         frame = views.comparison_frame(get_store(), list(runs["id"]), [metric], [site],
@@ -205,8 +206,11 @@ def _explore(key: str, runs, view: View) -> None:
         if chart is None:
             st.info(f"No values of {name} yet.")
             continue
-        st.altair_chart(views.fit(chart, min(3, frame["label"].nunique()), PAGE_WIDTH),
-                        width="stretch" if view.layout == "overlay" else "content")
+        with alt.data_transformers.disable_max_rows():
+            charts.append(views.fit(chart, min(3, frame["label"].nunique()),
+                                    PAGE_WIDTH).to_dict())
+    if charts:  # one spec: the picked series zoom their steps together (views.linked)
+        st.vega_lite_chart(linked.compose(charts, width=PAGE_WIDTH), width="content")
 
 
 def _group(key: str, runs, group: str, view: View) -> None:
@@ -238,19 +242,21 @@ def _group(key: str, runs, group: str, view: View) -> None:
             if chart is not None:
                 yield spec, chart
 
-    drawn = 0
-    # each row is sent to the browser as soon as its charts are built: the first curve
-    # shows while the next charts are being built
-    for row in views.stream_rows(built(), lambda item: not wide and not item[0].per_layer):
-        drawn += len(row)
-        if len(row) == 2:  # two model-level charts side by side
-            for col, (_, chart) in zip(st.columns(2), row):
-                with col:
-                    st.vega_lite_chart(chart, width="stretch")
-        else:  # full width (a lone model-level chart too); facets keep their fitted size
-            spec, chart = row[0]
-            faceted = spec.per_layer or view.layout == "side"
-            st.vega_lite_chart(chart, width="content" if faceted else "stretch")
+    charts, slot = [], st.empty()
+    first_draw = f"_normlab_drawn_{key}_{group}"
+    for spec, chart in built():
+        charts.append((spec, chart))
+        if len(charts) == 1 and not st.session_state.get(first_draw):
+            # the group's first draw: its first chart goes to the browser at once (the
+            # first curve) while the others are built; then the whole tab replaces it
+            slot.vega_lite_chart(linked.compose([chart], [False], PAGE_WIDTH),
+                                 width="content")
+    drawn = len(charts)
+    if drawn:  # one spec: zooming the steps of any chart zooms them all (views.linked)
+        halves = [not wide and not spec.per_layer for spec, _ in charts]
+        slot.vega_lite_chart(linked.compose([c for _, c in charts], halves, PAGE_WIDTH),
+                             width="content")
+        st.session_state[first_draw] = True
     if not drawn:
         st.info("Nothing measured for these charts: the runs ended before their first "
                 "record (see the notes in the Runs table above).")

@@ -132,11 +132,12 @@ def open_page(page: str, params: dict[str, str]) -> None:
 
 
 # ---------------------------------------------------------------------------- charts
-def chart_downloads(chart, stem: str, *, key: str) -> None:
-    """PNG and SVG download buttons; the image is rendered only when one is clicked."""
+def chart_downloads(chart, stem: str, *, key: str, what: str = "") -> None:
+    """PNG and SVG download buttons (``what``: the chart, when several share a row); the
+    image is rendered only when one is clicked."""
     row = st.container(horizontal=True)
     for fmt in runtable.IMAGE_MIME:
-        row.download_button(fmt.upper(), data=lambda fmt=fmt: runtable.chart_bytes(chart, fmt),
+        row.download_button(f"{what} {fmt.upper()}".strip(), data=lambda fmt=fmt: runtable.chart_bytes(chart, fmt),
                             file_name=f"{stem}.{fmt}", mime=runtable.IMAGE_MIME[fmt],
                             key=f"{key}_{fmt}", on_click="ignore", icon=":material/download:")
 
@@ -164,16 +165,19 @@ def run_filters(table: pd.DataFrame) -> dict:
     """Filter widgets; returns the keyword arguments of :func:`runtable.filter_runs`."""
     opts = runtable.filter_options(table)
     names = dict(zip(table["comparison_id"], table["comparison"]))
-    c = st.columns([2, 1, 1, 1, 1, 1.4])
-    out = {"comparisons": c[0].multiselect("Comparison", opts["comparisons"], placeholder="all",
-                                           format_func=lambda i: f"{names[i]} ({i})"),
-           "datasets": c[1].multiselect("Dataset", opts["datasets"], placeholder="all"),
-           "methods": c[2].multiselect("Method", opts["methods"], placeholder="all"),
-           "statuses": c[3].multiselect("Status", opts["statuses"], placeholder="all"),
-           "tags": c[4].multiselect("Tag", opts["tags"], placeholder="all" if opts["tags"]
-                                    else "no tags yet", disabled=not opts["tags"])}
-    dates = c[5].date_input("Created between", value=tuple(opts["dates"]),
-                            min_value=opts["dates"][0], max_value=opts["dates"][1])
+    # two rows, so the chips, the date range and every label show whole at 1280 px with
+    #   the sidebar open (one row of six left a tag chip one letter wide)
+    top, bottom = st.columns(2), st.columns([1, 1, 1, 1.6])
+    out = {"comparisons": top[0].multiselect("Comparison", opts["comparisons"],
+                                             placeholder="all",
+                                             format_func=lambda i: f"{names[i]} ({i})"),
+           "tags": top[1].multiselect("Tag", opts["tags"], placeholder="all" if opts["tags"]
+                                      else "no tags yet", disabled=not opts["tags"]),
+           "datasets": bottom[0].multiselect("Dataset", opts["datasets"], placeholder="all"),
+           "methods": bottom[1].multiselect("Method", opts["methods"], placeholder="all"),
+           "statuses": bottom[2].multiselect("Status", opts["statuses"], placeholder="all")}
+    dates = bottom[3].date_input("Created between", value=tuple(opts["dates"]),
+                                 min_value=opts["dates"][0], max_value=opts["dates"][1])
     dates = dates if isinstance(dates, (tuple, list)) else (dates,)
     out["since"], out["until"] = (list(dates) + [None, None])[:2]
     return out

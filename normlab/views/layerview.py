@@ -332,8 +332,8 @@ UNIT_HELP = ("Exact percentiles of 3 fixed units per layer (first, middle, last)
              "batch, instead of the whole layer pooled.")
 PCT_CAPTION = ("Line: the median (50th percentile); band: 15th to 85th percentile; dark band "
                "around the line: the median's 95% sampling interval (none where every value "
-               "is used, e.g. an MLP layer at batch 64). Drag or scroll to zoom the steps, "
-               "double-click to reset.")
+               "is used, e.g. an MLP layer at batch 64). Drag or scroll to zoom the steps of "
+               "either grid (both follow), double-click to reset.")
 UNIT_CAPTION = "Exact percentiles of one unit over the batch (and positions)."
 
 
@@ -364,6 +364,16 @@ def heatmap_view(rows: pd.DataFrame, site: str, activation: str | None,
 
     chart = hist_heatmap(rows, site, activation=activation, title=f"{site} histogram over time")
     return zoom(fit(chart, rows["layer"].nunique(), width), "y", *value_range)
+
+
+def over_time_spec(*charts) -> dict:
+    """The percentile grid and the histogram over time (``None`` ones left out) as one
+    Vega-Lite spec (:func:`normlab.views.linked.compose`): zooming or panning the steps of
+    either moves both, a double-click resets both."""
+    from normlab.views.linked import compose
+
+    with alt.data_transformers.disable_max_rows():
+        return compose([c.to_dict() for c in charts if c is not None])
 
 
 def step_view(rows: pd.DataFrame, site: str, step: int, activation: str | None, log: bool,
