@@ -58,7 +58,7 @@ def test_invariance_training_view_reads_the_runs(store):
                for n in ("batch", "none")]
     cid, _ = fill(store, configs, "Re-scaling invariance · test", {"weight_decay": [0, 0.01]})
     at = ok(lab_page("pages/7_invariance.py", comparison=cid))
-    assert len(charts(at)) == 2  # the gradient plot and the training panels
+    assert len(charts(at)) == 3  # the gradient plot and the two training panels
     assert any("hidden2, last tenth" in s.value and "batch wd 0.01" in s.value
                for s in at.success)
 

@@ -166,7 +166,7 @@ def test_a_link_opens_its_step_and_stored_tiny_runs_draw_the_labs_chart(store):
     at = ok(tour_page(step="invariance"))
     assert at.title[0].value == tour.STEPS[tour.index_of("invariance")].title
     assert len(store.comparisons()) == 2  # not the first step: nothing queued
-    assert len(charts(at)) == 1
+    assert len(charts(at)) == 2  # the weight-growth chart: two panels (charts() counts panels)
     assert any("slope −1" in s.value and "batch wd 0.01" in s.value for s in at.success)
     at = ok(tour_page(step="lr"))
     assert len(charts(at)) == 1
