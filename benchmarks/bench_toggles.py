@@ -2,10 +2,12 @@
 charts drawn, for 9 runs of the quick start — finished, and while a longer copy of it trains.
 
     python benchmarks/bench_toggles.py [--repeats 5] [--phases finished,training]
+                                       [--baseline GIT_REF]
 
-A fresh ``streamlit run dashboard.py`` on a temp store (``tests/test_browser.py``'s
-``_serve``), Debian's chromium through Playwright (never ``playwright install``), a
-1600×1000 window. The finished phase trains the quick start (9 methods × 500 steps,
+A fresh ``streamlit run dashboard.py`` on a temp store (as ``tests/test_browser.py``'s
+``_serve``), with ``--baseline`` a second one of that commit's tree on the same store,
+the two measured in alternation (a before/after pair under the same load); Debian's
+chromium through Playwright (never ``playwright install``), a 1600×1000 window. The finished phase trains the quick start (9 methods × 500 steps,
 record every 5) in this process first; the training phase submits the same setup with
 ``--train-steps`` steps to the engine and measures while its runs train (the engine's
 two workers busy), then cancels them.
@@ -20,8 +22,10 @@ with the load average beside them: the machine is shared and noisy.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -32,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("NORMLAB_KERNELS", "compiled")
 
-from tests.test_browser import ARGS, CHROMIUM, _serve  # noqa: E402
+from tests.test_browser import ARGS, CHROMIUM, _free_port  # noqa: E402
 
 POLL_MS = 50  # the check's period: each check lays out the page, so not every frame
 # in the page: arm, then the next input event stamps t0
@@ -75,7 +79,7 @@ DONE = {
 }
 
 
-def _timed(page, action, toggle: str, timeout: float = 30_000, arm: bool = True) -> float:
+def _timed(page, action, toggle: str, timeout: float = 60_000, arm: bool = True) -> float:
     """Seconds from the input event ``action`` fires to ``DONE[toggle]`` holding (``arm``:
     the next input event is the toggle; else ``action`` arms the listener itself)."""
     page.evaluate(ARM_JS if arm else "() => { window.__t0 = null; }")
@@ -131,7 +135,7 @@ def _run_toggles(page, repeats: int, phase: str) -> dict[str, list[float]]:
                 seen = page.evaluate("() => { " + VISIBLE + " return charts.map(c => "
                                      "[c.textContent.slice(0, 40), "
                                      "c.querySelectorAll('g.mark-line').length]); }")
-                print(f"[{phase}] {toggle}: not drawn within 30 s; charts: {seen}", flush=True)
+                print(f"[{phase}] {toggle}: not drawn within 60 s; charts: {seen}", flush=True)
                 raise
             times[toggle].append(t)
             row.append(f"{toggle} {t:.2f}")
@@ -148,7 +152,7 @@ def _run_toggles(page, repeats: int, phase: str) -> dict[str, list[float]]:
         page.get_by_role("tab", name="Loss & accuracy").click()
         _settled(page, "tab Loss")
         time.sleep(0.5)
-        print(f"[{phase}] repeat {r + 1} (load {load:.2f}): " + ", ".join(row), flush=True)
+        print(f"[{phase}] (load {load:.2f}): " + ", ".join(row), flush=True)
     return times
 
 
@@ -180,25 +184,79 @@ def _open(page, url: str, cid: str, n: int = 9) -> None:
     time.sleep(2)
 
 
+@contextlib.contextmanager
+def _serve_root(root: Path, store: Path, log: Path):
+    """``streamlit run dashboard.py`` of the checkout at ``root`` on ``store`` (as
+    ``tests/test_browser.py``'s ``_serve``, whose folder holds one server's files)."""
+    import subprocess
+    import urllib.request
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "dashboard.py", "--server.headless",
+             "true", "--server.port", str(port), "--server.fileWatcherType", "none"],
+            cwd=root, env={**os.environ, "NORMLAB_STORE": str(store)}, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as r:
+                        if r.read().strip() == b"ok":
+                            break
+                except OSError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"streamlit did not start in {root}: see {log}")
+                time.sleep(0.2)
+            yield url
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _checkout(ref: str, folder: Path) -> Path:
+    """The tree of git ``ref`` extracted to ``folder`` (no worktree, the repo untouched)."""
+    import subprocess
+
+    folder.mkdir()
+    tar = subprocess.run(["git", "archive", ref], cwd=ROOT, check=True,
+                         capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=tar, check=True)
+    return folder
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--phases", default="finished,training")
     parser.add_argument("--train-steps", type=int, default=20_000)
+    parser.add_argument("--baseline", metavar="GIT_REF",
+                        help="also serve this commit's dashboard on the same store and "
+                             "alternate the repeats between the two (paired, same load)")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
     from normlab.runs.comparisons import submit
+    from normlab.runs.engine import stop_engine
     from normlab.runs.store import Store
     from normlab.views import compareview as views
     from normlab.views.urlstate import default_methods
 
     phases = args.phases.split(",")
-    results: dict[str, dict[str, list[float]]] = {}
-    loads: dict[str, tuple[float, float]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    results: dict[tuple[str, str], dict[str, list[float]]] = {}
+    loads: dict[tuple[str, str], list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         folder = Path(tmp)
         store_path = folder / "runs.sqlite"
+        roots = {"this": ROOT}
+        if args.baseline:
+            roots[args.baseline] = _checkout(args.baseline, folder / "baseline")
         done_cid = None
         if "finished" in phases:  # trained once, kept in artifacts/ (ignored by git)
             cached = ROOT / "artifacts" / "bench_toggles_quickstart.sqlite"
@@ -208,36 +266,44 @@ def main() -> None:
             shutil.copy(cached, store_path)
             with Store(store_path) as store:
                 done_cid = store.comparisons()["id"].iloc[0]
-        with _serve(folder) as url, sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            try:
-                if done_cid:
-                    _open(page, url, done_cid)
-                    before = os.getloadavg()[0]
-                    results["finished"] = _run_toggles(page, args.repeats, "finished")
-                    loads["finished"] = (before, os.getloadavg()[0])
-                if "training" in phases:
-                    methods = list(default_methods("mlp"))
-                    config = views.QUICK_START.replace(steps=args.train_steps)
-                    with Store(store_path) as store:
-                        cid, ids = submit(views.configs_for(config, methods, (0,)),
-                                          base=config, grid={"norm": methods, "seed": [0]},
-                                          name="quick start (training)", store=store)
-                    _open(page, url, cid)
-                    before = os.getloadavg()[0]
-                    results["training"] = _run_toggles(page, args.repeats, "training")
-                    loads["training"] = (before, os.getloadavg()[0])
-                    with Store(store_path) as store:
-                        running = store.runs(ids=ids)["status"].value_counts().to_dict()
-                        print(f"[training] run statuses at the end: {running}")
-                        for rid in ids:
-                            store.request(rid, "cancel")
-            finally:
-                browser.close()
-    for phase, times in results.items():
-        a, b = loads[phase]
-        print(f"\n{phase}: median of {args.repeats} (load average {a:.2f} → {b:.2f})")
+        stack.callback(stop_engine, store_path)
+        urls = {name: stack.enter_context(_serve_root(root, store_path,
+                                                      folder / f"{name}.log"))
+                for name, root in roots.items()}
+        p = stack.enter_context(sync_playwright())
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        stack.callback(browser.close)
+        pages = {name: browser.new_page(viewport={"width": 1600, "height": 1000})
+                 for name in roots}
+        for phase in phases:
+            ids = []
+            if phase == "finished":
+                cid = done_cid
+            else:
+                methods = list(default_methods("mlp"))
+                config = views.QUICK_START.replace(steps=args.train_steps)
+                with Store(store_path) as store:
+                    cid, ids = submit(views.configs_for(config, methods, (0,)),
+                                      base=config, grid={"norm": methods, "seed": [0]},
+                                      name="quick start (training)", store=store)
+            for name, page in pages.items():
+                _open(page, urls[name], cid)
+            for r in range(args.repeats):  # the dashboards alternate, first one then other
+                for name in (list(roots) if r % 2 == 0 else list(roots)[::-1]):
+                    loads.setdefault((phase, name), []).append(os.getloadavg()[0])
+                    got = _run_toggles(pages[name], 1, f"{phase} · {name} · {r + 1}")
+                    for toggle, ts in got.items():
+                        results.setdefault((phase, name), {}).setdefault(toggle, []).extend(ts)
+            if ids:
+                with Store(store_path) as store:
+                    counts = store.runs(ids=ids)["status"].value_counts().to_dict()
+                    print(f"[training] run statuses at the end: {counts}")
+                    for rid in ids:
+                        store.request(rid, "cancel")
+    for (phase, name), times in results.items():
+        load = loads[(phase, name)]
+        print(f"\n{phase} · {name}: median of {args.repeats} (load average "
+              f"{min(load):.2f}–{max(load):.2f})")
         for toggle, ts in times.items():
             print(f"  {toggle:15s} {statistics.median(ts):.2f} s   "
                   f"(min {min(ts):.2f}, max {max(ts):.2f})")
