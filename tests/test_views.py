@@ -258,6 +258,46 @@ def test_chart_options_reach_the_spec(trained):
     assert "area" in str(band) and "area" not in str(single)
 
 
+def _data_refs(node) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["data"]["name"]] if isinstance(node.get("data"), dict) and "name" in \
+            node["data"] else []
+        return own + [r for k, v in node.items() if k != "datasets" for r in _data_refs(v)]
+    return [r for v in node for r in _data_refs(v)] if isinstance(node, list) else []
+
+
+@pytest.mark.parametrize("key,layout", [("train_loss", "side"), ("layer_grad", "overlay")])
+def test_stable_data_names_the_data_so_new_rows_keep_the_spec(trained, key, layout):
+    """Two polls of a live chart (fewer steps, then all) differ only in the datasets' rows
+    once named: the browser swaps the rows in instead of drawing the chart anew."""
+    store, cid, ids, _ = trained
+    spec, view = views.CHART_SPECS[key], View(layout=layout, smooth=0.5)
+    metrics, sites = views.group_request("Gradients" if spec.per_layer else "Loss & accuracy",
+                                         view)
+    frame = views.comparison_frame(store, ids, metrics, sites)
+    early, late = (views.build_chart(f, spec, view, n_seeds=2).to_dict()
+                   for f in (frame[frame["step"] < 20], frame))
+    want = [list(d["datasets"].values()) for d in (early, late)]
+    assert want[0] != want[1] and early["datasets"].keys() != late["datasets"].keys()
+    for d, rows in zip((early, late), want):
+        assert views.stable_data(d, key) is d
+        assert list(d["datasets"]) == [key] and list(d["datasets"].values()) == rows
+        assert set(_data_refs(d)) == {key}  # every reference follows the rename
+    rest = [{k: v for k, v in d.items() if k != "datasets"} for d in (early, late)]
+    assert rest[0] == rest[1]
+
+
+def test_stable_data_numbers_several_datasets_and_keeps_inline_values():
+    spec = {"datasets": {"data-a": [{"x": 1}], "data-b": [{"x": 2}]},
+            "layer": [{"data": {"name": "data-a"}}, {"data": {"name": "data-b"}},
+                      {"data": {"values": [{"x": 3}]}}]}
+    out = views.stable_data(spec, "c")
+    assert out["datasets"] == {"c": [{"x": 1}], "c-1": [{"x": 2}]}
+    assert [lay["data"] for lay in out["layer"]] == [{"name": "c"}, {"name": "c-1"},
+                                                     {"values": [{"x": 3}]}]
+    assert views.stable_data({"mark": "line"}, "c") == {"mark": "line"}
+
+
 def test_saturation_picks_saturated_or_dead(trained):
     store, cid, ids, relu = trained
     spec = views.CHART_SPECS["saturation"]

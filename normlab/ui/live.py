@@ -132,13 +132,16 @@ def _chart(path: str, cid: str, sig: tuple, spec_key: str, view: View, n_seeds: 
 
     Cached as the spec dict, not the Altair object: building and validating an Altair chart
     of 9 runs takes ~0.3-0.6 s, so a view toggle back to a setting seen before, or a tab
-    switch, costs no rebuild at all."""
+    switch, costs no rebuild at all. Its dataset is named after the chart
+    (:func:`~normlab.views.compareview.stable_data`)."""
     frame = _frame(path, cid, sig, metrics, sites, every)
     chart = _build(frame, spec_key, view, n_seeds, width)
     if chart is None:
         return None
     with alt.data_transformers.disable_max_rows():
-        return chart.to_dict()
+        # the data named after the chart: a live poll, or a smoothing weight, that changes
+        # only the rows swaps them into the drawn chart instead of drawing it anew
+        return views.stable_data(chart.to_dict(), spec_key)
 
 
 def _build(frame, spec_key: str, view: View, n_seeds: int, width: int):

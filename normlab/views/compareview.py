@@ -16,7 +16,8 @@ Python shell or a test.
   ``every=`` (:func:`load_every`) for long runs.
 * :data:`CHART_GROUPS` / :func:`build_chart` — the Compare page's charts, each drawn by
   one builder of :mod:`normlab.views.charts` / :mod:`normlab.views.layercharts`; :func:`fit` sizes
-  small multiples to the page and enlarges them for presenter mode.
+  small multiples to the page and enlarges them for presenter mode; :func:`stable_data`
+  names a chart's data so that new data alone does not rebuild it in the browser.
 """
 from __future__ import annotations
 
@@ -439,6 +440,36 @@ def build_chart(frame: pd.DataFrame, spec: ChartSpec, view: View, *, n_seeds: in
                     columns=None if spec.per_layer and view.layout == "side" else columns,
                     max_points=int(min(600, max(MIN_POINTS, per_series))))
     return fit(chart, columns, width, PRESENTER_SCALE if view.present else 1.0)
+
+
+def stable_data(spec: dict, name: str) -> dict:
+    """``spec`` (a chart's Vega-Lite dict) with its datasets renamed ``name``, ``name-1``, ...
+    and every reference to them, in place; returned.
+
+    Altair names a dataset by a hash of its rows, so a chart whose data changed (a live
+    poll, another smoothing weight) is a new spec and the browser builds the whole chart
+    again. Under a name that stays, the spec is the same and only its data is swapped in
+    (Streamlit's ``st.vega_lite_chart`` updates a drawn chart's named datasets in place)."""
+    old = list(spec.get("datasets") or {})
+    if not old:
+        return spec
+    new = {o: name if i == 0 else f"{name}-{i}" for i, o in enumerate(old)}
+    spec["datasets"] = {new[o]: spec["datasets"][o] for o in old}
+
+    def rename(node) -> None:
+        if isinstance(node, dict):
+            ref = node.get("data")
+            if isinstance(ref, dict) and ref.get("name") in new:
+                node["data"] = {**ref, "name": new[ref["name"]]}
+            for key, value in node.items():
+                if key != "datasets":
+                    rename(value)
+        elif isinstance(node, list):
+            for value in node:
+                rename(value)
+
+    rename(spec)
+    return spec
 
 
 def chart_rows(halves: list[bool]) -> list[list[int]]:

@@ -1,0 +1,313 @@
+"""Compare's view toggles in a real browser: from the click (or key press) to the updated
+charts drawn, for 9 runs of the quick start — finished, and while a longer copy of it trains.
+
+    python benchmarks/bench_toggles.py [--repeats 5] [--phases finished,training]
+                                       [--baseline GIT_REF]
+
+A fresh ``streamlit run dashboard.py`` on a temp store (as ``tests/test_browser.py``'s
+``_serve``), with ``--baseline`` a second one of that commit's tree on the same store,
+the two measured in alternation (a before/after pair under the same load); Debian's
+chromium through Playwright (never ``playwright install``), a 1600×1000 window. The finished phase trains the quick start (9 methods × 500 steps,
+record every 5) in this process first; the training phase submits the same setup with
+``--train-steps`` steps to the engine and measures while its runs train (the engine's
+two workers busy), then cancels them.
+
+Each toggle is timed in the page: ``performance.now()`` at the input event (a capturing
+``pointerdown``/``keydown`` listener armed just before it) to the first check (every 50 ms)
+at which every chart the toggle changes shows the new state in its SVG (the y axis's ARIA
+text says "log scale", facet cells exist, the faint raw curve is there, the tab's first
+chart title, the site in the titles). Each repeat is printed, then the median per toggle,
+with the load average beside them: the machine is shared and noisy.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("NORMLAB_KERNELS", "compiled")
+
+from tests.test_browser import ARGS, CHROMIUM, _free_port  # noqa: E402
+
+POLL_MS = 50  # the check's period: each check lays out the page, so not every frame
+# in the page: arm, then the next input event stamps t0
+ARM_JS = """() => {
+  if (!window.__benchListening) {
+    const stamp = () => { if (window.__armed) { window.__t0 = performance.now();
+                                                  window.__armed = false; } };
+    document.addEventListener('pointerdown', stamp, true);
+    document.addEventListener('keydown', stamp, true);
+    window.__benchListening = true;
+  }
+  document.querySelectorAll('.vega-embed svg, .vega-embed canvas')
+    .forEach(g => { g.__old = true; });
+  window.__t0 = null; window.__armed = true;
+}"""
+# the visible charts (the open tab's), in page order; SVG, or canvas for those with many
+# points (Streamlit's choice: the per-layer grids), whose drawing has no text to check
+VISIBLE = """const charts = [...document.querySelectorAll('.vega-embed')]
+  .filter(e => e.offsetParent !== null && e.querySelector('svg, canvas'));
+const redrawn = c => !c.querySelector('svg, canvas').__old;"""
+# per toggle: a JS predicate over ``charts`` saying the new state is drawn
+LOG_AXIS = "'[aria-label^=\"Y-axis\"][aria-label*=\"for a log scale\"]'"
+DONE = {
+    "log off": f"charts.length >= 4 && !charts.some(c => c.querySelector({LOG_AXIS}))",
+    "log on": f"charts.filter(c => c.querySelector({LOG_AXIS})).length >= 2",
+    "side by side": "charts.length >= 4 && charts.every(c => c.querySelector('g.cell'))",
+    "overlay": "charts.length >= 4 && !charts.some(c => c.querySelector('g.cell'))",
+    # smoothed: the faint raw curve (a 1 px line) behind each smoothed one (2 px)
+    "smoothing on": "charts.length >= 4 && charts.every(c => "
+                    "c.querySelector('g.mark-line path[stroke-width=\"1\"]'))",
+    "smoothing off": "charts.length >= 4 && !charts.some(c => "
+                     "c.querySelector('g.mark-line path[stroke-width=\"1\"]'))",
+    "tab Gradients": "charts.length >= 4 && charts[0].textContent.includes('Global gradient "
+                     "norm')",
+    "tab Loss": "charts.length >= 4 && charts[0].textContent.includes('Training loss')",
+    # Activations: per-layer grids on canvas; mean and variance follow the site (drawn
+    # anew), the saturation chart does not
+    "site post_norm": "charts.length >= 3 && redrawn(charts[0]) && redrawn(charts[1])",
+    "site post_act": "charts.length >= 3 && redrawn(charts[0]) && redrawn(charts[1])",
+}
+
+
+def _timed(page, action, toggle: str, timeout: float = 60_000, arm: bool = True) -> float:
+    """Seconds from the input event ``action`` fires to ``DONE[toggle]`` holding (``arm``:
+    the next input event is the toggle; else ``action`` arms the listener itself)."""
+    page.evaluate(ARM_JS if arm else "() => { window.__t0 = null; }")
+    action()
+    handle = page.wait_for_function(
+        f"() => {{ {VISIBLE} return window.__t0 !== null && ({DONE[toggle]}) "
+        "&& performance.now() - window.__t0; }", polling=POLL_MS, timeout=timeout)
+    return handle.json_value() / 1000
+
+
+def _settled(page, toggle: str, timeout: float = 60_000) -> None:
+    page.wait_for_function(f"() => {{ {VISIBLE} return {DONE[toggle]}; }}", timeout=timeout)
+
+
+def _slider_to(page, key: str) -> None:
+    thumb = page.get_by_test_id("stSlider").filter(has_text="Smoothing").get_by_role("slider")
+    thumb.focus()
+    page.keyboard.press(key)
+
+
+def _select_site(page, label: str) -> None:
+    box = page.get_by_test_id("stSelectbox").filter(has_text="Activation site")
+    box.click()
+    option = page.get_by_role("option", name=label, exact=True)
+    option.wait_for()
+    page.evaluate(ARM_JS)  # the option's click is the toggle, not the opening click
+    option.click()
+
+
+def _run_toggles(page, repeats: int, phase: str) -> dict[str, list[float]]:
+    """Every toggle ``repeats`` times, from the defaults (overlay, log, unsmoothed, the
+    Loss tab) and back to them."""
+    times: dict[str, list[float]] = {k: [] for k in DONE}
+    main = page.get_by_test_id("stMainBlockContainer")
+    log = main.get_by_text("Log scale", exact=True)
+    steps = [
+        ("log off", lambda: log.click()), ("log on", lambda: log.click()),
+        ("side by side", lambda: main.get_by_text("Side by side", exact=True).click()),
+        ("overlay", lambda: main.get_by_text("Overlay", exact=True).click()),
+        ("smoothing on", lambda: _slider_to(page, "End")),
+        ("smoothing off", lambda: _slider_to(page, "Home")),
+        ("tab Gradients", lambda: page.get_by_role("tab", name="Gradients").click()),
+        ("tab Loss", lambda: page.get_by_role("tab", name="Loss & accuracy").click()),
+    ]
+    for r in range(repeats):
+        load = os.getloadavg()[0]
+        row = []
+        for toggle, action in steps:
+            try:
+                t = _timed(page, action, toggle)
+            except Exception:
+                page.screenshot(path=str(ROOT / "artifacts" / "bench_toggles_failure.png"))
+                seen = page.evaluate("() => { " + VISIBLE + " return charts.map(c => "
+                                     "[c.textContent.slice(0, 40), "
+                                     "c.querySelectorAll('g.mark-line').length]); }")
+                print(f"[{phase}] {toggle}: not drawn within 60 s; charts: {seen}", flush=True)
+                raise
+            times[toggle].append(t)
+            row.append(f"{toggle} {t:.2f}")
+            time.sleep(0.5)
+        page.get_by_role("tab", name="Activations").click()
+        page.wait_for_function("() => { " + VISIBLE + " return charts.length >= 3; }")
+        time.sleep(0.5)
+        for toggle, label in (("site post_norm", "post-norm"), ("site post_act",
+                                                                 "post-activation")):
+            t = _timed(page, lambda: _select_site(page, label), toggle, arm=False)
+            times[toggle].append(t)
+            row.append(f"{toggle} {t:.2f}")
+            time.sleep(0.5)
+        page.get_by_role("tab", name="Loss & accuracy").click()
+        _settled(page, "tab Loss")
+        time.sleep(0.5)
+        print(f"[{phase}] (load {load:.2f}): " + ", ".join(row), flush=True)
+    return times
+
+
+def _finished_store(path: Path) -> str:
+    """The quick start, trained here (9 methods × 500 steps, record every 5)."""
+    from normlab.runs.store import Store
+    from normlab.training.trainer import train
+    from normlab.views import compareview as views
+
+    from normlab.views.urlstate import default_methods
+
+    methods = list(default_methods("mlp"))
+    configs = views.configs_for(views.QUICK_START, methods, views.QUICK_SEEDS)
+    with Store(path) as store:
+        cid, ids = store.create_comparison(
+            [c.to_dict() for c in configs], base=views.QUICK_START.to_dict(),
+            name="quick start (finished)", grid={"norm": methods, "seed": [0]})
+        for rid, cfg in zip(ids, configs):
+            batch, outcome = train(cfg)
+            store.append(rid, batch)
+            store.finish(rid, outcome.status, outcome.step)
+    return cid
+
+
+def _open(page, url: str, cid: str, n: int = 9) -> None:
+    page.goto(f"{url}/compare?comparison={cid}")
+    page.get_by_role("tab", name="Loss & accuracy").wait_for(timeout=120_000)
+    _settled(page, "overlay", timeout=120_000)
+    time.sleep(2)
+
+
+@contextlib.contextmanager
+def _serve_root(root: Path, store: Path, log: Path):
+    """``streamlit run dashboard.py`` of the checkout at ``root`` on ``store`` (as
+    ``tests/test_browser.py``'s ``_serve``, whose folder holds one server's files)."""
+    import subprocess
+    import urllib.request
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "dashboard.py", "--server.headless",
+             "true", "--server.port", str(port), "--server.fileWatcherType", "none"],
+            cwd=root, env={**os.environ, "NORMLAB_STORE": str(store)}, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as r:
+                        if r.read().strip() == b"ok":
+                            break
+                except OSError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"streamlit did not start in {root}: see {log}")
+                time.sleep(0.2)
+            yield url
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _checkout(ref: str, folder: Path) -> Path:
+    """The tree of git ``ref`` extracted to ``folder`` (no worktree, the repo untouched)."""
+    import subprocess
+
+    folder.mkdir()
+    tar = subprocess.run(["git", "archive", ref], cwd=ROOT, check=True,
+                         capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=tar, check=True)
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--phases", default="finished,training")
+    parser.add_argument("--train-steps", type=int, default=20_000)
+    parser.add_argument("--baseline", metavar="GIT_REF",
+                        help="also serve this commit's dashboard on the same store and "
+                             "alternate the repeats between the two (paired, same load)")
+    args = parser.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    from normlab.runs.comparisons import submit
+    from normlab.runs.engine import stop_engine
+    from normlab.runs.store import Store
+    from normlab.views import compareview as views
+    from normlab.views.urlstate import default_methods
+
+    phases = args.phases.split(",")
+    results: dict[tuple[str, str], dict[str, list[float]]] = {}
+    loads: dict[tuple[str, str], list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        folder = Path(tmp)
+        store_path = folder / "runs.sqlite"
+        roots = {"this": ROOT}
+        if args.baseline:
+            roots[args.baseline] = _checkout(args.baseline, folder / "baseline")
+        done_cid = None
+        if "finished" in phases:  # trained once, kept in artifacts/ (ignored by git)
+            cached = ROOT / "artifacts" / "bench_toggles_quickstart.sqlite"
+            if not cached.exists():
+                cached.parent.mkdir(exist_ok=True)
+                _finished_store(cached)
+            shutil.copy(cached, store_path)
+            with Store(store_path) as store:
+                done_cid = store.comparisons()["id"].iloc[0]
+        stack.callback(stop_engine, store_path)
+        urls = {name: stack.enter_context(_serve_root(root, store_path,
+                                                      folder / f"{name}.log"))
+                for name, root in roots.items()}
+        p = stack.enter_context(sync_playwright())
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        stack.callback(browser.close)
+        pages = {name: browser.new_page(viewport={"width": 1600, "height": 1000})
+                 for name in roots}
+        for phase in phases:
+            ids = []
+            if phase == "finished":
+                cid = done_cid
+            else:
+                methods = list(default_methods("mlp"))
+                config = views.QUICK_START.replace(steps=args.train_steps)
+                with Store(store_path) as store:
+                    cid, ids = submit(views.configs_for(config, methods, (0,)),
+                                      base=config, grid={"norm": methods, "seed": [0]},
+                                      name="quick start (training)", store=store)
+            for name, page in pages.items():
+                _open(page, urls[name], cid)
+            for r in range(args.repeats):  # the dashboards alternate, first one then other
+                for name in (list(roots) if r % 2 == 0 else list(roots)[::-1]):
+                    loads.setdefault((phase, name), []).append(os.getloadavg()[0])
+                    got = _run_toggles(pages[name], 1, f"{phase} · {name} · {r + 1}")
+                    for toggle, ts in got.items():
+                        results.setdefault((phase, name), {}).setdefault(toggle, []).extend(ts)
+            if ids:
+                with Store(store_path) as store:
+                    counts = store.runs(ids=ids)["status"].value_counts().to_dict()
+                    print(f"[training] run statuses at the end: {counts}")
+                    for rid in ids:
+                        store.request(rid, "cancel")
+    for (phase, name), times in results.items():
+        load = loads[(phase, name)]
+        print(f"\n{phase} · {name}: median of {args.repeats} (load average "
+              f"{min(load):.2f}–{max(load):.2f})")
+        for toggle, ts in times.items():
+            print(f"  {toggle:15s} {statistics.median(ts):.2f} s   "
+                  f"(min {min(ts):.2f}, max {max(ts):.2f})")
+
+
+if __name__ == "__main__":
+    main()
