@@ -164,6 +164,8 @@ def serve(store_path: str | os.PathLike | None = None, workers: int | None = Non
     lock.write(str(os.getpid()))
     lock.flush()
     n_workers = workers or os.cpu_count() or 1
+    global _PROBE_THREADED  # forked workers inherit it
+    _PROBE_THREADED = n_workers < (os.cpu_count() or 1)
     _warm_up()
     store = Store(path)
     identity = _identity(path)
@@ -293,6 +295,10 @@ def _fork_worker(path: Path) -> int:
 
 
 _RETIRING = False  # set in a worker by SIGUSR1: exit before claiming another run
+# Probes take activation statistics on a helper thread only if a core is free for it:
+# with a worker on every core the thread's extra CPU (cross-core cache traffic, wake-ups:
+# ~+10% per step) would slow the comparison down.
+_PROBE_THREADED = False
 
 
 def _retire(signum, frame) -> None:
@@ -331,7 +337,7 @@ def run_one(store: Store, run_id: str, config: dict, parent: int | None = None) 
 
     step = 0
     try:
-        trainer = Trainer(RunConfig.from_dict(config))
+        trainer = Trainer(RunConfig.from_dict(config), probe_threaded=_PROBE_THREADED)
     except ValueError as exc:  # ConfigError, DatasetError: the user's input
         store.finish(run_id, "failed", 0, str(exc))
         return "failed"

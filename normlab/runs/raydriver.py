@@ -139,7 +139,7 @@ def train_task(config: dict, flush_seconds: float = FLUSH_SECONDS) -> Iterator[t
     from normlab.training.trainer import Trainer
 
     try:
-        trainer = Trainer(RunConfig.from_dict(config))
+        trainer = Trainer(RunConfig.from_dict(config), probe_threaded=False)  # a CPU per task
     except ValueError as exc:  # ConfigError, DatasetError: the user's input
         yield ("end", "failed", 0, str(exc))
         return

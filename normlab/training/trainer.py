@@ -82,7 +82,8 @@ class Trainer:
     before any training happens.
     """
 
-    def __init__(self, cfg: RunConfig, data: Dataset | None = None, *, probe_sample: int | None = SAMPLE):
+    def __init__(self, cfg: RunConfig, data: Dataset | None = None, *,
+                 probe_sample: int | None = SAMPLE, probe_threaded: bool = True):
         validate(cfg)
         self.cfg = cfg
         self.data = data if data is not None else load_for(cfg)
@@ -102,8 +103,10 @@ class Trainer:
             data_dependent_init(self.model, self.init_batch())
         self.optimizer = make_optimizer(cfg, self.model.parameters())
         self.generator = torch.Generator().manual_seed(cfg.seed)
+        # the loop below writes no activation, so the probe may take their statistics on
+        # a helper thread; the engine turns that off when its workers fill every core
         self.probe = Probe(self.model, every=cfg.record_interval, sample=probe_sample,
-                           threaded=True)  # the loop below writes no activation
+                           threaded=probe_threaded)
         self.decorrelation = DecorrelationProbe.for_config(self.model, cfg)  # Lab 2, opt-in
         self.stages = (StageProbe(self.model, every=cfg.record_interval,  # opt-in (Lab 1)
                                   features_every=cfg.eval_interval, sample=probe_sample)
