@@ -125,13 +125,13 @@ def test_page_shows_heatmaps_spectrum_curves_and_the_readout(store):
                   "How far from whitening? · test", {"norm": ["batch", "whiten"]})
     at = ok(lab_page("pages/5_whitening.py", comparison=cid))
     assert at.title[0].value == "How far from whitening?"
-    assert len(charts(at)) == 3  # heatmaps, spectrum, curves
+    assert len(at.get("vega_lite_chart")) == 3  # heatmaps, spectrum, curves
     assert any("decorrelates" in s.value and "whiten (" in s.value for s in at.success)
     (slider,) = at.select_slider
     assert slider.label == "Snapshot step" and slider.value == 7
     slider.set_value(0)
     at = ok(at.run())
-    assert at.select_slider[0].value == 0 and len(charts(at)) == 3
+    assert at.select_slider[0].value == 0 and len(at.get("vega_lite_chart")) == 3
 
 
 def test_page_preset_launches_and_old_runs_say_what_is_missing(store):
