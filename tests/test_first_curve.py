@@ -8,8 +8,7 @@ browser (the browser test measures the figure itself, see BENCHMARKS.md).
   (:func:`normlab.views.compareview.poll_seconds`, on constructed run tables);
 * :func:`normlab.views.compareview.stream_rows` yields each row of charts as soon as it is
   complete, in the rows :func:`normlab.views.compareview.chart_rows` lays out (the live
-  view sends a tab's first chart alone on its first draw, then the whole tab as one
-  linked spec: ``normlab.ui.live``).
+  view draws a tab as one linked spec, ``normlab.ui.live``, so it uses the layout only).
 """
 from __future__ import annotations
 

@@ -245,21 +245,15 @@ def _group(key: str, runs, group: str, view: View) -> None:
             if chart is not None:
                 yield spec, chart
 
-    charts, slot = [], st.empty()
-    first_draw = f"_normlab_drawn_{key}_{group}"
-    for spec, chart in built():
-        charts.append((spec, chart))
-        if len(charts) == 1 and not st.session_state.get(first_draw):
-            # the group's first draw: its first chart goes to the browser at once (the
-            # first curve) while the others are built; then the whole tab replaces it
-            slot.vega_lite_chart(linked.compose([chart], [False], PAGE_WIDTH),
-                                 width="content")
+    # one spec: zooming the steps of any chart zooms them all (views.linked). Not drawn
+    # chart by chart: a first chart drawn alone and then replaced by the whole tab shows
+    # the audience a curve that vanishes while the tab renders.
+    charts = list(built())
     drawn = len(charts)
-    if drawn:  # one spec: zooming the steps of any chart zooms them all (views.linked)
+    if drawn:
         halves = [not wide and not spec.per_layer for spec, _ in charts]
-        slot.vega_lite_chart(linked.compose([c for _, c in charts], halves, PAGE_WIDTH),
-                             width="content")
-        st.session_state[first_draw] = True
+        st.vega_lite_chart(linked.compose([c for _, c in charts], halves, PAGE_WIDTH),
+                           width="content")
     if not drawn:
         st.info("Nothing measured for these charts: the runs ended before their first "
                 "record (see the notes in the Runs table above).")
