@@ -19,32 +19,17 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from browserserver import ARGS, CHROMIUM, serve  # noqa: E402
+
 CURVE = ".vega-embed svg .mark-line path"  # the browser test's first curve
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as r:
-            return r.read().strip() == b"ok"
-    except OSError:
-        return False
 
 
 def _stop_ours(marker: str) -> None:
@@ -66,45 +51,35 @@ def one_repeat(tree: Path) -> dict:
     cache.mkdir()
     env = {**os.environ, "NORMLAB_STORE": str(folder / "runs.sqlite"),
            "NUMBA_CACHE_DIR": str(cache), "NORMLAB_KERNELS": "auto", "PYTHONPATH": str(tree)}
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    with open(folder / "streamlit.log", "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "dashboard.py", "--server.headless",
-             "true", "--server.port", str(port), "--server.fileWatcherType", "none"],
-            cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     result: dict = {}
     try:
-        deadline = time.monotonic() + 60
-        while not _healthy(url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not start; see {folder / 'streamlit.log'}")
-            time.sleep(0.2)
-        from playwright.sync_api import sync_playwright
-
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM,
-                                        args=["--headless", "--no-sandbox", "--disable-gpu"])
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            opened = time.monotonic()
-            page.goto(url + "/")
-            quick = page.get_by_role("button", name="Compare all methods on digits")
-            quick.wait_for(timeout=60_000)
-            page.get_by_text("Ioffe & Szegedy 2015").wait_for(timeout=60_000)
-            result["home_s"] = round(time.monotonic() - opened, 2)
-            result["load_at_click"] = open("/proc/loadavg").read().split()[0]
-            clicked = time.monotonic()
-            quick.click()
-            page.locator(CURVE).first.wait_for(timeout=150_000)
-            result["click_to_curve_s"] = round(time.monotonic() - clicked, 2)
-            browser.close()
+        with serve(tree, env, folder / "streamlit.log") as url:
+            result.update(_click_to_curve(url))
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
         _stop_ours(str(folder))  # the engine, its workers and the kernel compile
+    return result
+
+
+def _click_to_curve(url: str) -> dict:
+    """Home → quick-start click → the first line of a chart, in chromium."""
+    result: dict = {}
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        opened = time.monotonic()
+        page.goto(url + "/")
+        quick = page.get_by_role("button", name="Compare all methods on digits")
+        quick.wait_for(timeout=60_000)
+        page.get_by_text("Ioffe & Szegedy 2015").wait_for(timeout=60_000)
+        result["home_s"] = round(time.monotonic() - opened, 2)
+        result["load_at_click"] = open("/proc/loadavg").read().split()[0]
+        clicked = time.monotonic()
+        quick.click()
+        page.locator(CURVE).first.wait_for(timeout=150_000)
+        result["click_to_curve_s"] = round(time.monotonic() - clicked, 2)
+        browser.close()
     return result
 
 

@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import os
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -36,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("NORMLAB_KERNELS", "compiled")
 
-from tests.test_browser import ARGS, CHROMIUM, _free_port  # noqa: E402
+from browserserver import ARGS, CHROMIUM, serve  # noqa: E402
 
 POLL_MS = 50  # the check's period: each check lays out the page, so not every frame
 # in the page: arm, then the next input event stamps t0
@@ -184,40 +183,9 @@ def _open(page, url: str, cid: str, n: int = 9) -> None:
     time.sleep(2)
 
 
-@contextlib.contextmanager
 def _serve_root(root: Path, store: Path, log: Path):
-    """``streamlit run dashboard.py`` of the checkout at ``root`` on ``store`` (as
-    ``tests/test_browser.py``'s ``_serve``, whose folder holds one server's files)."""
-    import subprocess
-    import urllib.request
-
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "dashboard.py", "--server.headless",
-             "true", "--server.port", str(port), "--server.fileWatcherType", "none"],
-            cwd=root, env={**os.environ, "NORMLAB_STORE": str(store)}, stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as r:
-                        if r.read().strip() == b"ok":
-                            break
-                except OSError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"streamlit did not start in {root}: see {log}")
-                time.sleep(0.2)
-            yield url
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+    """``streamlit run dashboard.py`` of the checkout at ``root`` on ``store``."""
+    return serve(root, {**os.environ, "NORMLAB_STORE": str(store)}, log)
 
 
 def _checkout(ref: str, folder: Path) -> Path:
