@@ -239,29 +239,43 @@ def test_gradients_read_after_the_update_equal_those_after_backward(mlp, make_op
 
 def test_statistics_on_the_helper_thread_equal_those_taken_in_line(monkeypatch):
     """The compiled kernels take the activation statistics on a helper thread while the
-    backward pass runs; the records are bit-identical to taking them in the training
-    thread, including a diverging run's last steps and a step left unfinished."""
+    loss and the backward pass run, and the parameter statistics while the next batch's
+    forward pass runs; the records are bit-identical to taking them in the training
+    thread, with records at every step or every third one, including a diverging run's
+    last steps and a step left unfinished; the thread ends with the probe."""
+    import threading
+
     from normlab.measure import kernels, probes
     from normlab.training.trainer import train
 
     assert kernels.RELEASES_GIL
+    where: dict[str, set] = {"activation_stats": set(), "parameter_stats": set()}
+    for name in where:
+        real = getattr(kernels, name)
+
+        def spy(*args, real=real, name=name):
+            where[name].add(threading.current_thread().name)
+            return real(*args)
+        monkeypatch.setattr(kernels, name, spy)
     cfg = RunConfig(dataset="digits", model="mlp", depth=2, width=24, activation="sigmoid",
                     norm="batch", steps=40, record_interval=1, eval_interval=20, seed=3)
-    threaded, _ = train(cfg)
-    assert probes._helper is not None and probes._helper[0] == __import__("os").getpid()
+    diverging = cfg.replace(norm="none", lr=1e4, init="normal", init_scale=10.0,
+                            activation="relu", steps=200, eval_interval=50)
+    for config in (cfg, cfg.replace(record_interval=3), diverging):
+        monkeypatch.setattr(kernels, "RELEASES_GIL", True)
+        threaded, outcome = train(config)
+        assert where == {"activation_stats": {"normlab-probe"}, "parameter_stats": {"normlab-probe"}}
+        assert not any(t.name == "normlab-probe" for t in threading.enumerate())
+        for name in where:
+            where[name].clear()
+        monkeypatch.setattr(kernels, "RELEASES_GIL", False)
+        inline, _ = train(config)
+        assert where == {"activation_stats": {"MainThread"}, "parameter_stats": {"MainThread"}}
+        for name in where:
+            where[name].clear()
+        pd.testing.assert_frame_equal(threaded.to_frame(), inline.to_frame())
+    assert outcome.status == "diverged"
     with Probe(build_model(cfg, (64,), 10)) as probe:  # a user's loop (the logger): in line
         assert not probe.threaded
     probes.stop_statistics_thread()  # what the engine does before it forks its workers
-    assert probes._helper is None
-    assert not any(t.name.startswith("normlab-probe") for t in __import__("threading").enumerate())
-    monkeypatch.setattr(kernels, "RELEASES_GIL", False)
-    inline, _ = train(cfg)
-    pd.testing.assert_frame_equal(threaded.to_frame(), inline.to_frame())
-    diverging = cfg.replace(norm="none", lr=1e4, init="normal", init_scale=10.0,
-                            activation="relu", steps=200, eval_interval=50)
-    monkeypatch.setattr(kernels, "RELEASES_GIL", True)
-    a, outcome = train(diverging)
-    monkeypatch.setattr(kernels, "RELEASES_GIL", False)
-    b, _ = train(diverging)
-    assert outcome.status == "diverged"
-    pd.testing.assert_frame_equal(a.to_frame(), b.to_frame())
+    assert not any(t.name == "normlab-probe" for t in threading.enumerate())
