@@ -11,7 +11,8 @@ from torch import nn
 
 from normlab.training.config import RunConfig
 from normlab.training.models import build_model
-from normlab.measure.probes import Probe, _sample_index, find_layers, saturation
+from normlab.measure.handoff import sample_index as _sample_index
+from normlab.measure.probes import Probe, find_layers, saturation
 from normlab.measure.schema import HIST_BINS, hist_edges
 
 

@@ -24,30 +24,32 @@ tensors in place, one call after the forward pass (every activation tensor, a co
 layer weights) and one after the update (every gradient, the step the weights took),
 writing into a preallocated block of float64 rows; :meth:`Probe.flush` turns the rows
 into one :class:`~normlab.measure.schema.RecordBatch`. With ``threaded=True`` (NormLab's
-trainer) and the compiled kernels, the activation statistics run on a helper thread with
-the GIL released while the training thread computes the loss and the backward pass: the
-probe holds the activations and joins the thread in :meth:`Probe.after_update`, so a step's
-row is complete there and the numbers are the same; only a second core makes it faster
-(the work is the same, in another thread). It requires a loop that writes nothing into
-the model's activations between :meth:`Probe.after_forward` and :meth:`Probe.after_update`
-(autograd never does; a user's loop might, so :mod:`normlab.runs.logger` keeps it off). Mean, variance and saturation use every
-value; percentiles and histograms use a fixed random sample of at most ``sample``
-positions per activation tensor (default :data:`SAMPLE`; ``sample=None`` uses every
-value).
+trainer) and the compiled kernels, the kernels run on the probe's helper thread with the
+GIL released (:class:`normlab.measure.handoff.Helper`): the activation statistics while
+the training thread computes the loss and the backward pass, the parameter statistics
+while it samples the next batch and runs its forward pass. The probe holds what a job
+reads and joins it before anything can change that (see :meth:`Probe._join`), so the
+numbers are the same; only a second core makes it faster. It requires a loop that calls
+:meth:`Probe.after_forward` at every step and writes nothing into the model's
+activations between :meth:`Probe.after_forward` and :meth:`Probe.after_update`
+(autograd never does; a user's loop might, so :mod:`normlab.runs.logger` keeps it off).
+
+Mean, variance and saturation use every value; percentiles and histograms use a fixed
+random sample of at most ``sample`` positions per activation tensor (default
+:data:`SAMPLE`, every value of an MLP layer at batch 64; ``sample=None`` uses every value).
 """
 from __future__ import annotations
 
-import os
-import threading
 import types
-import weakref
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
 from normlab.measure import backends, kernelspec
+from normlab.measure.handoff import (Addresses, Helper, Layout, addresses,  # noqa: F401
+                                      addresses_and_shapes, quantiles_for, sample_index,
+                                      stop_statistics_thread, units_of_shape)
 
 from normlab.measure.sites import LayerSites, find_layers  # noqa: F401 (find_layers re-exported)
 from normlab.methods import weightnorm
@@ -67,175 +69,9 @@ _SATURATION_BOUNDS = {"sigmoid": (_SIG_A, 1 - _SIG_A),
 # layer (0.06 σ with the 501 values used before, which made the median jump 0.14–0.18
 # from step to step); p50_lo / p50_hi record its 95% interval.
 SAMPLE = 6401
-Z95 = 1.959963984540054  # the normal 97.5% quantile
 _ACT_STATS = (("mean", "var") + tuple(f"p{q}" for q in PERCENTILES) + MEDIAN_CI
               + HIST_METRICS + HIST_EXTRA)
 _SLOT_WIDTH = len(_ACT_STATS) + UNITS * len(UNIT_PERCENTILES)
-
-
-class _Helper:
-    """A probe's helper thread: one job at a time, handed over and joined through two
-    locks (a release and an acquire each, no futures, no queue: ~2 µs of the training
-    thread's time per step, where ``ThreadPoolExecutor`` took ~20-30 µs plus its
-    wake-ups). Started at a probe's first job, ended at its ``__exit__``."""
-
-    def __init__(self):
-        self._go, self._done = threading.Lock(), threading.Lock()
-        self._go.acquire()
-        self._done.acquire()
-        self._job: tuple | None = None
-        self._error: BaseException | None = None
-        self.busy = False
-        self.pid = os.getpid()
-        self._thread = threading.Thread(target=self._serve, name="normlab-probe", daemon=True)
-        self._thread.start()
-        _helpers.add(self)
-
-    def _serve(self) -> None:
-        while True:
-            self._go.acquire()
-            job = self._job
-            if job is None:
-                self._done.release()
-                return
-            try:
-                job[0](*job[1])
-            except BaseException as error:  # handed to the training thread at join
-                self._error = error
-            self._done.release()
-
-    def submit(self, function, args: tuple) -> None:
-        """Run ``function(*args)`` on the thread (after the job in flight, if any)."""
-        self.join()
-        self._job, self.busy = (function, args), True
-        self._go.release()
-
-    def join(self) -> None:
-        """Wait for the job in flight (if any); raise what it raised."""
-        if self.busy:
-            self._done.acquire()
-            self.busy, self._job = False, None
-            if self._error is not None:
-                error, self._error = self._error, None
-                raise error
-
-    def stop(self) -> None:
-        self.join()
-        if self._thread.is_alive() and self.pid == os.getpid():
-            self._job = None
-            self._go.release()
-            self._done.acquire()
-            self._thread.join()
-        _helpers.discard(self)
-
-
-_helpers: "weakref.WeakSet[_Helper]" = weakref.WeakSet()
-
-
-def stop_statistics_thread() -> None:
-    """End every probe helper thread of this process (a probe's own ``__exit__`` ends
-    its thread; this is for a process about to fork, so the child is forked from a
-    single-threaded parent)."""
-    for helper in list(_helpers):
-        helper.stop()
-
-
-def _sample_index(n: int, size: int | None) -> np.ndarray:
-    """A fixed random subset of ``size`` positions out of ``n`` (all of them when ``size``
-    is None or at least ``n``), drawn from its own generator: the training RNG is never
-    touched, so probing does not change a run."""
-    if size is None or n <= size:
-        return np.arange(n, dtype=np.int64)
-    gen = torch.Generator().manual_seed(n)
-    return torch.randperm(n, generator=gen)[:size].sort().values.numpy()
-
-
-def addresses(tensors: list[torch.Tensor | None], keep: list) -> np.ndarray:
-    """The data address of each tensor for :mod:`normlab.measure.kernels` (0 for None). A tensor
-    that is not contiguous float32 on the CPU is copied into one first; the copy goes in
-    ``keep``, which the caller holds until the kernel has run."""
-    return _addresses_and_shapes(tensors, keep)[0]
-
-
-def _addresses_and_shapes(tensors: list[torch.Tensor | None], keep: list
-                          ) -> tuple[np.ndarray, tuple]:
-    """:func:`addresses`, and the tensors' shapes (None for None), in one pass."""
-    pointers, shapes = [], []
-    f32 = torch.float32
-    for t in tensors:
-        if t is None:
-            pointers.append(0)
-            shapes.append(None)
-            continue
-        if not (t.dtype is f32 and t.is_cpu and t.is_contiguous()):
-            t = t.detach().to("cpu", f32).contiguous()
-            keep.append(t)
-        pointers.append(t.data_ptr())
-        shapes.append(t.shape)
-    return np.array(pointers, dtype=np.int64), tuple(shapes)
-
-
-class _Addresses:
-    """:func:`addresses` of the parameters or their gradients, re-checked only when a
-    data address changes (torch keeps a parameter's gradient at the parameter's shape,
-    dtype and layout, so the same address means the same checked memory)."""
-
-    def __init__(self):
-        self._pointers: list = []
-        self._keep: list = []
-        self.addresses = np.zeros(0, dtype=np.int64)
-        self.sizes = np.zeros(0, dtype=np.int64)
-
-    def update(self, tensors: list[torch.Tensor | None]) -> np.ndarray:
-        pointers = [None if t is None else t.data_ptr() for t in tensors]
-        if pointers != self._pointers or self._keep:  # copies are snapshots: redone
-            self._keep = []
-            self.addresses = addresses(tensors, self._keep)
-            self.sizes = np.array([0 if t is None else t.numel() for t in tensors],
-                                  dtype=np.int64)
-            self._pointers = pointers
-        return self.addresses
-
-
-def _units(shape: torch.Size) -> tuple[int, int, int]:
-    """(outer, units, inner) of an activation: (B, C, H·W) for (B, C, H, W); the units
-    are dimension 1 (features, or a conv's channels)."""
-    if len(shape) < 2:
-        return 1, (shape[0] if shape else 1), 1
-    outer, units = shape[0], shape[1]
-    return outer, units, (shape.numel() // (outer * units) if outer * units else 0)
-
-
-@dataclass
-class _Layout:
-    """What the activation kernel needs for one set of activation shapes."""
-
-    shapes: np.ndarray  # (S, 3) int64: (outer, units, inner)
-    samples: np.ndarray  # (S, 2) int64: (start, length) of each slot's sample positions
-    sample_index: np.ndarray  # int32: the sample positions of each tensor size, concatenated
-    quantiles: np.ndarray = field(init=False)  # (S, 5): p15, p50, p85, the median's interval
-    work32: np.ndarray = field(init=False)  # the kernel's scratch, sized for the samples
-    work64: np.ndarray = field(init=False)
-
-    def __post_init__(self):
-        longest = int(self.samples[:, 1].max()) if len(self.samples) else 1
-        unit = int((self.shapes[:, 0] * self.shapes[:, 2]).max()) if len(self.shapes) else 0
-        self.quantiles = np.array([quantiles_for(int(m), int(n)) for (_, m), n in
-                                   zip(self.samples, self.shapes.prod(axis=1))]
-                                  ).reshape(-1, len(PERCENTILES) + 2)
-        n32, n64 = kernelspec.workspace(max(longest, 1), HIST_BINS, len(PERCENTILES) + 2, unit)
-        self.work32, self.work64 = np.empty(n32, np.float32), np.empty(n64, np.int64)
-
-
-def quantiles_for(m: int, n: int) -> np.ndarray:
-    """The quantiles of a sample of ``m`` of ``n`` values the probe reports: the 15/50/85th
-    percentiles, then the 95% interval of the median's sampling error, as quantiles of
-    the sample: 0.5 ∓ 1.96·sqrt(0.25 · fpc / m), fpc = (n − m)/(n − 1) (sampling without
-    replacement; 0 when every value is used)."""
-    fpc = (n - m) / (n - 1) if n > 1 else 0.0
-    half = Z95 * np.sqrt(0.25 * max(fpc, 0.0) / max(m, 1))
-    return np.array([q / 100 for q in PERCENTILES]
-                    + [max(0.5 - half, 0.0), min(0.5 + half, 1.0)])
 
 
 class Probe:
@@ -294,8 +130,8 @@ class Probe:
         self._extras: list[list[float]] = []  # per recorded row: the extra values
         self._activations_done = False  # after_forward ran this step
         self._extra_keys: list[tuple[str, str, str]] | None = None
-        self._layouts: dict[tuple, _Layout] = {}
-        self._helper: _Helper | None = None  # threaded: the thread, made at the first job
+        self._layouts: dict[tuple, Layout] = {}
+        self._helper: Helper | None = None  # threaded: the thread, made at the first job
         self._held: tuple = ()  # what the job in flight reads: kept alive until joined
         self._all_params = [p for p in model.parameters() if p.requires_grad]
         # weight-space layers (WeightNorm, CosineNorm): their weight, update and gradient
@@ -319,7 +155,7 @@ class Probe:
         self._graded = False  # this step's squared gradient norms are in _grad2
         self._grad2 = np.zeros(len(self._all_params))  # squared gradient norms
         self._weight2 = np.zeros(len(self._layer_params))  # squared weight norms, before
-        self._grads, self._weights = _Addresses(), _Addresses()
+        self._grads, self._weights = Addresses(), Addresses()
         self._edges: list[np.ndarray] = []  # per slot: histogram bin edges
         self._fitted: list[bool] = []  # per slot: its range is fitted to the data
         self._all_fitted = True
@@ -555,7 +391,7 @@ class Probe:
         captured, keep = self._captured, []
         if not self._all_fitted:
             self._fit_ranges(captured)
-        pointers, shapes = _addresses_and_shapes(captured, keep)
+        pointers, shapes = addresses_and_shapes(captured, keep)
         layout = self._layout(shapes)
         held = self._weight_tensors(before=True)  # alive until the kernel has read them
         weights = self._weights.update(held) if copy_weights else _NO_TENSORS
@@ -576,7 +412,7 @@ class Probe:
         GIL), holding ``held`` (the tensors it reads) until :meth:`_join`; else now."""
         if self.threaded and getattr(self.kernels, "RELEASES_GIL", False):
             if self._helper is None:
-                self._helper = _Helper()
+                self._helper = Helper()
             self._helper.submit(kernel, args)
             self._held = held
         else:
@@ -651,20 +487,20 @@ class Probe:
             self._fitted[i] = True
         self._all_fitted = all(self._fitted)
 
-    def _layout(self, shapes: tuple) -> _Layout:
+    def _layout(self, shapes: tuple) -> Layout:
         if shapes not in self._layouts:
-            units = np.array([_units(s) if s is not None else (0, 0, 0) for s in shapes],
+            units = np.array([units_of_shape(s) if s is not None else (0, 0, 0) for s in shapes],
                              dtype=np.int64).reshape(-1, 3)
             index: dict[int, tuple[int, np.ndarray]] = {}  # one sample per tensor size
             at = 0
             for n in units.prod(axis=1):
                 if int(n) not in index:
-                    positions = _sample_index(int(n), self.sample)
+                    positions = sample_index(int(n), self.sample)
                     index[int(n)] = (at, positions)
                     at += len(positions)
             samples = np.array([(index[int(n)][0], len(index[int(n)][1]))
                                 for n in units.prod(axis=1)], dtype=np.int64).reshape(-1, 2)
-            self._layouts[shapes] = _Layout(units, samples, np.concatenate(
+            self._layouts[shapes] = Layout(units, samples, np.concatenate(
                 [p for _, p in index.values()] + [np.zeros(0, np.int64)]).astype(np.int32))
         return self._layouts[shapes]
 
@@ -781,8 +617,8 @@ def activation_row(t: torch.Tensor, sample: np.ndarray, edges: np.ndarray,
     percentiles, histogram over ``edges``, then saturation or dead fraction if
     ``activation`` is known, else NaN), from the sample positions ``sample``."""
     keep: list = []
-    pointers, (shape,) = _addresses_and_shapes([t], keep)
-    layout = _Layout(np.array([_units(shape)], dtype=np.int64),
+    pointers, (shape,) = addresses_and_shapes([t], keep)
+    layout = Layout(np.array([units_of_shape(shape)], dtype=np.int64),
                      np.array([[0, len(sample)]], dtype=np.int64), sample.astype(np.int32))
     units = np.array([_padded(unit_picks(int(layout.shapes[0, 1])))], dtype=np.int64)
     row = np.full(_SLOT_WIDTH + 1, np.nan)

@@ -37,7 +37,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from normlab.measure.probes import SAMPLE, _sample_index
+from normlab.measure.probes import SAMPLE
+from normlab.measure.handoff import sample_index as _sample_index
 from normlab.measure.schema import (FEATURE_CAP, HIST_BINS, HIST_METRICS, PERCENTILES,
                                     RecordBatch, feature_metric, fit_range, hist_range)
 from normlab.measure.sites import find_layers
