@@ -167,3 +167,15 @@ def test_compare_page_switches_between_a_sweep_and_a_plain_comparison(store):
     at.selectbox(key="_pick").set_value(sid)
     at = ok(at.run())
     assert at.tabs[0].label == "Sweep"
+
+
+def test_a_lab_page_finds_its_comparisons_by_origin_not_by_name(store):
+    """A comparison launched by a lab's preset belongs to that lab whatever it is named
+    (its ``origin``); a plain comparison newer than it is not the lab's."""
+    configs = [RunConfig(norm=n, **TINY) for n in ("batch", "none")]
+    cid, ids = store.create_comparison([c.to_dict() for c in configs], name="renamed by hand",
+                                       grid={"norm": ["batch", "none"]},
+                                       origin={"lab": "invariance", "preset": "weight_growth"})
+    fill(store, configs, "a comparison of my own", {"norm": ["batch", "none"]})
+    at = ok(lab_page("pages/7_invariance.py"))
+    assert at.selectbox[0].options == [f"renamed by hand — {cid}"]

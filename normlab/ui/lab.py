@@ -31,6 +31,7 @@ from normlab.ui.common import POLL_SECONDS, get_store
 from normlab.ui.report import download_button
 from normlab.views import compareview as views
 from normlab.views.labs.scaffold import Lab, Preset, launch, preset_configs, with_changes
+from normlab.views.labs.sections import lab_of
 
 FORM_BASE = ("steps", "lr", "batch_size", "width", "depth")  # base fields the form edits
 
@@ -47,10 +48,11 @@ def _state_key(lab: Lab) -> str:
 
 
 def _lab_comparisons(lab: Lab) -> dict[str, str]:
-    """This lab's stored comparisons, newest first: id → 'name (age)'."""
+    """This lab's stored comparisons, newest first: id → 'name — id'. A comparison is the
+    lab's by the ``origin`` it was launched with (older ones: by their preset's name)."""
     table = get_store().comparisons()
-    mine = table[table["name"].astype(str).str.startswith(f"{lab.title} · ")]
-    return {r.id: f"{r.name} — {r.id}" for r in mine.itertuples()}
+    return {r["id"]: f"{r['name']} — {r['id']}" for r in table.to_dict("records")
+            if lab_of(r) is lab}
 
 
 def shown(lab: Lab) -> str | None:
