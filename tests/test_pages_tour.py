@@ -9,7 +9,7 @@ import os
 from normlab.training.config import RunConfig
 from normlab.views import tour
 from normlab.views.labs import invariance, sensitivity
-from normlab.views.labs.scaffold import preset_configs
+from normlab.views.labs.scaffold import origin, preset_configs
 from test_pages import app, charts, ok, store, texts  # noqa: F401 (fixture)
 from test_pages_labs import TINY, fill
 
@@ -43,8 +43,16 @@ def test_stored_comparison_is_the_newest_of_the_preset(store):
     assert tour.stored_comparison(store, step) == old
     new, _ = store.create_comparison([cfg, cfg], name=preset_name("lr", 2))
     assert tour.stored_comparison(store, step) == new
+    # launched by the preset (its origin): found whatever its name
+    mine, _ = store.create_comparison([cfg], name="renamed", origin=origin(step.lab, step.needs))
+    assert tour.stored_comparison(store, step) == mine
+    # another preset's launch is not this one's, even under this preset's name
+    other = next(p for p in step.lab.presets if p is not step.needs)
+    store.create_comparison([cfg], name=preset_name("lr", 3), origin=origin(step.lab, other))
+    assert tour.stored_comparison(store, step) == mine
+    assert other is tour.STEPS[tour.index_of("init")].needs  # so that step has its runs
     assert [s.key for s in tour.missing(store)] == ["whitening", "ics", "formula",
-                                                    "invariance", "init", "batch"]
+                                                    "invariance", "batch"]
 
 
 def test_time_left_shares_the_speed_between_unfinished_comparisons(store):

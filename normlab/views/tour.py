@@ -9,9 +9,10 @@ there is nothing to draw yet (the readout then says why). Adding a step (the one
 lab's, for instance) is adding one entry.
 
 The runs are the labs' presets, run once and then reused: :func:`stored_comparison` finds
-the newest stored comparison of a preset (by the name the scaffold gives it,
-``Preset.name`` without its run count, so an experiment changed on the lab's form with
-that preset counts too); :func:`launch_missing` queues the presets that have none through
+the newest stored comparison of a preset (by the ``origin`` its launch recorded, so an
+experiment changed on the lab's form with that preset counts too; a comparison stored
+before origins existed by the name the scaffold gives it, ``Preset.name`` without its run
+count); :func:`launch_missing` queues the presets that have none through
 the engine; :func:`time_left` estimates when a step's runs will be done.
 
 No Streamlit here: :mod:`normlab.ui.tour` draws.
@@ -28,7 +29,7 @@ import pandas as pd
 from normlab.runs.store import FINISHED, NotFound, Store
 from normlab.views.labs import formula, ics, invariance, sensitivity
 from normlab.views.labs import whitening as wh
-from normlab.views.labs.scaffold import Lab, Preset, launch
+from normlab.views.labs.scaffold import Lab, Preset, launch, origin
 
 Figure = alt.TopLevelMixin | pd.DataFrame | tuple | None  # a tuple: drawn one below another
 Build = Callable[[Store, str | None], tuple[Figure, str]]
@@ -65,10 +66,13 @@ def stored_comparison(store: Store, step: TourStep) -> str | None:
     """The newest stored comparison of the step's preset (None: none, or no runs needed)."""
     if step.needs is None:
         return None
-    table = store.comparisons()
-    mine = table[table["name"].astype(str).str.startswith(_prefix(step.lab, step.needs))
-                 & (table["n_runs"] > 0)]
-    return str(mine["id"].iloc[0]) if len(mine) else None
+    wanted, prefix = origin(step.lab, step.needs), _prefix(step.lab, step.needs)
+    for record in store.comparisons().to_dict("records"):  # newest first
+        launched = record.get("origin")
+        if record["n_runs"] > 0 and (launched == wanted if isinstance(launched, dict)
+                                     else str(record["name"]).startswith(prefix)):
+            return str(record["id"])
+    return None
 
 
 def missing(store: Store, steps=None) -> list[TourStep]:
