@@ -3,7 +3,7 @@ the compiled implementation (:mod:`normlab.measure.kernels`) and the numpy one
 (:mod:`normlab.measure.fallback`); :mod:`normlab.measure.backends` chooses between them."""
 from __future__ import annotations
 
-FINE = 8  # select buckets per histogram bin
+FINE = 32  # select buckets per histogram bin (a central bucket of 6,400 values holds ~20)
 SMALL = 64  # a bucket this small is sorted; a larger one is bucketed again
 UNWANTED = 64  # region of a bucket holding no wanted rank (at most 64 ranks)
 KIND_NONE, KIND_BOUNDS, KIND_DEAD = 0, 1, 2  # what saturation a slot measures
