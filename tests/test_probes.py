@@ -280,3 +280,15 @@ def test_statistics_on_the_helper_thread_equal_those_taken_in_line(monkeypatch):
         assert not probe.threaded
     probes.stop_statistics_thread()  # what the engine does before it forks its workers
     assert not any(t.name == "normlab-probe" for t in threading.enumerate())
+
+
+def test_the_trainer_uses_the_helper_thread_only_with_a_second_core(monkeypatch):
+    from normlab.training import trainer as trainer_module
+
+    cfg = RunConfig(dataset="digits", model="mlp", depth=1, width=8, steps=2)
+    monkeypatch.setattr(trainer_module, "usable_cores", lambda: 1)
+    assert not trainer_module.Trainer(cfg).probe.threaded
+    monkeypatch.setattr(trainer_module, "usable_cores", lambda: 2)
+    assert trainer_module.Trainer(cfg).probe.threaded
+    assert not trainer_module.Trainer(cfg, probe_threaded=False).probe.threaded
+    assert trainer_module.usable_cores() >= 1

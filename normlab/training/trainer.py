@@ -24,6 +24,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 import math
+import os
 import sys
 
 import numpy as np
@@ -75,6 +76,13 @@ class Outcome:
     threads: int = 0  # torch threads the run used (train() sets it; 0: not recorded)
 
 
+def usable_cores() -> int:
+    """How many cores this process may run on (its CPU affinity where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 class Trainer:
     """One run: validated config → data, model, optimizer, probe.
 
@@ -83,7 +91,7 @@ class Trainer:
     """
 
     def __init__(self, cfg: RunConfig, data: Dataset | None = None, *,
-                 probe_sample: int | None = SAMPLE, probe_threaded: bool = True):
+                 probe_sample: int | None = SAMPLE, probe_threaded: bool | None = None):
         validate(cfg)
         self.cfg = cfg
         self.data = data if data is not None else load_for(cfg)
@@ -103,8 +111,11 @@ class Trainer:
             data_dependent_init(self.model, self.init_batch())
         self.optimizer = make_optimizer(cfg, self.model.parameters())
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        # the loop below writes no activation, so the probe may take their statistics on
-        # a helper thread; the engine turns that off when its workers fill every core
+        # the loop below writes no activation, so the probe may take its statistics on a
+        # helper thread: by default when this process may use a second core (the engine
+        # turns it off when its workers fill every core)
+        if probe_threaded is None:
+            probe_threaded = usable_cores() > 1
         self.probe = Probe(self.model, every=cfg.record_interval, sample=probe_sample,
                            threaded=probe_threaded)
         self.decorrelation = DecorrelationProbe.for_config(self.model, cfg)  # Lab 2, opt-in
