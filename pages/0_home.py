@@ -1,7 +1,7 @@
 """Home: what NormLab is, the framework every method fits, the methods, and a quick start."""
 import streamlit as st
 
-from normlab.views import urlstate, compareview as views
+from normlab.views import home, urlstate, compareview as views
 from normlab.ui.common import get_store, set_comparison
 from normlab.ui import menu
 
@@ -41,7 +41,23 @@ st.latex(views.FRAMEWORK_LATEX)
 st.markdown(
     "$x$ is a layer's pre-activation, $\\mu$ and $\\sigma$ a shift and a scale computed "
     "from the data (or from the weights), $g$ and $b$ a learnable gain and bias, $f$ the "
-    "activation. The methods differ in where $\\mu$ and $\\sigma$ come from:")
+    "activation.")
+# drawn before the click on purpose too: a session's first chart loads the browser's
+# Vega code, so the quick start's first curve does not wait for it
+spec, figures = home.formula_chart()
+st.vega_lite_chart(spec, width="content")
+st.markdown(
+    "**Why the quick start needs it.** Without normalization each layer of its sigmoid "
+    "net narrows how much a unit's value differs from one example to the next: by hidden "
+    f"layer 3 a unit's pre-activations $x$ have a standard deviation of "
+    f"{figures['sd_raw']:.3f} over the batch (left), so $f$ gives every example nearly the "
+    f"same output and the layers above can barely tell inputs apart. Subtracting the "
+    "batch's $\\mu$ and dividing by its $\\sigma$ spreads the same values over the "
+    "sigmoid's range (right; $g = 1$, $b = 0$ as a norm layer starts).")
+st.caption(f"The quick start's {home.DEPTH}×{home.WIDTH} net at torch's default "
+           f"initialisation on {home.EXAMPLES} standard-normal inputs standing in for the "
+           "digits, computed in numpy (the real net's spreads on the digits match).")
+st.markdown("The methods differ in where $\\mu$ and $\\sigma$ come from:")
 st.table(views.methods_table().set_index("method"))
 st.caption("Reduction axes: an MLP layer's input is (B, C), a CNN's (B, C, H, W) or (B, C, L). "
            "Weight-space methods (WeightNorm, CosineNorm) normalize the weights instead.")
