@@ -26,6 +26,12 @@ def _unwrapped(function):
     return inspect.unwrap(function)
 
 
+def _without_hooks(step):
+    """A ``torch.optim`` class's ``step`` without the step-hook wrapper torch puts on the
+    class when its first instance is made (ours runs the hooks once already)."""
+    return step.__wrapped__ if getattr(step, "hooked", False) else step
+
+
 _ADD_PARAM_GROUP = _unwrapped(torch.optim.Optimizer.add_param_group)
 _ZERO_GRAD = _unwrapped(torch.optim.Optimizer.zero_grad)
 
@@ -47,8 +53,8 @@ class _Eager:
         _ZERO_GRAD(self, set_to_none)
 
     def step(self, closure=None):
-        if torch.compiler.is_compiling():
-            return self._torch_class.step(self, closure)
+        if torch.compiler.is_compiling():  # torch's step with its graph breaks; the hooks
+            return _without_hooks(self._torch_class.step)(self, closure)  # wrap this one
         # what torch's _use_grad does around the step, without its two graph breaks
         with torch.set_grad_enabled(self.defaults["differentiable"]):
             return self._torch_step(self, closure)
