@@ -4,7 +4,8 @@ without importing ``torch._dynamo``.
 * every optimizer the config offers gives, after many steps of the trainer's loop, the
   same parameters, buffers and optimizer state as the ``torch.optim`` class a person
   writes with the same settings (compared with ``torch.equal``);
-* it is that ``torch.optim`` class (``isinstance``), step hooks and closures included;
+* it is that ``torch.optim`` class (``isinstance``), step hooks and closures included,
+  and under ``torch.compile`` it steps as torch does, its hooks run once;
 * training a run (every quick-start method, each optimizer) and the engine's warm-up
   import no ``torch._dynamo`` (checked in a fresh interpreter).
 """
@@ -143,3 +144,20 @@ def test_warm_up_and_runs_never_import_the_compiler():
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"warm_up": False,
                                                                 "runs": False}
+
+
+def test_under_torch_compile_the_step_is_torchs_and_hooks_run_once():
+    cfg = RunConfig(optimizer="adam", lr=0.01, width=8, depth=1)
+    models = [build_model(cfg, (4,), 3) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    ours = make_optimizer(cfg, models[0].parameters())
+    ref = TORCH["adam"](cfg, models[1].parameters())
+    calls = []
+    ours.register_step_post_hook(lambda *a: calls.append("post"))
+    x, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    for model, opt in ((models[0], ours), (models[1], ref)):
+        F.cross_entropy(model(x), y).backward()
+        torch.compile(opt.step, backend="eager")()
+    assert calls == ["post"]
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.equal(a, b)
