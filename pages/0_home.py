@@ -41,13 +41,19 @@ st.latex(views.FRAMEWORK_LATEX)
 st.markdown(
     "$x$ is a layer's pre-activation, $\\mu$ and $\\sigma$ a shift and a scale computed "
     "from the data (or from the weights), $g$ and $b$ a learnable gain and bias, $f$ the "
-    "activation.")
-# drawn before the click on purpose too: a session's first chart loads the browser's
-# Vega code, so the quick start's first curve does not wait for it
+    "activation. The methods differ in where $\\mu$ and $\\sigma$ come from:")
+st.table(views.methods_table().set_index("method"))
+st.caption("Reduction axes: an MLP layer's input is (B, C), a CNN's (B, C, H, W) or (B, C, L). "
+           "Weight-space methods (WeightNorm, CosineNorm) normalize the weights instead.")
+
+# last on the page, so the button and the table are drawn first; and drawn before the
+# click on purpose too: a session's first chart loads the browser's Vega code, so the
+# quick start's first curve does not wait for it
+st.subheader("Why the quick start needs it")
 spec, figures = home.formula_chart()
 st.vega_lite_chart(spec, width="content")
 st.markdown(
-    "**Why the quick start needs it.** Without normalization each layer of its sigmoid "
+    "Without normalization each layer of the quick start's sigmoid "
     "net narrows how much a unit's value differs from one example to the next: by hidden "
     f"layer 3 a unit's pre-activations $x$ have a standard deviation of "
     f"{figures['sd_raw']:.3f} over the batch (left), so $f$ gives every example nearly the "
@@ -57,7 +63,3 @@ st.markdown(
 st.caption(f"The quick start's {home.DEPTH}×{home.WIDTH} net at torch's default "
            f"initialisation on {home.EXAMPLES} standard-normal inputs standing in for the "
            "digits, computed in numpy (the real net's spreads on the digits match).")
-st.markdown("The methods differ in where $\\mu$ and $\\sigma$ come from:")
-st.table(views.methods_table().set_index("method"))
-st.caption("Reduction axes: an MLP layer's input is (B, C), a CNN's (B, C, H, W) or (B, C, L). "
-           "Weight-space methods (WeightNorm, CosineNorm) normalize the weights instead.")
