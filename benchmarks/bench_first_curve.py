@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from browserserver import ARGS, CHROMIUM, serve  # noqa: E402
 
-CURVE = ".vega-embed svg .mark-line path"  # the browser test's first curve
+from tests.test_browser import CURVE  # noqa: E402  (the test's first curve, not Home's chart)
 
 
 def _stop_ours(marker: str) -> None:

@@ -1,7 +1,7 @@
 """Home: what NormLab is, the framework every method fits, the methods, and a quick start."""
 import streamlit as st
 
-from normlab.views import urlstate, compareview as views
+from normlab.views import home, urlstate, compareview as views
 from normlab.ui.common import get_store, set_comparison
 from normlab.ui import menu
 
@@ -45,3 +45,21 @@ st.markdown(
 st.table(views.methods_table().set_index("method"))
 st.caption("Reduction axes: an MLP layer's input is (B, C), a CNN's (B, C, H, W) or (B, C, L). "
            "Weight-space methods (WeightNorm, CosineNorm) normalize the weights instead.")
+
+# last on the page, so the button and the table are drawn first; and drawn before the
+# click on purpose too: a session's first chart loads the browser's Vega code, so the
+# quick start's first curve does not wait for it
+st.subheader("Why the quick start needs it")
+spec, figures = home.formula_chart()
+st.vega_lite_chart(spec, width="content")
+st.markdown(
+    "Without normalization each layer of the quick start's sigmoid "
+    "net narrows how much a unit's value differs from one example to the next: by hidden "
+    f"layer 3 a unit's pre-activations $x$ have a standard deviation of "
+    f"{figures['sd_raw']:.3f} over the batch (left), so $f$ gives every example nearly the "
+    f"same output and the layers above can barely tell inputs apart. Subtracting the "
+    "batch's $\\mu$ and dividing by its $\\sigma$ spreads the same values over the "
+    "sigmoid's range (right; $g = 1$, $b = 0$ as a norm layer starts).")
+st.caption(f"The quick start's {home.DEPTH}×{home.WIDTH} net at torch's default "
+           f"initialisation on {home.EXAMPLES} standard-normal inputs standing in for the "
+           "digits, computed in numpy (the real net's spreads on the digits match).")

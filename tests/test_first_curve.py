@@ -4,6 +4,9 @@ browser (the browser test measures the figure itself, see BENCHMARKS.md).
 * the dashboard's Launch path (checking the quick start's configs, submitting them)
   imports neither torch nor scikit-learn, numba or scipy: on a cold server each costs
   seconds of CPU the engine's warm-up needs (checked in a fresh interpreter);
+* nor do the Home and Compare pages' imports: the Compare page's first run comes between
+  the click and the first curve (the report button's module imports torch only when a
+  report is built);
 * the live view polls fast until the first step is recorded, then at its steady pace
   (:func:`normlab.views.compareview.poll_seconds`, on constructed run tables);
 * :func:`normlab.views.compareview.stream_rows` yields each row of charts as soon as it is
@@ -45,6 +48,24 @@ def test_launching_the_quick_start_imports_no_heavy_module(tmp_path):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["cid"] and result["problems"] == {}  # really launched (queued)
     assert result["heavy"] == []
+
+
+PAGE_IMPORTS = """
+import ast, json, sys
+for page in sys.argv[1:]:
+    tree = ast.parse(open(page).read())
+    imports = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))]
+    exec(compile(ast.Module(body=imports, type_ignores=[]), page, "exec"), {})
+print(json.dumps(sorted(m for m in ("torch", "sklearn", "numba", "scipy") if m in sys.modules)))
+"""
+
+
+def test_the_home_and_compare_pages_import_no_heavy_module():
+    pages = [str(ROOT / "pages" / name) for name in ("0_home.py", "1_compare.py")]
+    out = subprocess.run([sys.executable, "-c", PAGE_IMPORTS, *pages], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
 
 def _runs(steps, statuses=None, created=100.0) -> pd.DataFrame:

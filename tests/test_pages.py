@@ -125,6 +125,7 @@ def test_home_on_an_empty_store(store):
     table = at.table[0].value
     assert list(table["name"]) == list(NORM_NAMES) and "BatchNorm" in set(table.index)
     assert any(b.label == "Compare all methods on digits" for b in at.button)
+    assert len(charts(at)) == 2  # the formula's chart (normlab.views.home): two panels
 
 
 def test_quick_start_launches_and_opens_compare(store):

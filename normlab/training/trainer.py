@@ -36,6 +36,7 @@ from normlab.training.config import warnings as config_warnings
 from normlab.training.data import Dataset, load_dataset
 from normlab.training.limits import problems as cap_problems
 from normlab.training.models import build_model
+from normlab.training.optim import SGD, Adam
 from normlab.measure.ics import IcsMeter, model_blocks, probe_examples
 from normlab.measure.probes import SAMPLE, Probe, accuracy
 from normlab.measure.decorrelation import DecorrelationProbe
@@ -55,12 +56,14 @@ def load_for(cfg: RunConfig) -> Dataset:
 
 
 def make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
+    """The config's optimizer: a ``torch.optim.SGD`` or ``torch.optim.Adam`` (torch's own
+    update, bit for bit) that never imports the compiler (:mod:`normlab.training.optim`)."""
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "momentum":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+        return SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose sgd, momentum or adam")
 
 

@@ -17,7 +17,6 @@ import streamlit as st
 
 from normlab.runs.store import Store
 from normlab.ui.common import get_store
-from normlab.views import report
 from normlab.views.urlstate import VIEW_DEFAULTS, View
 
 
@@ -45,6 +44,10 @@ def download_button(id: str, *, page: str = "compare", view: View = VIEW_DEFAULT
     path = get_store().path
 
     def data() -> bytes:  # runs on click, on Streamlit's download thread
+        # imported here: the report's lab sections import torch (~2.5 s of CPU), which the
+        # Compare page must not pay on its first run (the quick start's first curve)
+        from normlab.views import report
+
         try:
             text = report.build(Store(path), id, page=page, view=view, site=site,
                                 layers=layers, lab=lab)
