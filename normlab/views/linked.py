@@ -82,20 +82,27 @@ SVG_ROWS = 2000  # Streamlit draws a spec on a canvas above this many rows of su
 def point_rows(spec: dict) -> int:
     """Rows drawn by point-like marks (one SVG element each) in a chart spec: what
     Streamlit weighs, summed over a whole spec, to pick a canvas over SVG."""
-    sizes = {k: len(v) for k, v in (spec.get("datasets") or {}).items()}
+    sets = (spec.get("datasets") or {}).items()
+    sizes = {k: len(v) for k, v in sets}
+    # a curve chart's hover rules are drawn from its rows marked ``hover`` only
+    hovers = {k: sum(1 for r in v if isinstance(r, dict) and r.get("hover") is True)
+              for k, v in sets}
 
-    def walk(node, rows: int) -> int:
+    def walk(node, rows: int, name=None) -> int:
         if not isinstance(node, dict):
             return 0
         if isinstance(node.get("data"), dict):
-            rows = sizes.get(node["data"].get("name"), 0)
+            name = node["data"].get("name")
+            rows = sizes.get(name, 0)
         mark = node.get("mark")
         kind = mark.get("type") if isinstance(mark, dict) else mark
         if kind is not None:
+            if {"filter": "datum.hover"} in node.get("transform", []):
+                return hovers.get(name, 0) if kind in POINTY else 0
             return rows if kind in POINTY else 0
         children = [*node.get("layer", []), *node.get("hconcat", []), *node.get("vconcat", []),
                     *node.get("concat", []), node.get("spec")]
-        return sum(walk(c, rows) for c in children)
+        return sum(walk(c, rows, name) for c in children)
 
     return walk(spec, 0)
 
