@@ -53,9 +53,18 @@ ARM_JS = """() => {
   document.querySelectorAll('.vega-embed').forEach(e => { e.__sig = window.__sigOf(e); });
   window.__t0 = null; window.__armed = true;
 }"""
-# what a chart's curves look like (their SVG paths): changes when its rows are swapped
-SIG_JS = """() => { window.__sigOf = e => [...e.querySelectorAll('g.mark-line path')]
-  .map(p => p.getAttribute('d')).join('|'); }"""
+# what a chart's curves look like (their SVG paths; on a canvas, a hash of nine pixel rows
+# across it): changes when its rows are swapped
+SIG_JS = """() => { window.__sigOf = e => {
+  const c = e.querySelector('canvas');
+  if (!c) return [...e.querySelectorAll('g.mark-line path')]
+    .map(p => p.getAttribute('d')).join('|');
+  const g = c.getContext('2d'); let h = 0;
+  for (let k = 1; k < 10; k++) {
+    const d = g.getImageData(0, Math.floor(c.height * k / 10), c.width, 4).data;
+    for (let i = 0; i < d.length; i += 8) h = (h * 31 + d[i] + d[i + 1]) | 0;
+  }
+  return 'canvas ' + h; }; }"""
 # the visible tab's charts: one Vega-Lite spec per tab (normlab.views.linked), so one
 # embed; SVG (canvas when Streamlit picks it: no text to check). ``all(sel)``: elements of
 # the visible embeds; ``redrawn(c)``: the embed drawn anew or its curves changed (a data

@@ -18,7 +18,8 @@ What else changes in the composition:
 * each chart's ``hover`` param is renamed ``hover_<i>``: a nearest-point tooltip of one
   chart must not light up points of another;
 * the tab is drawn as SVG when each chart alone would have been (Streamlit switches a
-  spec to a canvas above ~2,000 point-like marks, counted over the whole spec);
+  spec to a canvas above ~2,000 point-like marks, counted over the whole spec) and the
+  tab has at most ``CANVAS_ROWS`` rows; else on a canvas;
 * model-level charts drawn ``width='container'`` get a fixed width: two side by side
   (``halves``) share a row of ``width`` px, a lone one takes the row; faceted charts keep
   the width :func:`normlab.views.compareview.fit` gave them.
@@ -77,6 +78,10 @@ def _view_names(node) -> set[str]:
 
 POINTY = {"point", "circle", "square", "rect", "bar", "tick", "rule", "text"}
 SVG_ROWS = 2000  # Streamlit draws a spec on a canvas above this many rows of such marks
+# ... and a tab is drawn on a canvas above this many rows in all (curves' points too):
+#   the renderer Streamlit picked for a tab of per-layer grids when each datum had a hover
+#   point; with one hover rule per step it would pick SVG, slower to draw that many paths
+CANVAS_ROWS = 5000
 
 
 def point_rows(spec: dict) -> int:
@@ -183,10 +188,13 @@ def compose(specs: Sequence[dict], halves: Sequence[bool] | None = None,
                     else {"hconcat": [charts[i] for i in row], "spacing": SPACING})
     out = {"$schema": specs[0].get("$schema"), "vconcat": rows, "spacing": SPACING,
            "params": list(params.values())}
-    if max(point_rows(s) for s in specs) <= SVG_ROWS:
+    drawn = sum(len(v) for v in datasets.values())
+    if max(point_rows(s) for s in specs) <= SVG_ROWS and drawn <= CANVAS_ROWS:
         # each chart alone would be SVG (Streamlit's rule): the tab stays SVG, as the
         #   charts were one by one, rather than a canvas for their sum
         out["usermeta"] = {"embedOptions": {"renderer": "svg"}}
+    else:  # many rows (a tab of per-layer grids): a canvas paints them faster than SVG
+        out["usermeta"] = {"embedOptions": {"renderer": "canvas"}}
     kinds = {e.get("type") for e in _encodings(charts, "color")}
     if len(kinds) > 1:  # e.g. methods beside a heatmap's fractions: a scale (legend) each
         out["resolve"] = {"scale": {"color": "independent"}}
