@@ -77,9 +77,9 @@ const drawnPaths = w => all(`g.mark-line path[stroke-width="${w}"]`)
 const redrawn = c => !c.querySelector('svg, canvas').__old || window.__sigOf(c) !== c.__sig;
 const yAxes = all('[aria-label^="Y-axis"]').length;"""
 # per toggle: a JS predicate over the visible tab saying the new state is drawn (the Loss
-# tab: 4 charts of 9 runs; side by side: each chart's facet cells, a mark group named
-# ``cell`` or ``concat_<i>_cell``)
-RUNS, LOSS_CHARTS = 9, 4
+# tab: 4 charts; side by side: each chart's facet cells, a mark group named ``cell`` or
+# ``concat_<i>_cell``)
+LOSS_CHARTS = 4
 CELLS = "'g.mark-group[class*=\"cell\"]'"
 LOG_AXIS = "'[aria-label^=\"Y-axis\"][aria-label*=\"for a log scale\"]'"
 DONE = {
@@ -88,8 +88,9 @@ DONE = {
     "side by side": f"all({CELLS}).length >= {LOSS_CHARTS}",
     "overlay": f"yAxes >= {LOSS_CHARTS} && all({CELLS}).length === 0",
     # smoothed: the faint raw curve (a 1 px line) behind each smoothed one (2 px)
-    "smoothing on": f"drawnPaths(2) >= {LOSS_CHARTS * RUNS} && drawnPaths(1) >= drawnPaths(2)",
-    "smoothing off": f"drawnPaths(2) >= {LOSS_CHARTS * RUNS} && drawnPaths(1) === 0",
+    #   (while training, only the runs started so far have curves)
+    "smoothing on": f"drawnPaths(2) >= {LOSS_CHARTS} && drawnPaths(1) >= drawnPaths(2)",
+    "smoothing off": f"drawnPaths(2) >= {LOSS_CHARTS} && drawnPaths(1) === 0",
     # the tab's spec drawn anew: its first title, or a canvas (Streamlit draws a spec with
     # many point marks on one, e.g. the old Gradients tab's hover points)
     "tab Gradients": "charts.length >= 1 && redrawn(charts[0]) && (charts[0].querySelector("
