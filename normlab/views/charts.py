@@ -17,10 +17,13 @@ layered on it):
   labels of one method are told apart by line dash;
 * clicking a legend entry highlights that entry (``selection_point(bind='legend')`` driving
   opacity; shift-click adds more);
-* hovering shows a tooltip for the nearest point (a ``nearest`` selection on a point layer);
+* hovering a curve chart shows a rule at the nearest step and a tooltip with every run's
+  value there (:func:`hover_rows`; a ``nearest`` selection on a rule layer); other charts
+  show the nearest point's values;
 * drag or wheel zooms and pans the step axis (an interval selection bound to the x scale),
   a double-click resets it;
 * with ``smoothing``, the smoothed curve is drawn over the raw one, faint (as TensorBoard);
+  the spec is the same without (the raw column then empty), so only the rows change;
 * small multiples share their x and y scales, so shapes compare honestly;
 * single panels take their container's width (``width='container'``, legend on the right,
   inside it); small multiples get a fixed panel size that the page fits to its column

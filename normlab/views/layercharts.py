@@ -1,7 +1,7 @@
 """Chart builders for per-layer dynamics: layer metrics, percentile bands, histograms.
 
 Same conventions as :mod:`normlab.views.charts` (tidy frame in, Altair chart out, colour =
-method from the shared palette, legend-click highlight, nearest-point tooltips, shared
+method from the shared palette, legend-click highlight, hover tooltips, shared
 scales across small multiples, drag/wheel zoom on the step axis). Grids have one row per
 method in canonical order (per label, when a method has several) and one column per layer in
 natural order (hidden2 before hidden10), so their width grows with the layers shown, not
