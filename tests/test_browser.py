@@ -156,7 +156,8 @@ def test_quick_start_live_charts_layout_link_and_layers(server, capsys):
             # the form shows the comparison's own setup, so the link needs only its id
             page.wait_for_url(lambda url: "comparison=c" in url and "methods=" not in url,
                               timeout=20_000)
-            page.locator(CURVE).first.wait_for(timeout=150_000)  # a cold compile: ~30-60 s
+            # a cold compile: ~30-60 s (visible: a run without rows yet has an empty path)
+            page.locator(f"{CURVE} >> visible=true").first.wait_for(timeout=150_000)
             timings["quick_start_to_first_curve_s"] = round(time.monotonic() - start, 2)
             _no_exception(page)
             page.screenshot(path=str(ARTIFACTS / "compare_live.png"))
@@ -202,7 +203,7 @@ def test_quick_start_live_charts_layout_link_and_layers(server, capsys):
             again = browser.new_page(viewport={"width": 1600, "height": 1000})
             start = time.monotonic()
             again.goto(link)
-            again.locator(DRAWN).first.wait_for(timeout=20_000)
+            again.locator(f"{DRAWN} >> visible=true").first.wait_for(timeout=20_000)
             timings["stored_link_to_first_curve_s"] = round(time.monotonic() - start, 2)
             again.get_by_text(f"{len(METHODS)} of {len(METHODS)} runs finished").wait_for()
             assert again.get_by_role("tab", selected=True).inner_text() == "Gradients"
