@@ -337,7 +337,10 @@ def _steps_zoom_together(page) -> None:
     def grids() -> bytes:
         return page.screenshot(clip=below)
 
+    page.mouse.move(5, 5)  # no hover rule (it spans the first chart's plot height)
+    time.sleep(0.5)
     before = grids()
+    page.mouse.move(box["x"] + spot["x"], box["y"] + spot["y"])
     page.mouse.wheel(0, -300)
     _wait(lambda: grids() != before, 10, "the other charts zoomed", page)
     embed.dblclick(position=spot)
