@@ -14,10 +14,11 @@ two workers busy), then cancels them.
 
 Each toggle is timed in the page: ``performance.now()`` at the input event (a capturing
 ``pointerdown``/``keydown`` listener armed just before it) to the first check (every 50 ms)
-at which every chart the toggle changes shows the new state in its SVG (the y axis's ARIA
-text says "log scale", facet cells exist, the faint raw curve is there, the tab's first
-chart title, the site in the titles). Each repeat is printed, then the median per toggle,
-with the load average beside them: the machine is shared and noisy.
+at which the open tab (one spec, one embed: ``normlab.views.linked``) shows the new state
+in its SVG (the y axes' ARIA text says "log scale", facet cells exist, a faint raw curve
+behind each smoothed one, the tab's first chart title, the curves of the site changed —
+drawn anew, or their rows swapped into the drawn charts). Each repeat is printed, then
+the median per toggle, with the load average beside them: the machine is shared and noisy.
 """
 from __future__ import annotations
 
@@ -49,38 +50,64 @@ ARM_JS = """() => {
   }
   document.querySelectorAll('.vega-embed svg, .vega-embed canvas')
     .forEach(g => { g.__old = true; });
+  document.querySelectorAll('.vega-embed').forEach(e => { e.__sig = window.__sigOf(e); });
   window.__t0 = null; window.__armed = true;
 }"""
-# the visible charts (the open tab's), in page order; SVG, or canvas for those with many
-# points (Streamlit's choice: the per-layer grids), whose drawing has no text to check
+# what a chart's curves look like (their SVG paths; on a canvas, a hash of nine pixel rows
+# across it): changes when its rows are swapped
+SIG_JS = """() => { window.__sigOf = e => {
+  const c = e.querySelector('canvas');
+  if (!c) return [...e.querySelectorAll('g.mark-line path')]
+    .map(p => p.getAttribute('d')).join('|');
+  const g = c.getContext('2d'); let h = 0;
+  for (let k = 1; k < 10; k++) {
+    const d = g.getImageData(0, Math.floor(c.height * k / 10), c.width, 4).data;
+    for (let i = 0; i < d.length; i += 8) h = (h * 31 + d[i] + d[i + 1]) | 0;
+  }
+  return 'canvas ' + h; }; }"""
+# the visible tab's charts: one Vega-Lite spec per tab (normlab.views.linked), so one
+# embed; SVG (canvas when Streamlit picks it: no text to check). ``all(sel)``: elements of
+# the visible embeds; ``redrawn(c)``: the embed drawn anew or its curves changed (a data
+# swap keeps the drawing and changes its paths)
 VISIBLE = """const charts = [...document.querySelectorAll('.vega-embed')]
   .filter(e => e.offsetParent !== null && e.querySelector('svg, canvas'));
-const redrawn = c => !c.querySelector('svg, canvas').__old;"""
-# per toggle: a JS predicate over ``charts`` saying the new state is drawn
+const all = sel => charts.flatMap(c => [...c.querySelectorAll(sel)]);
+const drawnPaths = w => all(`g.mark-line path[stroke-width="${w}"]`)
+  .filter(p => (p.getAttribute('d') || '').length > 4).length;
+const redrawn = c => !c.querySelector('svg, canvas').__old || window.__sigOf(c) !== c.__sig;
+const yAxes = all('[aria-label^="Y-axis"]').length;"""
+# per toggle: a JS predicate over the visible tab saying the new state is drawn (the Loss
+# tab: 4 charts; side by side: each chart's facet cells, a mark group named ``cell`` or
+# ``concat_<i>_cell``)
+LOSS_CHARTS = 4
+CELLS = "'g.mark-group[class*=\"cell\"]'"
 LOG_AXIS = "'[aria-label^=\"Y-axis\"][aria-label*=\"for a log scale\"]'"
 DONE = {
-    "log off": f"charts.length >= 4 && !charts.some(c => c.querySelector({LOG_AXIS}))",
-    "log on": f"charts.filter(c => c.querySelector({LOG_AXIS})).length >= 2",
-    "side by side": "charts.length >= 4 && charts.every(c => c.querySelector('g.cell'))",
-    "overlay": "charts.length >= 4 && !charts.some(c => c.querySelector('g.cell'))",
+    "log off": f"yAxes >= {LOSS_CHARTS} && all({LOG_AXIS}).length === 0",
+    "log on": f"all({LOG_AXIS}).length >= 2",
+    "side by side": f"all({CELLS}).length >= {LOSS_CHARTS}",
+    "overlay": f"yAxes >= {LOSS_CHARTS} && all({CELLS}).length === 0",
     # smoothed: the faint raw curve (a 1 px line) behind each smoothed one (2 px)
-    "smoothing on": "charts.length >= 4 && charts.every(c => "
-                    "c.querySelector('g.mark-line path[stroke-width=\"1\"]'))",
-    "smoothing off": "charts.length >= 4 && !charts.some(c => "
-                     "c.querySelector('g.mark-line path[stroke-width=\"1\"]'))",
-    "tab Gradients": "charts.length >= 4 && charts[0].textContent.includes('Global gradient "
-                     "norm')",
-    "tab Loss": "charts.length >= 4 && charts[0].textContent.includes('Training loss')",
-    # Activations: per-layer grids on canvas; mean and variance follow the site (drawn
-    # anew), the saturation chart does not
-    "site post_norm": "charts.length >= 3 && redrawn(charts[0]) && redrawn(charts[1])",
-    "site post_act": "charts.length >= 3 && redrawn(charts[0]) && redrawn(charts[1])",
+    #   (while training, only the runs started so far have curves)
+    "smoothing on": f"drawnPaths(2) >= {LOSS_CHARTS} && drawnPaths(1) >= drawnPaths(2)",
+    "smoothing off": f"drawnPaths(2) >= {LOSS_CHARTS} && drawnPaths(1) === 0",
+    # the tab's spec drawn anew: its first title, or a canvas (Streamlit draws a spec with
+    # many point marks on one, e.g. the old Gradients tab's hover points)
+    "tab Gradients": "charts.length >= 1 && redrawn(charts[0]) && (charts[0].querySelector("
+                     "'canvas') !== null || charts[0].textContent.includes('Global gradient "
+                     "norm'))",
+    "tab Loss": "charts.length >= 1 && redrawn(charts[0]) && "
+                "charts[0].textContent.includes('Training loss')",
+    # Activations: mean and variance follow the site (drawn anew or their rows swapped)
+    "site post_norm": "charts.length >= 1 && redrawn(charts[0])",
+    "site post_act": "charts.length >= 1 && redrawn(charts[0])",
 }
 
 
 def _timed(page, action, toggle: str, timeout: float = 60_000, arm: bool = True) -> float:
     """Seconds from the input event ``action`` fires to ``DONE[toggle]`` holding (``arm``:
     the next input event is the toggle; else ``action`` arms the listener itself)."""
+    page.evaluate(SIG_JS)
     page.evaluate(ARM_JS if arm else "() => { window.__t0 = null; }")
     action()
     handle = page.wait_for_function(
@@ -90,6 +117,7 @@ def _timed(page, action, toggle: str, timeout: float = 60_000, arm: bool = True)
 
 
 def _settled(page, toggle: str, timeout: float = 60_000) -> None:
+    page.evaluate(SIG_JS)
     page.wait_for_function(f"() => {{ {VISIBLE} return {DONE[toggle]}; }}", timeout=timeout)
 
 
@@ -104,6 +132,7 @@ def _select_site(page, label: str) -> None:
     box.click()
     option = page.get_by_role("option", name=label, exact=True)
     option.wait_for()
+    page.evaluate(SIG_JS)
     page.evaluate(ARM_JS)  # the option's click is the toggle, not the opening click
     option.click()
 
@@ -131,16 +160,18 @@ def _run_toggles(page, repeats: int, phase: str) -> dict[str, list[float]]:
                 t = _timed(page, action, toggle)
             except Exception:
                 page.screenshot(path=str(ROOT / "artifacts" / "bench_toggles_failure.png"))
-                seen = page.evaluate("() => { " + VISIBLE + " return charts.map(c => "
-                                     "[c.textContent.slice(0, 40), "
-                                     "c.querySelectorAll('g.mark-line').length]); }")
+                seen = page.evaluate("() => { " + VISIBLE + " return [charts.map(c => "
+                                     "c.textContent.slice(0, 40)), yAxes, "
+                                     "all(" + CELLS + ").length, drawnPaths(1), drawnPaths(2)]; }")
                 print(f"[{phase}] {toggle}: not drawn within 60 s; charts: {seen}", flush=True)
                 raise
             times[toggle].append(t)
             row.append(f"{toggle} {t:.2f}")
             time.sleep(0.5)
         page.get_by_role("tab", name="Activations").click()
-        page.wait_for_function("() => { " + VISIBLE + " return charts.length >= 3; }")
+        page.wait_for_function("() => { " + VISIBLE + " return charts.length >= 1 && ("
+                               "charts[0].querySelector('canvas') !== null || "
+                               "charts[0].textContent.includes('Activation mean')); }")
         time.sleep(0.5)
         for toggle, label in (("site post_norm", "post-norm"), ("site post_act",
                                                                  "post-activation")):
@@ -205,8 +236,9 @@ def main() -> None:
     parser.add_argument("--phases", default="finished,training")
     parser.add_argument("--train-steps", type=int, default=20_000)
     parser.add_argument("--baseline", metavar="GIT_REF",
-                        help="also serve this commit's dashboard on the same store and "
-                             "alternate the repeats between the two (paired, same load)")
+                        help="also serve this commit's dashboard (or a folder's tree) on "
+                             "the same store and alternate the repeats between the two "
+                             "(paired, same load)")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -224,7 +256,9 @@ def main() -> None:
         store_path = folder / "runs.sqlite"
         roots = {"this": ROOT}
         if args.baseline:
-            roots[args.baseline] = _checkout(args.baseline, folder / "baseline")
+            given = Path(args.baseline)  # a folder holding a tree, or a git ref
+            roots[args.baseline] = (given.resolve() if given.is_dir()
+                                    else _checkout(args.baseline, folder / "baseline"))
         done_cid = None
         if "finished" in phases:  # trained once, kept in artifacts/ (ignored by git)
             cached = ROOT / "artifacts" / "bench_toggles_quickstart.sqlite"

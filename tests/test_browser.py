@@ -159,7 +159,8 @@ def test_quick_start_live_charts_layout_link_and_layers(server, capsys):
             # the form shows the comparison's own setup, so the link needs only its id
             page.wait_for_url(lambda url: "comparison=c" in url and "methods=" not in url,
                               timeout=20_000)
-            page.locator(CURVE).first.wait_for(timeout=150_000)  # a cold compile: ~30-60 s
+            # a cold compile: ~30-60 s (visible: a run without rows yet has an empty path)
+            page.locator(f"{CURVE} >> visible=true").first.wait_for(timeout=150_000)
             timings["quick_start_to_first_curve_s"] = round(time.monotonic() - start, 2)
             _no_exception(page)
             page.screenshot(path=str(ARTIFACTS / "compare_live.png"))
@@ -205,7 +206,7 @@ def test_quick_start_live_charts_layout_link_and_layers(server, capsys):
             again = browser.new_page(viewport={"width": 1600, "height": 1000})
             start = time.monotonic()
             again.goto(link)
-            again.locator(DRAWN).first.wait_for(timeout=20_000)
+            again.locator(f"{DRAWN} >> visible=true").first.wait_for(timeout=20_000)
             timings["stored_link_to_first_curve_s"] = round(time.monotonic() - start, 2)
             again.get_by_text(f"{len(METHODS)} of {len(METHODS)} runs finished").wait_for()
             assert again.get_by_role("tab", selected=True).inner_text() == "Gradients"
@@ -339,7 +340,10 @@ def _steps_zoom_together(page) -> None:
     def grids() -> bytes:
         return page.screenshot(clip=below)
 
+    page.mouse.move(5, 5)  # no hover rule (it spans the first chart's plot height)
+    time.sleep(0.5)
     before = grids()
+    page.mouse.move(box["x"] + spot["x"], box["y"] + spot["y"])
     page.mouse.wheel(0, -300)
     _wait(lambda: grids() != before, 10, "the other charts zoomed", page)
     embed.dblclick(position=spot)

@@ -3,6 +3,7 @@ checked through ``chart.to_dict()``; specs compiled by vl-convert; image export.
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pandas as pd
 import pytest
 
 from normlab.views import palette
-from normlab.views.charts import metric_chart, to_image
+from normlab.views.charts import HOVER_STEPS, metric_chart, to_image
 from normlab.views.layercharts import hist_at_step, hist_heatmap, layer_chart, percentile_chart
 from normlab.measure.schema import HIST_BINS, HIST_METRICS
 
@@ -76,12 +77,26 @@ def marks(spec):
 
 
 def view_with(spec, mark):
-    return next(v for v in views(spec) if mark_type(v) == mark)
+    """The first view of ``mark`` (of lines: the curve itself, not the faint raw one)."""
+    return next(v for v in views(spec) if mark_type(v) == mark
+                and v.get("encoding", {}).get("y", {}).get("field") != "raw")
 
 
 def data_of(spec):
+    """The rows a chart draws its curves from (a curve chart's hover rows left out)."""
     (values,) = spec["datasets"].values()
-    return pd.DataFrame(values)
+    data = pd.DataFrame(values)
+    if "hover" not in data:
+        return data
+    return data[data["hover"].isna()].drop(columns=[c for c in data if c == "hover"
+                                                    or c.startswith("tip_")])
+
+
+def hover_of(spec):
+    """A curve chart's hover rows: one per panel and step, the runs' values as text."""
+    (values,) = spec["datasets"].values()
+    data = pd.DataFrame(values)
+    return data[data["hover"].eq(True)].dropna(axis=1, how="all")
 
 
 def check_color(spec, methods):
@@ -157,7 +172,7 @@ def test_color_scale_unknown_name_gets_stable_fallback():
 # ------------------------------------------------------------------------- metric_chart
 def test_metric_chart_overlay(df):
     spec = metric_chart(df, "loss", "train", band="minmax", title="Train loss").to_dict()
-    assert marks(spec) == {"area", "line", "point"}
+    assert marks(spec) == {"area", "line", "rule"}
     line = view_with(spec, "line")
     x, y = line["encoding"]["x"], line["encoding"]["y"]
     assert (x["field"], x["type"]) == ("step", "quantitative")
@@ -169,7 +184,17 @@ def test_metric_chart_overlay(df):
     pick = check_params(spec)
     cond = line["encoding"]["opacity"]["condition"]
     assert [c["param"] for c in (cond if isinstance(cond, list) else [cond])] == [pick]
-    assert {"step", "method", "value", "lo", "hi", "n_seeds"} <= tooltip_fields(spec)
+    # hover: one rule per step, its tooltip naming every method's value there (in words)
+    tips = [t for v in views(spec) for t in v.get("encoding", {}).get("tooltip", [])]
+    assert [t["title"] for t in tips] == ["step", *[m for m in palette.METHOD_ORDER
+                                                    if m in METHODS]]
+    hover = hover_of(spec)
+    assert list(hover["step"]) == sorted(set(df["step"]))
+    mean = data_of(spec).set_index(["method", "step"])
+    for i, t in enumerate(tips[1:]):
+        row = mean.loc[(t["title"], 20)]
+        assert hover.loc[hover["step"] == 20, t["field"]].item() == (
+            f"{row['value']:.4g}, seeds {row['lo']:.4g} to {row['hi']:.4g}")
     assert spec["title"] == "Train loss" and spec["width"] == "container"
     assert view_with(spec, "line")["encoding"]["color"]["legend"]["orient"] == "right"
     # the drawn data is the mean over the two seeds, min/max band
@@ -189,7 +214,12 @@ def test_metric_chart_side_log(df):
     assert spec["facet"]["sort"] == ["none", "batch", "layer"]
     assert spec["columns"] == 2
     check_shared(spec)
-    assert marks(spec) == {"line", "point"}  # band=None: no area
+    assert marks(spec) == {"line", "rule"}  # band=None: no area
+    # a panel per method: its hover tooltip names the one method shown and its value
+    tips = [t for v in views(spec) for t in v.get("encoding", {}).get("tooltip", [])]
+    assert [t["title"] for t in tips] == ["step", "runs", "value"]
+    assert hover_of(spec).groupby("method").size().to_dict() == {m: len(STEPS)
+                                                                 for m in METHODS}
     assert view_with(spec, "line")["encoding"]["y"]["scale"]["type"] == "log"
     check_color(spec, METHODS)
     check_params(spec)
@@ -273,6 +303,39 @@ def test_zoom_smoothing_and_log_ticks(df):
         assert "zoom" in {q["name"] for q in build().to_dict()["params"]}
 
 
+def test_smoothing_changes_only_the_data(df):
+    """Smoothed or not, a curve chart's spec is the same but for its rows (the raw column
+    is empty when unsmoothed): the browser swaps the rows of a drawn chart, no rebuild."""
+    def spec_of(weight):
+        spec = metric_chart(df, "loss", "train", smoothing=weight, log=True).to_dict()
+        data = spec.pop("datasets")
+        text = json.dumps(spec)
+        for name in data:
+            text = text.replace(name, "DATA")
+        return text, data_of({"datasets": data})
+
+    plain, smoothed = spec_of(0.0), spec_of(0.6)
+    assert plain[0] == smoothed[0]
+    assert plain[1]["raw"].isna().all() and smoothed[1]["raw"].notna().all()
+    np.testing.assert_allclose(plain[1]["value"], smoothed[1]["raw"])
+
+
+def test_hover_rows_follow_each_run_to_its_last_step():
+    """Runs at different steps (a live comparison): each step's tooltip gives a run's value
+    at its nearest recorded step, and '–' past the run's last one; steps are thinned."""
+    frame = synthetic(methods=("batch", "layer"), seeds=(0,), layers=(),
+                      steps=np.arange(0, 1000, 2))
+    frame = frame[(frame["method"] == "batch") | (frame["step"] < 500)]
+    spec = metric_chart(frame, "loss", "train").to_dict()
+    hover = hover_of(spec)
+    assert len(hover) == HOVER_STEPS and hover["step"].is_monotonic_increasing
+    late = hover[hover["step"] > 498]
+    assert (late["tip_1"] == "–").all() and (late["tip_0"] != "–").all()
+    data = data_of(spec).set_index(["method", "step"])
+    first = hover.iloc[0]
+    assert first["tip_1"] == f"{data.loc[('layer', 0), 'value']:.4g}"
+
+
 def test_grids_put_legends_below():
     """Small multiples keep their legend below, in rows that fit a ~800 px column."""
     many = synthetic(methods=palette.METHOD_ORDER, seeds=(0,), layers=("hidden1",))
@@ -290,11 +353,11 @@ def test_layer_chart_side_and_overlay(df):
     assert side["facet"]["column"]["sort"] == ["hidden1", "hidden2"]
     assert side["facet"]["row"]["field"] == "method"
     check_shared(side)
-    assert marks(side) == {"area", "line", "point"}
+    assert marks(side) == {"area", "line", "rule"}
     assert view_with(side, "line")["encoding"]["y"]["scale"]["type"] == "log"
     check_color(side, METHODS)
     check_params(side)
-    assert {"layer", "step", "method", "value"} <= tooltip_fields(side)
+    assert {"layer", "step", "label", "tip_0"} <= tooltip_fields(side)
 
     over = layer_chart(df, "grad_norm", "param").to_dict()
     assert over["facet"]["field"] == "layer" and over["columns"] == 2

@@ -9,7 +9,7 @@ import pytest
 
 from normlab.runs.comparisons import compare, wait_for
 from normlab.training.config import RunConfig
-from normlab.runs.engine import engine_pid, ensure_engine, stop_engine
+from normlab.runs.engine import WORKER_NICE, engine_pid, ensure_engine, stop_engine
 from normlab.runs.store import Store
 
 QUICK = RunConfig(steps=60, eval_interval=20, width=16, depth=2)
@@ -48,6 +48,11 @@ def test_comparison_runs_in_parallel_workers(store):
     assert all(steps == (0, 20, 40, 60) for steps in per_run)
     assert engine_pid(store.path) is not None
     assert ensure_engine(store.path) == engine_pid(store.path)  # one engine per store
+    # the workers train at a lower priority than the engine (the dashboard comes first)
+    engine_nice = os.getpriority(os.PRIO_PROCESS, engine_pid(store.path))
+    assert WORKER_NICE > 0
+    for pid in table.worker_pid.unique():
+        assert os.getpriority(os.PRIO_PROCESS, int(pid)) == min(19, engine_nice + WORKER_NICE)
 
 
 def test_pause_resume_cancel_and_live_records(store):

@@ -378,6 +378,7 @@ def test_explorer_lists_every_series_but_histogram_bins(trained):
     frame = views.comparison_frame(store, ids, ["weight_norm"], ["param"], layers=["hidden1"])
     chart = explorer.explore_chart(frame, "weight_norm · param · hidden1", View(), n_seeds=2)
     data = pd.DataFrame(next(iter(chart.to_dict()["datasets"].values())))
+    data = data[data["hover"].isna()]  # the curves' rows, not the hover rules'
     ref = frame.groupby(["method", "step"])["value"].mean()
     np.testing.assert_allclose(data.set_index(["method", "step"])["value"], ref.loc[
         list(zip(data["method"], data["step"]))])
@@ -481,7 +482,15 @@ def test_point_rows_counts_point_marks_of_their_data():
                       {"data": {"name": "b"}, "mark": "rect"}]}
     assert linked.point_rows(spec) == 5 + 7  # the line's rows are not counted
     big = {**spec, "datasets": {"a": [{}] * 2500, "b": []}}
-    assert "usermeta" not in linked.compose([big])  # Streamlit picks the canvas
+    assert linked.compose([big])["usermeta"]["embedOptions"]["renderer"] == "canvas"
+    # a curve chart's hover rules: only its rows marked hover are drawn by the rule
+    curve = {"datasets": {"a": [{}] * 900 + [{"hover": True}] * 100}, "data": {"name": "a"},
+             "layer": [{"mark": "line"}, {"mark": "rule", "transform": [
+                 {"filter": "datum.hover"}]}]}
+    assert linked.point_rows(curve) == 100
+    assert linked.compose([curve])["usermeta"]["embedOptions"]["renderer"] == "svg"
+    many = {**curve, "datasets": {"a": [{}] * (linked.CANVAS_ROWS + 1)}}
+    assert linked.compose([many])["usermeta"]["embedOptions"]["renderer"] == "canvas"
 
 
 def test_compose_refuses_nothing_and_mismatched_halves():

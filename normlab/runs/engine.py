@@ -8,7 +8,8 @@ one per store file, guaranteed by an exclusive ``flock`` on ``STORE.engine.lock`
 * it imports torch and runs a tiny warm-up training once (torch's lazy imports cost about
   a second), then forks ``workers`` processes (default: the number of CPU cores), each
   with one torch thread, so the machine is never oversubscribed and two people submitting
-  at once share the workers through the store's fair claim order;
+  at once share the workers through the store's fair claim order; workers run at nice
+  ``WORKER_NICE``, so the dashboard drawing their curves is not starved by training;
 * each worker claims a run, trains it, streams its records to the store every
   ``FLUSH_SECONDS`` (and right after the first step), reports progress, and obeys the
   run's control request between flushes: ``pause`` (sleeps holding the run), ``resume``,
@@ -45,6 +46,11 @@ POLL_SECONDS = 0.05  # how often an idle worker looks for queued runs
 IDLE_EXIT_SECONDS = 900.0  # the engine stops after this long with nothing to do
 PAUSED_ALLOWANCE = 8  # extra workers forked for paused runs, so queued runs keep going
 WATCH_ENV = "NORMLAB_ENGINE_WATCH"  # "1": an engine started here stops when we exit
+# Workers train at a lower CPU priority than everything else (the supervisor included):
+# with a worker on every core, the dashboard's server and the browser drawing its charts
+# would otherwise wait behind training for their share of a core; reniced, a view toggle
+# preempts training, and training alone on the machine runs as fast as before.
+WORKER_NICE = 10
 
 
 def lock_path(store_path: Path) -> Path:
@@ -285,6 +291,7 @@ def _fork_worker(path: Path) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGUSR1, _retire)
+        os.nice(WORKER_NICE)  # the UI before training (see WORKER_NICE)
         worker_loop(path, parent=os.getppid())
     except BaseException:
         import traceback

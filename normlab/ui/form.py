@@ -203,7 +203,7 @@ def launch_button(config, methods, seeds, errors) -> None:
 # ---------------------------------------------------------------------- view options
 _LAYOUTS = {"overlay": "Overlay", "side": "Side by side"}
 _BANDS = {"minmax": "min–max", "std": "± std", "none": "none"}
-_SITES = {"pre_norm": "pre-norm", "post_norm": "post-norm", "post_act": "post-activation"}
+SITE_LABELS = {"pre_norm": "pre-norm", "post_norm": "post-norm", "post_act": "post-activation"}
 
 
 def _view_default(name: str):
@@ -244,7 +244,7 @@ def view_controls(n_seeds: int, present: bool) -> View:
                                     help="spread across seeds (needs 2 or more seeds)",
                                     **_view_default("band"))
     with cols[4]:
-        site = st.selectbox("Activation site", list(_SITES), format_func=_SITES.get,
+        site = st.selectbox("Activation site", list(SITE_LABELS), format_func=SITE_LABELS.get,
                             help="where the activation statistics are measured",
                             **_view_default("site"))
     return View(layout=layout or "overlay", log=log, smooth=float(smooth), band=band or "minmax",

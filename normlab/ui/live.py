@@ -18,6 +18,7 @@ from normlab.runs.store import NotFound
 from normlab.views.urlstate import View
 from normlab.ui.common import (PAGE_WIDTH, POLL_SECONDS, TAB, get_store, linked_tab,
                                tab_changed)
+from normlab.ui.form import SITE_LABELS
 from normlab.ui.sweep import fields_of as sweep_fields, sweep_view
 
 
@@ -253,6 +254,10 @@ def _group(key: str, runs, group: str, view: View) -> None:
     # the audience a curve that vanishes while the tab renders.
     charts = list(built())
     drawn = len(charts)
+    if drawn and any(spec.site == "site" for spec, _ in charts):
+        # the charts do not name the site (a site change then swaps rows, no rebuild)
+        st.caption(f"Mean and variance measured **{SITE_LABELS.get(view.site, view.site)}**"
+                   " (the *Activation site* option above); saturation after the activation.")
     if drawn:
         halves = [not wide and not spec.per_layer for spec, _ in charts]
         st.vega_lite_chart(linked.compose([c for _, c in charts], halves, PAGE_WIDTH),

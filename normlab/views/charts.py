@@ -17,10 +17,13 @@ layered on it):
   labels of one method are told apart by line dash;
 * clicking a legend entry highlights that entry (``selection_point(bind='legend')`` driving
   opacity; shift-click adds more);
-* hovering shows a tooltip for the nearest point (a ``nearest`` selection on a point layer);
+* hovering a curve chart shows a rule at the nearest step and a tooltip with every run's
+  value there (:func:`hover_rows`; a ``nearest`` selection on a rule layer); other charts
+  show the nearest point's values;
 * drag or wheel zooms and pans the step axis (an interval selection bound to the x scale),
   a double-click resets it;
 * with ``smoothing``, the smoothed curve is drawn over the raw one, faint (as TensorBoard);
+  the spec is the same without (the raw column then empty), so only the rows change;
 * small multiples share their x and y scales, so shapes compare honestly;
 * single panels take their container's width (``width='container'``, legend on the right,
   inside it); small multiples get a fixed panel size that the page fits to its column
@@ -121,6 +124,12 @@ def hover_pick() -> alt.Parameter:
                                clear="pointerout", empty=False)
 
 
+def hover_step() -> alt.Parameter:
+    """The step nearest the pointer (drives a curve chart's hover rule and its tooltip)."""
+    return alt.selection_point(name="hover", nearest=True, on="pointerover",
+                               clear="pointerout", empty=False, fields=["step"])
+
+
 def zoom_steps() -> alt.Parameter:
     """Drag / wheel to zoom and pan the step axis; double-click resets (Vega-Lite's
     interval selection bound to the x scale clears on ``dblclick``)."""
@@ -209,7 +218,9 @@ def series_frame(df: pd.DataFrame, metric: str, site: str, *, band: str | None,
     """The rows of (metric, site) smoothed per run, seed-aggregated and downsampled.
 
     With ``smoothing``, ``value`` is the smoothed mean and ``raw`` the mean of the raw
-    values (what the faint curve behind the smoothed one draws)."""
+    values (what the faint curve behind the smoothed one draws); without, ``raw`` is
+    empty (NaN): the column, and so the chart's spec, is the same either way, and the
+    browser swaps the rows of a drawn chart when only the smoothing changes."""
     if band not in BANDS:
         raise ValueError(f"band ({band!r}) must be one of {BANDS}")
     cols = [c for c in ("run", "method", "label", "seed", "layer", "step", "value") if c in df]
@@ -220,35 +231,100 @@ def series_frame(df: pd.DataFrame, metric: str, site: str, *, band: str | None,
         raw = aggregate_seeds(rows, band=None, by=keys)
         agg = agg.assign(raw=raw["value"].to_numpy()) if len(raw) == len(agg) else agg.merge(
             raw[keys + ["value"]].rename(columns={"value": "raw"}), on=keys, how="left")
+    else:
+        agg = agg.assign(raw=np.nan)
     agg = downsample(agg, max_points, by=["method", "label", "layer"])
-    if log and "raw" in agg:
+    if log:
         agg = agg.assign(raw=agg["raw"].where(agg["raw"] > 0))
     return log_safe(agg) if log else agg
 
 
+HOVER_STEPS = 150  # hover rules per panel at most (one per step, the steps thinned evenly)
+
+
+def _fmt(values: np.ndarray) -> np.ndarray:
+    """Numbers as short text ('0.2345', '1.2e-05'); '–' where missing."""
+    return np.array([f"{v:.4g}" if v == v else "–" for v in values.tolist()], dtype=object)
+
+
+def _tip_text(rows: pd.DataFrame, band: str | None) -> np.ndarray:
+    """Per row, the words a hover tooltip shows for one run: the (smoothed) value, the
+    raw one behind it, the seed band."""
+    text = _fmt(rows["value"].to_numpy(dtype=float))
+    if "raw" in rows and rows["raw"].notna().any():
+        text = text + " (raw " + _fmt(rows["raw"].to_numpy(dtype=float)) + ")"
+    if band and "lo" in rows:
+        text = (text + ", seeds " + _fmt(rows["lo"].to_numpy(dtype=float)) + " to "
+                + _fmt(rows["hi"].to_numpy(dtype=float)))
+    return text
+
+
+def hover_rows(df: pd.DataFrame, panels: tuple[str, ...], band: str | None,
+               steps: int = HOVER_STEPS) -> tuple[pd.DataFrame, list[str]]:
+    """The rows a chart's hover rules are drawn from, and the labels their tooltips list.
+
+    One row per panel (``panels``: the columns the chart is faceted by) and step, the
+    steps of the panel thinned evenly to at most ``steps``. When a panel shows several
+    runs (labels), the row has a text column ``tip_i`` per label (:func:`labels_in`
+    order): that run's value at the recorded step nearest to the row's step, '–' outside
+    the run's steps; else (one run per panel) its ``label`` and one column ``tip_0``.
+    The rows carry ``hover=True`` (the curves' rows do not)."""
+    keys = [k for k in panels if k in df.columns]
+    per_label = not keys or bool(len(df)) and bool(
+        df.groupby(keys, observed=True)["label"].nunique().max() > 1)
+    labels = labels_in(df) if per_label and len(df) else []
+    out = []
+    groups = df.groupby(keys, sort=False, observed=True) if keys else [((), df)]
+    for key, part in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        all_steps = np.unique(part["step"].to_numpy())
+        if len(all_steps) > steps:
+            all_steps = np.unique(all_steps[np.linspace(0, len(all_steps) - 1, steps).round()
+                                            .astype(int)])
+        row = pd.DataFrame({"step": all_steps})
+        for k, v in zip(keys, key):
+            row[k] = v
+        if per_label:
+            tips = {lab: rows for lab, rows in part.groupby("label", sort=False, observed=True)}
+            for i, lab in enumerate(labels):
+                col = np.full(len(all_steps), "–", dtype=object)
+                rows = tips.get(lab)
+                if rows is not None and len(rows):
+                    rows = rows.sort_values("step")
+                    s = rows["step"].to_numpy()
+                    at = np.clip(np.searchsorted(s, all_steps), 0, len(s) - 1)
+                    before = np.clip(at - 1, 0, len(s) - 1)
+                    near = np.where(np.abs(s[before] - all_steps) <= np.abs(s[at] - all_steps),
+                                    before, at)
+                    inside = (all_steps >= s[0]) & (all_steps <= s[-1])
+                    col[inside] = _tip_text(rows.iloc[near[inside]], band)
+                row[f"tip_{i}"] = col
+        else:  # the panel's one run
+            row["label"] = part["label"].iloc[0]
+            rows = part.sort_values("step").drop_duplicates("step")
+            row["tip_0"] = _tip_text(rows.set_index("step").loc[all_steps].reset_index(), band)
+        out.append(row)
+    frame = pd.concat(out, ignore_index=True) if out else pd.DataFrame({"step": []})
+    return frame.assign(hover=True), labels
+
+
 def curve_layers(df: pd.DataFrame, *, y_title: str, log: bool, band: str | None,
-                 extra_tooltip: tuple[alt.Tooltip, ...] = (), below: bool = False
-                 ) -> alt.LayerChart:
+                 panels: tuple[str, ...] = (), below: bool = False) -> alt.LayerChart:
     """Mean line (+ seed band, + faint raw curve when ``df`` has ``raw``) per method/label
-    over steps, with legend pick, hover and step zoom; ``below``: legend under the chart."""
+    over steps, with legend pick, hover and step zoom; ``below``: legend under the chart.
+
+    ``panels``: the columns the caller facets the chart by. Hovering shows one vertical
+    rule at the nearest step and a tooltip with every run of the panel at that step
+    (:func:`hover_rows`), rather than a point per datum: a chart of 9 runs then has ~100
+    hover marks, not ~900, which is what the browser spends its time on when a chart is
+    drawn anew (tooltips and opacity conditions are evaluated per mark)."""
     field = colour_field(df)
-    pick, hover = legend_pick(field), hover_pick()
-    smoothed = "raw" in df.columns
-    value = "smoothed mean" if smoothed and band else "smoothed" if smoothed else (
-        "mean over seeds" if band else "value")
-    tooltip = [alt.Tooltip("step:Q", title="step"), alt.Tooltip("method:N", title="method"),
-               alt.Tooltip("label:N", title="runs"), *extra_tooltip,
-               alt.Tooltip("value:Q", title=value, format=".4g")]
-    if smoothed:
-        tooltip.append(alt.Tooltip("raw:Q", title="raw (unsmoothed)", format=".4g"))
-    if band:
-        what = "min" if band == "minmax" else "mean − std"
-        tooltip += [alt.Tooltip("lo:Q", title=f"seed band from ({what})", format=".4g"),
-                    alt.Tooltip("hi:Q", title="seed band to (" + ("max" if band == "minmax"
-                                                                 else "mean + std") + ")",
-                                format=".4g")]
-    tooltip.append(alt.Tooltip("n_seeds:Q", title="seeds"))
+    pick, hover = legend_pick(field), hover_step()
+    tips, labels = hover_rows(df, panels, band)
     y = y_enc("value:Q", y_title, log)
+    # the hover rows have no value: they draw nothing on the curves' layers (left there
+    #   unfiltered: a filter per layer costs each layer its own copy of the data per panel,
+    #   which doubled the time to draw a tab of per-layer grids)
     base = alt.Chart().encode(x=alt.X("step:Q", title="step"), color=method_color(df, below),
                               detail="label:N")
     line = base.mark_line(strokeWidth=2, clip=True).encode(y=y, opacity=faded(pick))
@@ -259,17 +335,24 @@ def curve_layers(df: pd.DataFrame, *, y_title: str, log: bool, band: str | None,
         # the spread across seeds (min..max or mean ± std), drawn under the lines
         layers.append(base.mark_area(clip=True).encode(
             y=y_enc("lo:Q", y_title, log), y2="hi:Q", opacity=faded(pick, 0.22, 0.03)))
-    if smoothed:
+    if "raw" in df.columns:
         # the raw curve, faint, behind the smoothed one (as TensorBoard draws it)
         layers.append(base.mark_line(strokeWidth=1, clip=True).encode(
             y=y_enc("raw:Q", y_title, log), opacity=faded(pick, RAW_OPACITY, 0.04)))
     # the mean over seeds (the run itself when there is one seed); drag/wheel zooms steps
     layers.append(line.add_params(pick, zoom_steps()))
-    # hover targets: the nearest point shows a dot and the tooltip
-    layers.append(base.mark_point(filled=True, size=60, clip=True).encode(
-        y=y, opacity=alt.when(hover).then(alt.value(1)).otherwise(alt.value(0)),
-        tooltip=tooltip).add_params(hover))
-    return alt.layer(*layers, data=df)
+    # hover: a rule at the nearest step, its tooltip listing the panel's runs there
+    tooltip = [alt.Tooltip("step:Q", title="step")]
+    if "layer" in panels and "layer" in df.columns:
+        tooltip.append(alt.Tooltip("layer:N", title="layer"))
+    tooltip += ([alt.Tooltip(f"tip_{i}:N", title=str(lab)) for i, lab in enumerate(labels)]
+                if labels else [alt.Tooltip("label:N", title="runs"),
+                                alt.Tooltip("tip_0:N", title="value")])
+    layers.append(alt.Chart().mark_rule(color="#888888", strokeWidth=1).encode(
+        x=alt.X("step:Q", title="step"),
+        opacity=alt.when(hover).then(alt.value(0.8)).otherwise(alt.value(0)),
+        tooltip=tooltip).transform_filter("datum.hover").add_params(hover))
+    return alt.layer(*layers, data=pd.concat([df, tips], ignore_index=True))
 
 
 # ----------------------------------------------------------------------------- builders
@@ -294,12 +377,12 @@ def metric_chart(df: pd.DataFrame, metric: str, site: str, *, layout: str = "ove
         raise ValueError(f"{metric!r} at {site!r} has several layers "
                          f"({', '.join(natural_order(data['layer'].unique()))}): use layer_chart")
     data = data.drop(columns="layer")
+    field = colour_field(data)
     chart = curve_layers(data, y_title=axis_title(metric, site), log=log, band=band,
-                         below=layout == "side")
+                         below=layout == "side", panels=() if layout == "overlay" else (field,))
     if layout == "overlay":
         chart = chart.properties(width="container", height=HEIGHT)
     else:
-        field = colour_field(data)
         panels = labels_in(data) if field == "label" else methods_in(data)
         chart = (chart.properties(width=PANEL_WIDTH, height=PANEL_HEIGHT)
                  .facet(facet=alt.Facet(f"{field}:N", sort=panels, title=None),

@@ -414,7 +414,7 @@ def build_chart(frame: pd.DataFrame, spec: ChartSpec, view: View, *, n_seeds: in
     is not known to Python: pass what the layout leaves); presenter mode enlarges panels
     and fonts.
     """
-    from normlab.views.charts import metric_chart
+    from normlab.views.charts import METRIC_TITLES, metric_chart
     from normlab.views.layercharts import layer_chart
 
     site = view.site if spec.site == "site" else spec.site
@@ -431,11 +431,15 @@ def build_chart(frame: pd.DataFrame, spec: ChartSpec, view: View, *, n_seeds: in
     else:
         columns = min(n_labels, 4) if view.layout == "side" else 1
     band = None if view.band == "none" or n_seeds < 2 else view.band
-    title = spec.title if spec.site != "site" else f"{spec.title} ({site})"
     builder = layer_chart if spec.per_layer else metric_chart
+    # a chart that follows the site option does not name the site (the page says it): the
+    #   same spec at every site, so a site change swaps its rows into the drawn chart
+    #   rather than drawing it anew
+    extra = {"y_title": f"{METRIC_TITLES.get(metric, metric)} (at the chosen site)"} if (
+        spec.site == "site" and spec.per_layer) else {}
     # a point budget per chart: the browser draws every point (line + hover targets)
     per_series = POINT_BUDGET // max(1, n_labels * n_layers)
-    chart = builder(rows, metric, site, title=title, layout=view.layout,
+    chart = builder(rows, metric, site, title=spec.title, layout=view.layout, **extra,
                     log=view.log and spec.loggable, band=band, smoothing=view.smooth,
                     columns=None if spec.per_layer and view.layout == "side" else columns,
                     max_points=int(min(600, max(MIN_POINTS, per_series))))

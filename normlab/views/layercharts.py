@@ -1,7 +1,7 @@
 """Chart builders for per-layer dynamics: layer metrics, percentile bands, histograms.
 
 Same conventions as :mod:`normlab.views.charts` (tidy frame in, Altair chart out, colour =
-method from the shared palette, legend-click highlight, nearest-point tooltips, shared
+method from the shared palette, legend-click highlight, hover tooltips, shared
 scales across small multiples, drag/wheel zoom on the step axis). Grids have one row per
 method in canonical order (per label, when a method has several) and one column per layer in
 natural order (hidden2 before hidden10), so their width grows with the layers shown, not
@@ -23,8 +23,8 @@ import pandas as pd
 
 from normlab.views.charts import (MAX_POINTS, PANEL_HEIGHT, PANEL_WIDTH, WIDE_HEIGHT,
                                   WIDE_WIDTH, axis_title, colour_field, curve_layers, dash,
-                                  faded, hover_pick, legend_pick, method_color, run_row,
-                                  series_frame, style, with_label, zoom_steps)
+                                  faded, hover_pick, legend_pick, method_color, run_field,
+                                  run_row, series_frame, style, with_label, zoom_steps)
 from normlab.views.frames import (downsample, hist_step_frame, hist_time_frame, natural_order,
                             percentile_frame, unit_frame)
 
@@ -42,8 +42,8 @@ def _hover_marker(hover: alt.Parameter):
 def layer_chart(df: pd.DataFrame, metric: str, site: str, *, layout: str = "overlay",
                 log: bool = False, band: str | None = None, title: str | None = None,
                 columns: int | None = None, smoothing: float = 0.0,
-                max_points: int = MAX_POINTS) -> alt.FacetChart:
-    """A per-layer metric over steps.
+                max_points: int = MAX_POINTS, y_title: str | None = None) -> alt.FacetChart:
+    """A per-layer metric over steps (``y_title``: default the metric and site in words).
 
     ``layout='side'``: rows = methods, columns = layers. ``layout='overlay'``: one panel per
     layer (wrapped into ``columns``, default up to 3), colour = method. Seeds, ``band``,
@@ -54,8 +54,9 @@ def layer_chart(df: pd.DataFrame, metric: str, site: str, *, layout: str = "over
     data = series_frame(df, metric, site, band=band, smoothing=smoothing,
                         max_points=max_points, log=log)
     layers = natural_order(data["layer"].unique())
-    chart = curve_layers(data, y_title=axis_title(metric, site), log=log, band=band,
-                         extra_tooltip=(alt.Tooltip("layer:N", title="layer"),), below=True)
+    panels = (run_field(data)[0], "layer") if layout == "side" else ("layer",)
+    chart = curve_layers(data, y_title=y_title or axis_title(metric, site), log=log,
+                         band=band, panels=panels, below=True)
     if layout == "side":
         chart = chart.properties(width=PANEL_WIDTH, height=PANEL_HEIGHT).facet(
             row=run_row(data), column=_layer_column(data))

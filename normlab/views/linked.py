@@ -18,7 +18,8 @@ What else changes in the composition:
 * each chart's ``hover`` param is renamed ``hover_<i>``: a nearest-point tooltip of one
   chart must not light up points of another;
 * the tab is drawn as SVG when each chart alone would have been (Streamlit switches a
-  spec to a canvas above ~2,000 point-like marks, counted over the whole spec);
+  spec to a canvas above ~2,000 point-like marks, counted over the whole spec) and the
+  tab has at most ``CANVAS_ROWS`` rows; else on a canvas;
 * model-level charts drawn ``width='container'`` get a fixed width: two side by side
   (``halves``) share a row of ``width`` px, a lone one takes the row; faceted charts keep
   the width :func:`normlab.views.compareview.fit` gave them.
@@ -77,25 +78,36 @@ def _view_names(node) -> set[str]:
 
 POINTY = {"point", "circle", "square", "rect", "bar", "tick", "rule", "text"}
 SVG_ROWS = 2000  # Streamlit draws a spec on a canvas above this many rows of such marks
+# ... and a tab is drawn on a canvas above this many rows in all (curves' points too):
+#   the renderer Streamlit picked for a tab of per-layer grids when each datum had a hover
+#   point; with one hover rule per step it would pick SVG, slower to draw that many paths
+CANVAS_ROWS = 5000
 
 
 def point_rows(spec: dict) -> int:
     """Rows drawn by point-like marks (one SVG element each) in a chart spec: what
     Streamlit weighs, summed over a whole spec, to pick a canvas over SVG."""
-    sizes = {k: len(v) for k, v in (spec.get("datasets") or {}).items()}
+    sets = (spec.get("datasets") or {}).items()
+    sizes = {k: len(v) for k, v in sets}
+    # a curve chart's hover rules are drawn from its rows marked ``hover`` only
+    hovers = {k: sum(1 for r in v if isinstance(r, dict) and r.get("hover") is True)
+              for k, v in sets}
 
-    def walk(node, rows: int) -> int:
+    def walk(node, rows: int, name=None) -> int:
         if not isinstance(node, dict):
             return 0
         if isinstance(node.get("data"), dict):
-            rows = sizes.get(node["data"].get("name"), 0)
+            name = node["data"].get("name")
+            rows = sizes.get(name, 0)
         mark = node.get("mark")
         kind = mark.get("type") if isinstance(mark, dict) else mark
         if kind is not None:
+            if {"filter": "datum.hover"} in node.get("transform", []):
+                return hovers.get(name, 0) if kind in POINTY else 0
             return rows if kind in POINTY else 0
         children = [*node.get("layer", []), *node.get("hconcat", []), *node.get("vconcat", []),
                     *node.get("concat", []), node.get("spec")]
-        return sum(walk(c, rows) for c in children)
+        return sum(walk(c, rows, name) for c in children)
 
     return walk(spec, 0)
 
@@ -176,10 +188,13 @@ def compose(specs: Sequence[dict], halves: Sequence[bool] | None = None,
                     else {"hconcat": [charts[i] for i in row], "spacing": SPACING})
     out = {"$schema": specs[0].get("$schema"), "vconcat": rows, "spacing": SPACING,
            "params": list(params.values())}
-    if max(point_rows(s) for s in specs) <= SVG_ROWS:
+    drawn = sum(len(v) for v in datasets.values())
+    if max(point_rows(s) for s in specs) <= SVG_ROWS and drawn <= CANVAS_ROWS:
         # each chart alone would be SVG (Streamlit's rule): the tab stays SVG, as the
         #   charts were one by one, rather than a canvas for their sum
         out["usermeta"] = {"embedOptions": {"renderer": "svg"}}
+    else:  # many rows (a tab of per-layer grids): a canvas paints them faster than SVG
+        out["usermeta"] = {"embedOptions": {"renderer": "canvas"}}
     kinds = {e.get("type") for e in _encodings(charts, "color")}
     if len(kinds) > 1:  # e.g. methods beside a heatmap's fractions: a scale (legend) each
         out["resolve"] = {"scale": {"color": "independent"}}
