@@ -240,8 +240,8 @@ def test_gradients_read_after_the_update_equal_those_after_backward(mlp, make_op
 
 def test_statistics_on_the_helper_thread_equal_those_taken_in_line(monkeypatch):
     """The compiled kernels take the activation statistics on a helper thread while the
-    loss and the backward pass run, and the parameter statistics while the next batch's
-    forward pass runs; the records are bit-identical to taking them in the training
+    loss and the backward pass run (the parameter statistics, ~10 µs, stay in line); the
+    records are bit-identical to taking them in the training
     thread, with records at every step or every third one, including a diverging run's
     last steps and a step left unfinished; the thread ends with the probe."""
     import threading
@@ -265,7 +265,7 @@ def test_statistics_on_the_helper_thread_equal_those_taken_in_line(monkeypatch):
     for config in (cfg, cfg.replace(record_interval=3), diverging):
         monkeypatch.setattr(kernels, "RELEASES_GIL", True)
         threaded, outcome = train(config)
-        assert where == {"activation_stats": {"normlab-probe"}, "parameter_stats": {"normlab-probe"}}
+        assert where == {"activation_stats": {"normlab-probe"}, "parameter_stats": {"MainThread"}}
         assert not any(t.name == "normlab-probe" for t in threading.enumerate())
         for name in where:
             where[name].clear()

@@ -27,9 +27,9 @@ Z95 = 1.959963984540054  # the normal 97.5% quantile
 
 class Helper:
     """A probe's helper thread: one job at a time, handed over and joined through two
-    locks (a release and an acquire each, no futures, no queue: ~2 µs of the training
-    thread's time per step, where ``ThreadPoolExecutor`` took ~20-30 µs plus its
-    wake-ups). Started at a probe's first job, ended at its ``__exit__``."""
+    locks (a release and an acquire each: no future, no queue, where a
+    ``ThreadPoolExecutor`` made a future and a work item and woke its thread through a
+    queue at every step). Started at a probe's first job, ended at its ``__exit__``."""
 
     def __init__(self):
         self._go, self._done = threading.Lock(), threading.Lock()

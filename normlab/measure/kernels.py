@@ -49,8 +49,7 @@ from normlab.measure.kernelspec import (FINE, KIND_BOUNDS, KIND_DEAD, KIND_NONE,
                                       SMALL, UNWANTED, workspace)
 
 _jit = njit(cache=True)  # holding the GIL: releasing it costs ~3 µs a call in a training loop
-RELEASES_GIL = True  # activation_stats and parameter_stats run without the GIL: a probe
-# may run them on a thread
+RELEASES_GIL = True  # activation_stats runs without the GIL: a probe may run it on a thread
 _sums = njit(cache=True, fastmath={"reassoc"})  # see "Determinism"
 
 
@@ -151,7 +150,7 @@ def before_step(grad_addresses, grad_sizes, grad2, weight_addresses, weight_size
     copy_weights(weight_addresses, weight_sizes, buffer, weight2)
 
 
-@njit(cache=True, nogil=True)  # a threaded probe runs it on its helper thread
+@_jit
 def parameter_stats(addresses, sizes, buffer, copied, grad_addresses, grad_sizes, grad2,
                     weight2, layer_in_all, owner, row):
     """The parameter part of a recorded row, for L layers owning the P weight tensors at

@@ -24,14 +24,14 @@ tensors in place, one call after the forward pass (every activation tensor, a co
 layer weights) and one after the update (every gradient, the step the weights took),
 writing into a preallocated block of float64 rows; :meth:`Probe.flush` turns the rows
 into one :class:`~normlab.measure.schema.RecordBatch`. With ``threaded=True`` (NormLab's
-trainer) and the compiled kernels, the kernels run on the probe's helper thread with the
-GIL released (:class:`normlab.measure.handoff.Helper`): the activation statistics while
-the training thread computes the loss and the backward pass, the parameter statistics
-while it samples the next batch and runs its forward pass. The probe holds what a job
-reads and joins it before anything can change that (see :meth:`Probe._join`), so the
-numbers are the same; only a second core makes it faster. It requires a loop that calls
-:meth:`Probe.after_forward` at every step and writes nothing into the model's
-activations between :meth:`Probe.after_forward` and :meth:`Probe.after_update`
+trainer) and the compiled kernels, the activation statistics run on the probe's helper
+thread with the GIL released (:class:`normlab.measure.handoff.Helper`) while the training
+thread computes the loss and the backward pass. The probe holds the activations until it
+joins the thread (:meth:`Probe.after_update`), so the numbers are the same; only a second
+core makes it faster. The parameter statistics (~10 µs) stay in line: on the thread they
+waited for the GIL through the next forward pass, which costs more than they do. It
+requires a loop that writes nothing into the model's activations between
+:meth:`Probe.after_forward` and :meth:`Probe.after_update`
 (autograd never does; a user's loop might, so :mod:`normlab.runs.logger` keeps it off).
 
 Mean, variance and saturation use every value; percentiles and histograms use a fixed
@@ -325,8 +325,8 @@ class Probe:
         """Call after the forward pass: activation statistics, while the activations are
         still in the CPU's cache, and a copy of the layer weights (so :meth:`after_update`
         can measure the step the optimizer takes) with their norms."""
-        self._join()  # the last step's parameter statistics: before anything changes
-        if self._armed and not self._activations_done:  # the weights or the gradients
+        self._join()  # a step left unfinished (diverged) may still be measured
+        if self._armed and not self._activations_done:
             self._activation_stats(copy_weights=not self._copied)
 
     def after_backward(self) -> None:
@@ -371,11 +371,9 @@ class Probe:
         args = (weights.update(held), weights.sizes, self._snapshot, self._copied, grads,
                 self._grads.sizes, self._grad2, self._weight2, self._layer_in_all,
                 self._param_owner, row)
+        self.kernels.parameter_stats(*args)  # in line: ~10 µs, less than a thread hand-off
         if self._wrapped:
-            self.kernels.parameter_stats(*args)
             self._wrapped_stats(row)
-        else:
-            self._run(self.kernels.parameter_stats, args, held)
         extra = extra or {}
         if self._extra_keys is None:
             self._extra_keys = list(extra)
@@ -419,14 +417,8 @@ class Probe:
             kernel(*args)
 
     def _join(self) -> None:
-        """Wait for the statistics in flight (if any), then let go of what they read.
-
-        When a job may be in flight: the activation statistics from
-        :meth:`after_forward` to :meth:`after_update` (over the loss and the backward
-        pass), the parameter statistics from :meth:`after_update` to the next step's
-        :meth:`after_forward` (over the next batch and forward pass: the optimizer and
-        ``zero_grad`` change the weights and gradients they read only after it). So a
-        threaded probe needs :meth:`after_forward` called at every step; every reader of
+        """Wait for the activation statistics in flight (if any: from :meth:`after_forward`
+        to :meth:`after_update`), then let go of the tensors they read. Every reader of
         the rows (:meth:`flush`) joins first."""
         if self._helper is not None and self._helper.busy:
             self._helper.join()
