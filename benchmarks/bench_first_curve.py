@@ -77,7 +77,7 @@ def _click_to_curve(url: str) -> dict:
         result["load_at_click"] = open("/proc/loadavg").read().split()[0]
         clicked = time.monotonic()
         quick.click()
-        page.locator(CURVE).first.wait_for(timeout=150_000)
+        page.locator(f"{CURVE} >> visible=true").first.wait_for(timeout=150_000)
         result["click_to_curve_s"] = round(time.monotonic() - clicked, 2)
         browser.close()
     return result
