@@ -161,10 +161,12 @@ def spec_of(chart: alt.TopLevelMixin) -> dict:
 
 def figure(title: str, chart: alt.TopLevelMixin, measured: int | None) -> Figure:
     """The chart's spec with its data inlined (no row limit: the builders thinned it);
-    drawn = distinct (label, layer, step) of its largest dataset. ``measured`` None: the
+    drawn = distinct (label, layer, step) of its largest dataset's curve rows (not the
+    hover rules' rows, :func:`normlab.views.charts.hover_rows`). ``measured`` None: the
     chart shows a single step, nothing was thinned."""
     spec = spec_of(chart)
     rows = max(spec.get("datasets", {}).values(), key=len, default=[])
+    rows = [r for r in rows if not r.get("hover")]  # a hover rule's rows are not points
     keys = [k for k in KEYS if rows and k in rows[0]]
     drawn = len({tuple(r.get(k) for k in keys) for r in rows}) if keys else len(rows)
     return Figure(title, spec, drawn if measured is None else measured, drawn)
