@@ -455,3 +455,25 @@ def test_store_categoricals_give_the_same_data(df, build):
     cat = df.astype({c: "category" for c in ("run", "layer", "site", "metric")})
     plain, got = data_of(build(df).to_dict()), data_of(build(cat).to_dict())
     pd.testing.assert_frame_equal(got, plain)
+
+
+def test_side_by_side_panels_draw_their_curves():
+    """Each panel of the side-by-side layout draws its run's curve: the hover rows (one
+    per step, carrying the panel's label) must not break the curve's path (they did, and
+    side by side drew empty panels)."""
+    import re
+
+    import vl_convert as vlc
+
+    from normlab.views.charts import metric_chart
+
+    steps = np.arange(0, 40, 2)
+    frame = pd.concat([pd.DataFrame({"run": m, "step": steps, "layer": "model", "site": "train",
+                                     "metric": "grad_norm", "value": 0.2 + 0.01 * i + 0 * steps,
+                                     "method": m, "seed": 0, "label": m})
+                       for i, m in enumerate(["none", "batch", "layer"])], ignore_index=True)
+    for layout in ("side", "overlay"):
+        chart = metric_chart(frame, "grad_norm", "train", layout=layout, log=True)
+        svg = vlc.vegalite_to_svg(chart.to_dict())
+        drawn = re.findall(r'aria-roledescription="line mark"[^>]*\bd="M[^"]*L', svg)
+        assert len(drawn) == 3, layout  # one drawn path (two points or more) per run

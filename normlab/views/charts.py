@@ -324,9 +324,12 @@ def curve_layers(df: pd.DataFrame, *, y_title: str, log: bool, band: str | None,
     y = y_enc("value:Q", y_title, log)
     # the hover rows have no value: they draw nothing on the curves' layers (left there
     #   unfiltered: a filter per layer costs each layer its own copy of the data per panel,
-    #   which doubled the time to draw a tab of per-layer grids)
+    #   which doubled the time to draw a tab of per-layer grids). A curve is grouped by
+    #   ``curve`` (its label; none on the hover rows), not by ``label``: a panel's hover
+    #   rows carry its run's label, and in that group their empty values would break the
+    #   curve's path at every step (side by side drew no curve at all)
     base = alt.Chart().encode(x=alt.X("step:Q", title="step"), color=method_color(df, below),
-                              detail="label:N")
+                              detail="curve:N")
     line = base.mark_line(strokeWidth=2, clip=True).encode(y=y, opacity=faded(pick))
     if (strokes := dash(df)) is not None:
         line = line.encode(strokeDash=strokes)
@@ -352,7 +355,8 @@ def curve_layers(df: pd.DataFrame, *, y_title: str, log: bool, band: str | None,
         x=alt.X("step:Q", title="step"),
         opacity=alt.when(hover).then(alt.value(0.8)).otherwise(alt.value(0)),
         tooltip=tooltip).transform_filter("datum.hover").add_params(hover))
-    return alt.layer(*layers, data=pd.concat([df, tips], ignore_index=True))
+    return alt.layer(*layers, data=pd.concat([df.assign(curve=df["label"]), tips],
+                                             ignore_index=True))
 
 
 # ----------------------------------------------------------------------------- builders
