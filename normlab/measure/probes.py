@@ -309,10 +309,9 @@ class Probe:
     def arm(self, step: int) -> bool:
         """Call before the forward pass of ``step``; returns whether it is recorded. A step
         armed but never completed by :meth:`after_update` (a diverged one) leaves no row."""
+        self._join()  # a step left unfinished (diverged) may still be measured
         self._step = step
         self._armed = step % self.every == 0
-        if not self._armed:
-            self._join()  # (a recorded step's row waits for after_forward: see _join)
         self._copied = self._graded = self._activations_done = False
         for _, module in self._wrapped:
             module.keep_weight, module.used_weight = self._armed, None
@@ -325,7 +324,6 @@ class Probe:
         """Call after the forward pass: activation statistics, while the activations are
         still in the CPU's cache, and a copy of the layer weights (so :meth:`after_update`
         can measure the step the optimizer takes) with their norms."""
-        self._join()  # a step left unfinished (diverged) may still be measured
         if self._armed and not self._activations_done:
             self._activation_stats(copy_weights=not self._copied)
 
@@ -368,10 +366,10 @@ class Probe:
         else:
             grads = self._grads.update([p.grad for p in self._all_params])
         held = self._weight_tensors(before=False)  # alive until the kernel has read them
-        args = (weights.update(held), weights.sizes, self._snapshot, self._copied, grads,
-                self._grads.sizes, self._grad2, self._weight2, self._layer_in_all,
-                self._param_owner, row)
-        self.kernels.parameter_stats(*args)  # in line: ~10 µs, less than a thread hand-off
+        self.kernels.parameter_stats(weights.update(held), weights.sizes, self._snapshot,
+                                     self._copied, grads, self._grads.sizes, self._grad2,
+                                     self._weight2, self._layer_in_all, self._param_owner,
+                                     row)  # in line: ~10 µs, less than a thread hand-off
         if self._wrapped:
             self._wrapped_stats(row)
         extra = extra or {}
@@ -428,7 +426,6 @@ class Probe:
         """The row of the step being recorded, in the block of rows (grown by doubling)."""
         n = len(self._steps)
         if self._block is None or n == len(self._block):
-            self._join()  # a job in flight writes into the old block
             block = np.empty((max(16, 2 * n), len(self._measured_keys())))
             if n:
                 block[:n] = self._block[:n]
