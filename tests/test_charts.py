@@ -475,5 +475,5 @@ def test_side_by_side_panels_draw_their_curves():
     for layout in ("side", "overlay"):
         chart = metric_chart(frame, "grad_norm", "train", layout=layout, log=True)
         svg = vlc.vegalite_to_svg(chart.to_dict())
-        drawn = re.findall(r'aria-roledescription="line mark"[^>]*\bd="M[^"]*L', svg)
+        drawn = re.findall(r'<g class="mark-line[^>]*><path[^>]*\bd="M[^"]*L', svg)
         assert len(drawn) == 3, layout  # one drawn path (two points or more) per run

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import altair as alt
 import pandas as pd
 import streamlit as st
+from streamlit import dataframe_util
 
 from normlab.views import compareview as views, explorer, linked
 from normlab.runs.engine import engine_pid, ensure_engine
@@ -30,13 +31,24 @@ def live_runs(key: str, ids: list[str], view: View,
     step is recorded: :func:`normlab.views.compareview.poll_seconds`), then stops.
 
     ``controls`` draws the view options and returns the View (else ``view`` is used): drawn
-    inside the fragment, a view toggle (or a tab switch) reruns only the charts, not the
-    page; ``on_view`` then gets the new View (e.g. to write it to the URL)."""
+    in a fragment of their own with the charts, under the progress, a view toggle (or a
+    tab switch) reruns only the charts, not the page nor the progress; ``on_view`` then
+    gets the new View (e.g. to write it to the URL)."""
     try:
         every = views.poll_seconds(get_store().runs(ids=ids), POLL_SECONDS)
     except NotFound:
         st.error("These runs do not exist any more (deleted?). Pick another comparison.")
         return
+
+    @st.fragment
+    def _view(runs: pd.DataFrame) -> None:
+        """The view options and the charts: a view toggle or a tab switch reruns this
+        alone (with the runs of the last poll), not the progress above or the store query,
+        so its charts come back sooner (and the browser redraws less)."""
+        shown = controls() if controls else view
+        if on_view:
+            on_view(shown)
+        _charts(key, runs, shown)
 
     @st.fragment(run_every=every)
     def _live() -> None:
@@ -45,13 +57,10 @@ def live_runs(key: str, ids: list[str], view: View,
         except NotFound:
             st.warning("Some of these runs were deleted while they were shown; pick again.")
             return
-        shown = controls() if controls else view
-        if on_view:
-            on_view(shown)
         if not views.finished(runs):
             _engine_check()
         _progress(key, runs)
-        _charts(key, runs, shown)
+        _view(runs)
         if every is not None and views.poll_seconds(runs, POLL_SECONDS) != every:
             st.rerun()  # first records in, or everything ended: poll at the new pace
 
@@ -145,7 +154,10 @@ def _chart(path: str, cid: str, sig: tuple, spec_key: str, view: View, n_seeds: 
         with alt.data_transformers.disable_max_rows():
             # the data named after the chart: a live poll, or a smoothing weight, that
             # changes only the rows swaps them into the drawn chart instead of drawing it anew
-            return views.stable_data(chart.to_dict(validate=False), spec_key)
+            spec = views.stable_data(chart.to_dict(validate=False), spec_key)
+    # its rows as the Arrow bytes Streamlit sends (it passes bytes on as they are):
+    #   encoded once here, not at each rerun that draws the cached chart
+    return linked.pack(spec, dataframe_util.convert_anything_to_arrow_bytes)
 
 
 def _build(frame, spec_key: str, view: View, n_seeds: int, width: int):

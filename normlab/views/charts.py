@@ -156,13 +156,17 @@ def legend(title: str, names: list[str], below: bool) -> alt.Legend:
 
 def method_color(df: pd.DataFrame, below: bool = False) -> alt.Color:
     """Colour by :func:`colour_field`: the method with the shared palette (restricted to the
-    methods present), or the label with :func:`normlab.views.palette.label_scale`."""
+    methods present), or the label with :func:`normlab.views.palette.label_scale`.
+
+    The scale's domain orders the legend; no ``sort`` as well: Vega-Lite would compute a
+    sort index for every datum (a chain of string comparisons, interpreted per point in
+    the browser) to order what the domain already orders."""
     if colour_field(df) == "label":
         labels = labels_in(df)
-        return alt.Color("label:N", scale=label_scale(labels), sort=labels,
+        return alt.Color("label:N", scale=label_scale(labels),
                          legend=legend(str(df["method"].iloc[0]), labels, below))
     methods = methods_in(df)
-    return alt.Color("method:N", scale=color_scale(methods), sort=methods,
+    return alt.Color("method:N", scale=color_scale(methods),
                      legend=legend("method", methods, below))
 
 
@@ -202,10 +206,18 @@ def log_safe(df: pd.DataFrame, cols: tuple[str, ...] = ("value",),
 
 
 def style(chart: alt.TopLevelMixin, title: str | None) -> alt.TopLevelMixin:
-    """Dashboard font sizes (readable on a projector) and the title; call last."""
+    """Dashboard font sizes (readable on a projector) and the title; call last.
+
+    Lines, areas and rules carry no ARIA description: Vega-Lite would format one per
+    datum (``"step: 5; loss: 2.31; method: …"``), which the browser's CSP-safe Vega
+    interpreter evaluates for every point whenever a chart's data is swapped in, while a
+    path announces only its first point's anyway. The axes, legends and titles keep
+    theirs."""
     if title:
         chart = chart.properties(title=title)
-    return (chart.configure_axis(labelFontSize=12, titleFontSize=13, grid=True)
+    return (chart.configure_line(aria=False).configure_area(aria=False)
+            .configure_rule(aria=False)
+            .configure_axis(labelFontSize=12, titleFontSize=13, grid=True)
             .configure_legend(labelFontSize=12, titleFontSize=13, symbolStrokeWidth=3,
                               labelLimit=260)
             .configure_header(labelFontSize=13, titleFontSize=13)
@@ -340,8 +352,11 @@ def curve_layers(df: pd.DataFrame, *, y_title: str, log: bool, band: str | None,
             y=y_enc("lo:Q", y_title, log), y2="hi:Q", opacity=faded(pick, 0.22, 0.03)))
     if "raw" in df.columns:
         # the raw curve, faint, behind the smoothed one (as TensorBoard draws it)
+        #   (its rows only: unsmoothed, ``raw`` is empty and the layer draws nothing, at
+        #   the cost of one filter per row instead of encoding every row as a point)
         layers.append(base.mark_line(strokeWidth=1, clip=True).encode(
-            y=y_enc("raw:Q", y_title, log), opacity=faded(pick, RAW_OPACITY, 0.04)))
+            y=y_enc("raw:Q", y_title, log), opacity=faded(pick, RAW_OPACITY, 0.04))
+            .transform_filter("datum.raw != null"))
     # the mean over seeds (the run itself when there is one seed); drag/wheel zooms steps
     layers.append(line.add_params(pick, zoom_steps()))
     # hover: a rule at the nearest step, its tooltip listing the panel's runs there
