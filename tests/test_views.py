@@ -6,6 +6,7 @@ records for progress."""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import altair as alt
 import numpy as np
@@ -286,6 +287,56 @@ def test_stable_data_names_the_data_so_new_rows_keep_the_spec(trained, key, layo
         assert set(_data_refs(d)) == {key}  # every reference follows the rename
     rest = [{k: v for k, v in d.items() if k != "datasets"} for d in (early, late)]
     assert rest[0] == rest[1]
+
+
+def _spec(frame, spec, view, n_seeds):
+    import altair as alt
+
+    chart = views.build_chart(frame, spec, view, n_seeds=n_seeds, width=900)
+    with alt.data_transformers.disable_max_rows():
+        return views.stable_data(chart.to_dict(validate=False), spec.key)
+
+
+@pytest.mark.parametrize("key", ["train_loss", "val_acc", "layer_grad", "act_var",
+                                 "saturation"])
+@pytest.mark.parametrize("layout,log,n_seeds", [("overlay", True, 2), ("side", False, 1)])
+def test_a_spec_built_once_takes_new_rows_as_a_new_build_would(trained, key, layout, log,
+                                                                n_seeds):
+    """The live view builds a chart's spec once per key (views.chart_data) and gives it the
+    rows of each later poll, smoothing weight and site (views.with_rows): that must be
+    exactly the spec a full build of those rows gives, and a key must change whenever the
+    spec does (other runs shown, another layout)."""
+    store, cid, ids, _ = trained
+    spec = views.CHART_SPECS[key]
+    first = View(layout=layout, log=log, smooth=0.0, site="post_norm")
+    group = next(g for g, specs in views.CHART_GROUPS.items() if spec in specs)
+    frames = {}
+    for site in ("post_norm", "post_act"):
+        metrics, sites = views.group_request(group, View(site=site))
+        frames[site] = views.comparison_frame(store, ids, metrics, sites)
+    base = frames["post_norm"]
+    rows, key0 = views.chart_data(base[base["step"] < 10], spec, first, n_seeds=n_seeds,
+                                  width=900)
+    skeleton = _spec(base[base["step"] < 10], spec, first, n_seeds)
+    assert views.with_rows(skeleton, rows) == skeleton  # the rows are what Altair writes
+    for later in (first, replace(first, smooth=0.6), replace(first, site="post_act")):
+        frame = frames[later.site]
+        rows, key1 = views.chart_data(frame, spec, later, n_seeds=n_seeds, width=900)
+        assert key1 == key0, later  # more steps, smoothing, site: rows only
+        assert views.with_rows(skeleton, rows) == _spec(frame, spec, later, n_seeds), later
+    fewer = base[base["run"].isin(ids[:2])]  # one method's runs only: another legend
+    assert views.chart_data(fewer, spec, first, n_seeds=n_seeds, width=900)[1] != key0
+    other = replace(first, layout="overlay" if layout == "side" else "side")
+    assert views.chart_data(base, spec, other, n_seeds=n_seeds, width=900)[1] != key0
+
+
+def test_with_rows_needs_one_dataset():
+    two = {"datasets": {"a": [{"x": 1}], "b": []}, "mark": "line"}
+    assert views.with_rows(two, pd.DataFrame({"x": [2]})) is None
+    one = {"datasets": {"a": [{"x": 1}]}, "mark": "line"}
+    out = views.with_rows(one, pd.DataFrame({"x": [2.0, float("nan")]}))
+    assert out == {"datasets": {"a": [{"x": 2.0}, {"x": None}]}, "mark": "line"}
+    assert one["datasets"]["a"] == [{"x": 1}]  # untouched
 
 
 def test_stable_data_numbers_several_datasets_and_keeps_inline_values():

@@ -138,31 +138,47 @@ def _frame(path: str, cid: str, sig: tuple, metrics, sites, every: int):
 @st.cache_data(max_entries=64, show_spinner=False)
 def _chart(path: str, cid: str, sig: tuple, spec_key: str, view: View, n_seeds: int,
            width: int, metrics, sites, every: int) -> dict | None:
-    """A chart's Vega-Lite spec, rebuilt only when the runs or its own options change.
+    """A chart's Vega-Lite spec for the runs' state ``sig`` and ``view``, cached: a view
+    toggle back to a setting seen before, or a tab switch, costs nothing.
 
-    Cached as the spec dict, not the Altair object: building and validating an Altair chart
-    of 9 runs takes ~0.3-0.6 s, so a view toggle back to a setting seen before, or a tab
-    switch, costs no rebuild at all. Its dataset is named after the chart
-    (:func:`~normlab.views.compareview.stable_data`)."""
+    Its spec is built with Altair once per :func:`~normlab.views.compareview.chart_data` key
+    (:func:`_skeleton`) and given the rows of each poll, smoothing weight and site: only a
+    change the spec itself shows (a run starting, another layout or scale) builds a chart.
+    Its rows are the Arrow bytes Streamlit sends (it passes bytes on as they are), encoded
+    once here, not at each rerun that draws the cached chart."""
     frame = _frame(path, cid, sig, metrics, sites, every)
+    spec = views.CHART_SPECS[spec_key]
+    got = views.chart_data(frame, spec, view, n_seeds=n_seeds, width=width)
+    if got is None:
+        return None
+    rows, key = got
+    skeleton = _skeleton(key, frame, spec_key, view, n_seeds, width)
+    drawn = views.with_rows(skeleton, rows) if skeleton is not None else None
+    if drawn is None:  # not one dataset: built as it is
+        drawn = _built(frame, spec_key, view, n_seeds, width)
+    return linked.pack(drawn, dataframe_util.convert_anything_to_arrow_bytes)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _skeleton(key: tuple, _frame: pd.DataFrame, _spec_key: str, _view: View, _n_seeds: int,
+              _width: int) -> dict | None:
+    """The spec of the charts of one ``key``, built from the first frame that had it (the
+    other arguments are not part of the cache key)."""
+    return _built(_frame, _spec_key, _view, _n_seeds, _width)
+
+
+def _built(frame, spec_key: str, view: View, n_seeds: int, width: int) -> dict | None:
     # built without Altair's schema validation (~20-30% of a chart's CPU time, by profile;
     # the first curve waits for it): these builders' specs are validated by the tests
     with alt.utils.schemapi.debug_mode(False):
-        chart = _build(frame, spec_key, view, n_seeds, width)
+        chart = views.build_chart(frame, views.CHART_SPECS[spec_key], view, n_seeds=n_seeds,
+                                  width=width)
         if chart is None:
             return None
         with alt.data_transformers.disable_max_rows():
             # the data named after the chart: a live poll, or a smoothing weight, that
             # changes only the rows swaps them into the drawn chart instead of drawing it anew
-            spec = views.stable_data(chart.to_dict(validate=False), spec_key)
-    # its rows as the Arrow bytes Streamlit sends (it passes bytes on as they are):
-    #   encoded once here, not at each rerun that draws the cached chart
-    return linked.pack(spec, dataframe_util.convert_anything_to_arrow_bytes)
-
-
-def _build(frame, spec_key: str, view: View, n_seeds: int, width: int):
-    return views.build_chart(frame, views.CHART_SPECS[spec_key], view, n_seeds=n_seeds,
-                             width=width)
+            return views.stable_data(chart.to_dict(validate=False), spec_key)
 
 
 SWEEP_TAB = "Sweep"

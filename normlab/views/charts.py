@@ -320,6 +320,14 @@ def hover_rows(df: pd.DataFrame, panels: tuple[str, ...], band: str | None,
     return frame.assign(hover=True), labels
 
 
+def curve_data(df: pd.DataFrame, panels: tuple[str, ...], band: str | None
+               ) -> tuple[pd.DataFrame, list[str]]:
+    """The one dataset of :func:`curve_layers`'s chart: the curves' rows (each with its
+    ``curve``) and the hover rows (:func:`hover_rows`); and the labels the tooltips list."""
+    tips, labels = hover_rows(df, panels, band)
+    return pd.concat([df.assign(curve=df["label"]), tips], ignore_index=True), labels
+
+
 def curve_layers(df: pd.DataFrame, *, y_title: str, log: bool, band: str | None,
                  panels: tuple[str, ...] = (), below: bool = False) -> alt.LayerChart:
     """Mean line (+ seed band, + faint raw curve when ``df`` has ``raw``) per method/label
@@ -332,7 +340,7 @@ def curve_layers(df: pd.DataFrame, *, y_title: str, log: bool, band: str | None,
     drawn anew (tooltips and opacity conditions are evaluated per mark)."""
     field = colour_field(df)
     pick, hover = legend_pick(field), hover_step()
-    tips, labels = hover_rows(df, panels, band)
+    rows, labels = curve_data(df, panels, band)
     y = y_enc("value:Q", y_title, log)
     # the hover rows have no value: they draw nothing on the curves' layers (left there
     #   unfiltered: a filter per layer costs each layer its own copy of the data per panel,
@@ -370,15 +378,14 @@ def curve_layers(df: pd.DataFrame, *, y_title: str, log: bool, band: str | None,
         x=alt.X("step:Q", title="step"),
         opacity=alt.when(hover).then(alt.value(0.8)).otherwise(alt.value(0)),
         tooltip=tooltip).transform_filter("datum.hover").add_params(hover))
-    return alt.layer(*layers, data=pd.concat([df.assign(curve=df["label"]), tips],
-                                             ignore_index=True))
+    return alt.layer(*layers, data=rows)
 
 
 # ----------------------------------------------------------------------------- builders
 def metric_chart(df: pd.DataFrame, metric: str, site: str, *, layout: str = "overlay",
                  log: bool = False, band: str | None = None, title: str | None = None,
                  columns: int | None = None, smoothing: float = 0.0,
-                 max_points: int = MAX_POINTS) -> alt.TopLevelMixin:
+                 max_points: int = MAX_POINTS, rows_only: bool = False):
     """A model-level curve over steps: train/val ``loss``, ``acc``, train ``grad_norm``.
 
     ``layout='overlay'``: one panel as wide as its container, colour = method (or label,
@@ -386,7 +393,7 @@ def metric_chart(df: pd.DataFrame, metric: str, site: str, *, layout: str = "ove
     wrapped into ``columns`` (default up to 4) with shared axes. Several seeds give the mean
     line plus, with ``band='minmax'`` or ``'std'``, a band across seeds. ``smoothing`` is a
     TensorBoard EMA weight in [0, 1) applied per run before aggregation; the raw curve is
-    drawn faint behind.
+    drawn faint behind. ``rows_only``: the chart's dataset (:func:`curve_data`), no chart.
     """
     if layout not in ("overlay", "side"):
         raise ValueError(f"layout ({layout!r}) must be 'overlay' or 'side'")
@@ -397,6 +404,8 @@ def metric_chart(df: pd.DataFrame, metric: str, site: str, *, layout: str = "ove
                          f"({', '.join(natural_order(data['layer'].unique()))}): use layer_chart")
     data = data.drop(columns="layer")
     field = colour_field(data)
+    if rows_only:
+        return curve_data(data, () if layout == "overlay" else (field,), band)[0]
     chart = curve_layers(data, y_title=axis_title(metric, site), log=log, band=band,
                          below=layout == "side", panels=() if layout == "overlay" else (field,))
     if layout == "overlay":

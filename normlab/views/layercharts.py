@@ -22,9 +22,10 @@ import numpy as np
 import pandas as pd
 
 from normlab.views.charts import (MAX_POINTS, PANEL_HEIGHT, PANEL_WIDTH, WIDE_HEIGHT,
-                                  WIDE_WIDTH, axis_title, colour_field, curve_layers, dash,
-                                  faded, hover_pick, legend_pick, method_color, run_field,
-                                  run_row, series_frame, style, with_label, zoom_steps)
+                                  WIDE_WIDTH, axis_title, colour_field, curve_data,
+                                  curve_layers, dash, faded, hover_pick, legend_pick,
+                                  method_color, run_field, run_row, series_frame, style,
+                                  with_label, zoom_steps)
 from normlab.views.frames import (downsample, hist_step_frame, hist_time_frame, natural_order,
                             percentile_frame, unit_frame)
 
@@ -42,12 +43,13 @@ def _hover_marker(hover: alt.Parameter):
 def layer_chart(df: pd.DataFrame, metric: str, site: str, *, layout: str = "overlay",
                 log: bool = False, band: str | None = None, title: str | None = None,
                 columns: int | None = None, smoothing: float = 0.0,
-                max_points: int = MAX_POINTS, y_title: str | None = None) -> alt.FacetChart:
+                max_points: int = MAX_POINTS, y_title: str | None = None,
+                rows_only: bool = False):
     """A per-layer metric over steps (``y_title``: default the metric and site in words).
 
     ``layout='side'``: rows = methods, columns = layers. ``layout='overlay'``: one panel per
     layer (wrapped into ``columns``, default up to 3), colour = method. Seeds, ``band``,
-    ``smoothing`` and ``log`` as in :func:`normlab.views.charts.metric_chart`.
+    ``smoothing``, ``log`` and ``rows_only`` as in :func:`normlab.views.charts.metric_chart`.
     """
     if layout not in ("overlay", "side"):
         raise ValueError(f"layout ({layout!r}) must be 'overlay' or 'side'")
@@ -55,6 +57,8 @@ def layer_chart(df: pd.DataFrame, metric: str, site: str, *, layout: str = "over
                         max_points=max_points, log=log)
     layers = natural_order(data["layer"].unique())
     panels = (run_field(data)[0], "layer") if layout == "side" else ("layer",)
+    if rows_only:
+        return curve_data(data, panels, band)[0]
     chart = curve_layers(data, y_title=y_title or axis_title(metric, site), log=log,
                          band=band, panels=panels, below=True)
     if layout == "side":
