@@ -57,12 +57,15 @@ def live_runs(key: str, ids: list[str], view: View,
         except NotFound:
             st.warning("Some of these runs were deleted while they were shown; pick again.")
             return
+        if every is not None and views.poll_seconds(runs, POLL_SECONDS) != every:
+            # first records in, or everything ended: poll at the new pace, rerunning the
+            #   page before drawing anything (drawn first, the first charts were built and
+            #   sent twice, and the browser drew the page anew while drawing them)
+            st.rerun()
         if not views.finished(runs):
             _engine_check()
         _progress(key, runs)
         _view(runs)
-        if every is not None and views.poll_seconds(runs, POLL_SECONDS) != every:
-            st.rerun()  # first records in, or everything ended: poll at the new pace
 
     _live()
 
