@@ -258,8 +258,11 @@ def _group(key: str, runs, group: str, view: View) -> None:
     path = str(get_store().path)
     wide = view.present or view.layout == "side"
     # cached by the runs' (id, status, step): a view toggle between two polls reuses the
-    # frame and every chart it does not change
-    frame = _frame(path, key, sig, metrics, sites, every)
+    # frame and every chart it does not change. Before any run has reported a step, none is
+    # read: a step recorded between the runs' query and the frame's would be drawn at the
+    # first-records poll pace, and drawn again at once by the page rerun that changes it
+    started = runs["step"].fillna(0).gt(0).any() or views.finished(runs)
+    frame = _frame(path, key, sig, metrics, sites, every) if started else pd.DataFrame()
     if frame.empty:
         if views.finished(runs):
             st.info("Nothing measured for these charts: the runs ended before their first "
