@@ -75,7 +75,15 @@ const all = sel => charts.flatMap(c => [...c.querySelectorAll(sel)]);
 const drawnPaths = w => all(`g.mark-line path[stroke-width="${w}"]`)
   .filter(p => (p.getAttribute('d') || '').length > 4).length;
 const redrawn = c => !c.querySelector('svg, canvas').__old || window.__sigOf(c) !== c.__sig;
-const yAxes = all('[aria-label^="Y-axis"]').length;"""
+const yAxes = all('[aria-label^="Y-axis"]').length;
+const canvas = charts.length >= 1 && charts[0].querySelector('canvas') !== null;"""
+def _done(toggle: str) -> str:
+    """The predicate of ``toggle``; on a canvas (Streamlit's choice for a tab of many rows,
+    e.g. side by side while 9 long runs train) there is no SVG to read: the tab drawn anew
+    or its pixels changed."""
+    return f"(canvas ? redrawn(charts[0]) : ({DONE[toggle]}))"
+
+
 # per toggle: a JS predicate over the visible tab saying the new state is drawn (the Loss
 # tab: 4 charts; side by side: each chart's facet cells, a mark group named ``cell`` or
 # ``concat_<i>_cell``)
@@ -111,14 +119,14 @@ def _timed(page, action, toggle: str, timeout: float = 60_000, arm: bool = True)
     page.evaluate(ARM_JS if arm else "() => { window.__t0 = null; }")
     action()
     handle = page.wait_for_function(
-        f"() => {{ {VISIBLE} return window.__t0 !== null && ({DONE[toggle]}) "
+        f"() => {{ {VISIBLE} return window.__t0 !== null && {_done(toggle)} "
         "&& performance.now() - window.__t0; }", polling=POLL_MS, timeout=timeout)
     return handle.json_value() / 1000
 
 
 def _settled(page, toggle: str, timeout: float = 60_000) -> None:
     page.evaluate(SIG_JS)
-    page.wait_for_function(f"() => {{ {VISIBLE} return {DONE[toggle]}; }}", timeout=timeout)
+    page.wait_for_function(f"() => {{ {VISIBLE} return {_done(toggle)}; }}", timeout=timeout)
 
 
 def _slider_to(page, key: str) -> None:
