@@ -37,6 +37,33 @@ EXCEPTION = '[data-testid="stException"]'
 # moment after the quick-start click, so its lines must not count as the first curve
 CURVE = f".vega-embed svg .mark-line:not([class*='{home.MARK_PREFIX}']) path"
 DRAWN = f"{CURVE}, .vega-embed canvas"  # drawn (a canvas when a spec has many points)
+# what the visible charts draw: SVG line paths of two points or more, and the coloured
+# pixels of canvases (greys — axes, grid, text, the gray of `none` — not counted): an
+# embed with axes and empty panels passes DRAWN, not this (side by side once drew no curve)
+CURVES_JS = """() => {
+  let coloured = 0, paths = 0;
+  for (const e of document.querySelectorAll('.vega-embed')) {
+    if (e.offsetParent === null) continue;
+    for (const c of e.querySelectorAll('canvas')) {
+      const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+      for (let i = 0; i < d.length; i += 4) {
+        const hi = Math.max(d[i], d[i + 1], d[i + 2]), lo = Math.min(d[i], d[i + 1], d[i + 2]);
+        if (d[i + 3] > 0 && hi - lo > 60) coloured++;
+      }
+    }
+    paths += [...e.querySelectorAll('g.mark-line path')]
+      .filter(p => /^M[^M]*L/.test(p.getAttribute('d') || '')).length;
+  }
+  return {coloured, paths};
+}"""
+LEGEND_PIXELS = 5000  # a tab's legend alone colours ~hundreds; 9 runs' curves ~50,000
+
+
+def _curves_drawn(page, runs: int) -> bool:
+    """Whether the visible charts draw curves: ``runs`` SVG paths, or on a canvas more
+    coloured pixels than a legend alone has."""
+    got = page.evaluate(CURVES_JS)
+    return got["paths"] >= runs or got["coloured"] > LEGEND_PIXELS
 METHODS = norms_for("mlp")
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.xdist_group("browser")]  # one worker: one
@@ -183,12 +210,15 @@ def test_quick_start_live_charts_layout_link_and_layers(server, capsys):
             first = page.locator(".vega-embed").first
             _wait(lambda: first.locator('g[class*="cell"]').count() > 0  # a faceted chart
                   #   (class concat_0_cell: the tab's charts are one spec)
-                  and first.locator("g.view_1_pathgroup").count() >= len(METHODS),
-                  20, "one panel per method", page)
+                  and first.locator("g.view_1_pathgroup").count() >= len(METHODS)
+                  and _curves_drawn(page, len(METHODS)),
+                  20, "one panel per method, each with its curve", page)
             page.get_by_role("tab", name="Gradients").click()
             page.wait_for_url("**tab=gradients**", timeout=20_000)  # the tab is in the link
             # its charts: one spec, on a canvas when its grids hold many points (no text)
             page.locator(f"{DRAWN} >> visible=true").first.wait_for(timeout=20_000)
+            _wait(lambda: _curves_drawn(page, len(METHODS)), 20,
+                  "the side-by-side Gradients panels' curves", page)
             _no_exception(page)
             page.screenshot(path=str(ARTIFACTS / "compare_side_gradients.png"))
             main = page.get_by_test_id("stMainBlockContainer")

@@ -302,10 +302,11 @@ def _spec(frame, spec, view, n_seeds):
 @pytest.mark.parametrize("layout,log,n_seeds", [("overlay", True, 2), ("side", False, 1)])
 def test_a_spec_built_once_takes_new_rows_as_a_new_build_would(trained, key, layout, log,
                                                                 n_seeds):
-    """The live view builds a chart's spec once per key (views.chart_data) and gives it the
-    rows of each later poll, smoothing weight and site (views.with_rows): that must be
-    exactly the spec a full build of those rows gives, and a key must change whenever the
-    spec does (other runs shown, another layout)."""
+    """The live view builds a chart's spec once per views.chart_key and gives it the rows
+    of each later poll, smoothing weight and site (views.chart_data, views.with_rows) when
+    their data_shape is the one it was built with: that must be exactly the spec a full
+    build of those rows gives, the shapes must match for these (or nothing is reused), and
+    the key must change whenever the spec does (other runs shown, another layout)."""
     store, cid, ids, _ = trained
     spec = views.CHART_SPECS[key]
     first = View(layout=layout, log=log, smooth=0.0, site="post_norm")
@@ -315,19 +316,23 @@ def test_a_spec_built_once_takes_new_rows_as_a_new_build_would(trained, key, lay
         metrics, sites = views.group_request(group, View(site=site))
         frames[site] = views.comparison_frame(store, ids, metrics, sites)
     base = frames["post_norm"]
-    rows, key0 = views.chart_data(base[base["step"] < 10], spec, first, n_seeds=n_seeds,
-                                  width=900)
-    skeleton = _spec(base[base["step"] < 10], spec, first, n_seeds)
+    early = base[base["step"] < 10]
+    key0 = views.chart_key(early, spec, first, n_seeds=n_seeds, width=900)
+    skeleton = _spec(early, spec, first, n_seeds)
+    rows = views.chart_data(early, spec, first, n_seeds=n_seeds)
     assert views.with_rows(skeleton, rows) == skeleton  # the rows are what Altair writes
+    built = views.data_shape(pd.DataFrame(next(iter(skeleton["datasets"].values()))))
+    assert views.data_shape(rows) == built
     for later in (first, replace(first, smooth=0.6), replace(first, site="post_act")):
         frame = frames[later.site]
-        rows, key1 = views.chart_data(frame, spec, later, n_seeds=n_seeds, width=900)
-        assert key1 == key0, later  # more steps, smoothing, site: rows only
+        assert views.chart_key(frame, spec, later, n_seeds=n_seeds, width=900) == key0, later
+        rows = views.chart_data(frame, spec, later, n_seeds=n_seeds)
+        assert views.data_shape(rows) == built, later  # reused, not built again
         assert views.with_rows(skeleton, rows) == _spec(frame, spec, later, n_seeds), later
     fewer = base[base["run"].isin(ids[:2])]  # one method's runs only: another legend
-    assert views.chart_data(fewer, spec, first, n_seeds=n_seeds, width=900)[1] != key0
+    assert views.chart_key(fewer, spec, first, n_seeds=n_seeds, width=900) != key0
     other = replace(first, layout="overlay" if layout == "side" else "side")
-    assert views.chart_data(base, spec, other, n_seeds=n_seeds, width=900)[1] != key0
+    assert views.chart_key(base, spec, other, n_seeds=n_seeds, width=900) != key0
 
 
 def test_with_rows_needs_one_dataset():

@@ -6,6 +6,7 @@ more than ``MANY_RUNS`` runs shows its progress per method, not one bar per run.
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import altair as alt
@@ -144,30 +145,43 @@ def _chart(path: str, cid: str, sig: tuple, spec_key: str, view: View, n_seeds: 
     """A chart's Vega-Lite spec for the runs' state ``sig`` and ``view``, cached: a view
     toggle back to a setting seen before, or a tab switch, costs nothing.
 
-    Its spec is built with Altair once per :func:`~normlab.views.compareview.chart_data` key
-    (:func:`_skeleton`) and given the rows of each poll, smoothing weight and site: only a
-    change the spec itself shows (a run starting, another layout or scale) builds a chart.
-    Its rows are the Arrow bytes Streamlit sends (it passes bytes on as they are), encoded
-    once here, not at each rerun that draws the cached chart."""
+    A spec is built with Altair once per :func:`~normlab.views.compareview.chart_key` (the
+    runs shown, layout, scale, size) and kept (:data:`_SPECS`); a later poll, smoothing
+    weight or site of that key computes only the chart's rows and puts them in it. Its
+    rows are the Arrow bytes Streamlit sends (it passes bytes on as they are), encoded once
+    here, not at each rerun that draws the cached chart."""
     frame = _frame(path, cid, sig, metrics, sites, every)
     spec = views.CHART_SPECS[spec_key]
-    got = views.chart_data(frame, spec, view, n_seeds=n_seeds, width=width)
-    if got is None:
+    key = views.chart_key(frame, spec, view, n_seeds=n_seeds, width=width)
+    if key is None:
         return None
-    rows, key = got
-    skeleton = _skeleton(key, frame, spec_key, view, n_seeds, width)
-    drawn = views.with_rows(skeleton, rows) if skeleton is not None else None
-    if drawn is None:  # not one dataset: built as it is
+    drawn = None
+    with _SPECS_LOCK:
+        kept = _SPECS.get(key)
+    if kept is not None:
+        rows = views.chart_data(frame, spec, view, n_seeds=n_seeds)
+        if rows is not None and views.data_shape(rows) == kept[1]:
+            drawn = views.with_rows(kept[0], rows)
+    if drawn is None:
         drawn = _built(frame, spec_key, view, n_seeds, width)
+        if drawn is None:
+            return None
+        sets = list((drawn.get("datasets") or {}).values())
+        if len(sets) == 1:  # kept with its shape (rows dropped: the next poll brings its own)
+            shape = views.data_shape(pd.DataFrame(sets[0]))
+            with _SPECS_LOCK:
+                _SPECS[key] = ({**drawn, "datasets": {k: [] for k in drawn["datasets"]}},
+                               shape)
+                while len(_SPECS) > SPECS_KEPT:
+                    _SPECS.pop(next(iter(_SPECS)))
     return linked.pack(drawn, dataframe_util.convert_anything_to_arrow_bytes)
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
-def _skeleton(key: tuple, _frame: pd.DataFrame, _spec_key: str, _view: View, _n_seeds: int,
-              _width: int) -> dict | None:
-    """The spec of the charts of one ``key``, built from the first frame that had it (the
-    other arguments are not part of the cache key)."""
-    return _built(_frame, _spec_key, _view, _n_seeds, _width)
+# chart specs built with Altair, by chart_key: (spec without rows, the rows' data_shape);
+# shared by every session (a spec is a function of its key), oldest dropped first
+_SPECS: dict[tuple, tuple[dict, tuple]] = {}
+_SPECS_LOCK = threading.Lock()
+SPECS_KEPT = 64
 
 
 def _built(frame, spec_key: str, view: View, n_seeds: int, width: int) -> dict | None:

@@ -460,30 +460,47 @@ def build_chart(frame: pd.DataFrame, spec: ChartSpec, view: View, *, n_seeds: in
 SHAPE_COLUMNS = ("method", "label", "layer", "seed")  # whose values a chart's spec names
 
 
-def chart_data(frame: pd.DataFrame, spec: ChartSpec, view: View, *, n_seeds: int = 1,
-               width: int = 800) -> tuple[pd.DataFrame, tuple] | None:
-    """The rows :func:`build_chart`'s chart draws (its one dataset, before Altair writes it)
-    and a key of everything else its spec depends on; None without data.
+def data_shape(rows: pd.DataFrame) -> tuple:
+    """What of a chart's rows its spec names: the columns, and the methods, labels, layers
+    and seeds in order of appearance (the legend's domain, the panels, the tooltip's
+    columns)."""
+    return (tuple(rows.columns),) + tuple(
+        (c, tuple(pd.unique(rows[c].dropna()))) for c in SHAPE_COLUMNS if c in rows.columns)
 
-    Two calls with equal keys build the same spec but for these rows (tested): the view
-    options the chart uses except the smoothing and the site (they change only rows), its
-    size, and the columns and the methods, labels, layers and seeds its rows hold (the
-    legend's domain, the panels, the tooltip's columns). A live poll, or a smoothing or
-    site toggle, can then reuse a spec built once with :func:`with_rows` instead of
-    building the chart again (~0.3 s of Altair per chart; 1–2.5 s for a tab of four while
-    two runs train beside the server)."""
+
+def chart_key(frame: pd.DataFrame, spec: ChartSpec, view: View, *, n_seeds: int = 1,
+              width: int = 800) -> tuple | None:
+    """What :func:`build_chart`'s spec depends on besides its rows, read from ``frame``
+    without building anything; None without data.
+
+    The view options the chart uses except the smoothing and the site (they change only
+    its rows), its size, and the methods, labels, layers and seeds of the runs it draws. A
+    spec built once for a key serves the later polls, smoothing weights and sites of that
+    key with :func:`with_rows` — when the rows' :func:`data_shape` is the one it was built
+    with (a run whose every value a log scale drops is not drawn: then it is built again).
+    Tested against full builds."""
     plan = _plan(frame, spec, view, n_seeds)
     if plan is None:
         return None
     builder, rows, metric, site, kwargs, fitting = plan
-    data = builder(rows, metric, site, rows_only=True, **kwargs)
-    shape = tuple((c, tuple(pd.unique(data[c].dropna()))) for c in SHAPE_COLUMNS
-                  if c in data.columns)
     options = {k: v for k, v in kwargs.items() if k not in ("smoothing", "max_points")}
     fixed_site = None if spec.site == "site" else site
-    key = (spec.key, builder.__name__, metric, fixed_site, tuple(sorted(options.items())),
-           fitting, width, tuple(data.columns), shape)
-    return data, key
+    shown = tuple((c, tuple(pd.unique(rows[c].dropna()))) for c in SHAPE_COLUMNS
+                  if c in rows.columns)
+    return (spec.key, builder.__name__, metric, fixed_site, tuple(sorted(options.items())),
+            fitting, width, shown)
+
+
+def chart_data(frame: pd.DataFrame, spec: ChartSpec, view: View, *, n_seeds: int = 1
+               ) -> pd.DataFrame | None:
+    """The rows :func:`build_chart`'s chart draws (its one dataset, before Altair writes
+    it), without building the chart (a tab's poll: ~0.1–0.3 s, not ~0.4–0.9 s); None
+    without data."""
+    plan = _plan(frame, spec, view, n_seeds)
+    if plan is None:
+        return None
+    builder, rows, metric, site, kwargs, _ = plan
+    return builder(rows, metric, site, rows_only=True, **kwargs)
 
 
 def with_rows(spec: dict, rows: pd.DataFrame) -> dict | None:
