@@ -335,6 +335,30 @@ def test_a_spec_built_once_takes_new_rows_as_a_new_build_would(trained, key, lay
     assert views.chart_key(base, spec, other, n_seeds=n_seeds, width=900) != key0
 
 
+def test_a_method_the_log_scale_drops_changes_the_shape_not_the_key(trained):
+    """A method whose every loss a log scale drops (diverged: NaN) is in the frame, so in
+    the key, but not in the chart's rows: their data_shape differs from a spec built when it
+    had values, and the live view builds the chart again rather than reuse a spec whose
+    legend and tooltip name it."""
+    store, cid, ids, _ = trained
+    spec, view = views.CHART_SPECS["train_loss"], View(log=True)
+    metrics, sites = views.group_request("Loss & accuracy", view)
+    frame = views.comparison_frame(store, ids, metrics, sites)
+    broken = frame.copy()
+    broken.loc[broken["run"].isin(ids[:2]), "value"] = float("nan")  # both seeds of none
+    key = views.chart_key(frame, spec, view, n_seeds=2, width=900)
+    assert views.chart_key(broken, spec, view, n_seeds=2, width=900) == key
+    skeleton = _spec(frame, spec, view, 2)
+    built = views.data_shape(pd.DataFrame(next(iter(skeleton["datasets"].values()))))
+    rows = views.chart_data(broken, spec, view, n_seeds=2)
+    assert views.data_shape(rows) != built
+    assert "none" not in set(rows["method"].dropna())  # its curve and legend entry are gone
+    # ... and the spec built again from these rows is indeed another one
+    assert _spec(broken, spec, view, 2)["datasets"] != skeleton["datasets"]
+    redrawn = {k: v for k, v in _spec(broken, spec, view, 2).items() if k != "datasets"}
+    assert redrawn != {k: v for k, v in skeleton.items() if k != "datasets"}
+
+
 def test_with_rows_needs_one_dataset():
     two = {"datasets": {"a": [{"x": 1}], "b": []}, "mark": "line"}
     assert views.with_rows(two, pd.DataFrame({"x": [2]})) is None
