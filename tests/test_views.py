@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 import normlab.runs.comparisons
-from normlab.views import compareview as views
+from normlab.views import compareview as views, livespecs
 from normlab.training.config import RunConfig
 from normlab.views.frames import with_methods
 from normlab.methods.registry import NORMS, norms_for
@@ -302,8 +302,8 @@ def _spec(frame, spec, view, n_seeds):
 @pytest.mark.parametrize("layout,log,n_seeds", [("overlay", True, 2), ("side", False, 1)])
 def test_a_spec_built_once_takes_new_rows_as_a_new_build_would(trained, key, layout, log,
                                                                 n_seeds):
-    """The live view builds a chart's spec once per views.chart_key and gives it the rows
-    of each later poll, smoothing weight and site (views.chart_data, views.with_rows) when
+    """The live view builds a chart's spec once per livespecs.chart_key and gives it the
+    rows of each later poll, smoothing weight and site (chart_data, with_rows) when
     their data_shape is the one it was built with: that must be exactly the spec a full
     build of those rows gives, the shapes must match for these (or nothing is reused), and
     the key must change whenever the spec does (other runs shown, another layout)."""
@@ -317,22 +317,22 @@ def test_a_spec_built_once_takes_new_rows_as_a_new_build_would(trained, key, lay
         frames[site] = views.comparison_frame(store, ids, metrics, sites)
     base = frames["post_norm"]
     early = base[base["step"] < 10]
-    key0 = views.chart_key(early, spec, first, n_seeds=n_seeds, width=900)
+    key0 = livespecs.chart_key(early, spec, first, n_seeds=n_seeds, width=900)
     skeleton = _spec(early, spec, first, n_seeds)
-    rows = views.chart_data(early, spec, first, n_seeds=n_seeds)
-    assert views.with_rows(skeleton, rows) == skeleton  # the rows are what Altair writes
-    built = views.data_shape(pd.DataFrame(next(iter(skeleton["datasets"].values()))))
-    assert views.data_shape(rows) == built
+    rows = livespecs.chart_data(early, spec, first, n_seeds=n_seeds)
+    assert livespecs.with_rows(skeleton, rows) == skeleton  # the rows are what Altair writes
+    built = livespecs.data_shape(pd.DataFrame(next(iter(skeleton["datasets"].values()))))
+    assert livespecs.data_shape(rows) == built
     for later in (first, replace(first, smooth=0.6), replace(first, site="post_act")):
         frame = frames[later.site]
-        assert views.chart_key(frame, spec, later, n_seeds=n_seeds, width=900) == key0, later
-        rows = views.chart_data(frame, spec, later, n_seeds=n_seeds)
-        assert views.data_shape(rows) == built, later  # reused, not built again
-        assert views.with_rows(skeleton, rows) == _spec(frame, spec, later, n_seeds), later
+        assert livespecs.chart_key(frame, spec, later, n_seeds=n_seeds, width=900) == key0, later
+        rows = livespecs.chart_data(frame, spec, later, n_seeds=n_seeds)
+        assert livespecs.data_shape(rows) == built, later  # reused, not built again
+        assert livespecs.with_rows(skeleton, rows) == _spec(frame, spec, later, n_seeds), later
     fewer = base[base["run"].isin(ids[:2])]  # one method's runs only: another legend
-    assert views.chart_key(fewer, spec, first, n_seeds=n_seeds, width=900) != key0
+    assert livespecs.chart_key(fewer, spec, first, n_seeds=n_seeds, width=900) != key0
     other = replace(first, layout="overlay" if layout == "side" else "side")
-    assert views.chart_key(base, spec, other, n_seeds=n_seeds, width=900) != key0
+    assert livespecs.chart_key(base, spec, other, n_seeds=n_seeds, width=900) != key0
 
 
 def test_a_method_the_log_scale_drops_changes_the_shape_not_the_key(trained):
@@ -346,12 +346,12 @@ def test_a_method_the_log_scale_drops_changes_the_shape_not_the_key(trained):
     frame = views.comparison_frame(store, ids, metrics, sites)
     broken = frame.copy()
     broken.loc[broken["run"].isin(ids[:2]), "value"] = float("nan")  # both seeds of none
-    key = views.chart_key(frame, spec, view, n_seeds=2, width=900)
-    assert views.chart_key(broken, spec, view, n_seeds=2, width=900) == key
+    key = livespecs.chart_key(frame, spec, view, n_seeds=2, width=900)
+    assert livespecs.chart_key(broken, spec, view, n_seeds=2, width=900) == key
     skeleton = _spec(frame, spec, view, 2)
-    built = views.data_shape(pd.DataFrame(next(iter(skeleton["datasets"].values()))))
-    rows = views.chart_data(broken, spec, view, n_seeds=2)
-    assert views.data_shape(rows) != built
+    built = livespecs.data_shape(pd.DataFrame(next(iter(skeleton["datasets"].values()))))
+    rows = livespecs.chart_data(broken, spec, view, n_seeds=2)
+    assert livespecs.data_shape(rows) != built
     assert "none" not in set(rows["method"].dropna())  # its curve and legend entry are gone
     # ... and the spec built again from these rows is indeed another one
     assert _spec(broken, spec, view, 2)["datasets"] != skeleton["datasets"]
@@ -359,11 +359,37 @@ def test_a_method_the_log_scale_drops_changes_the_shape_not_the_key(trained):
     assert redrawn != {k: v for k, v in skeleton.items() if k != "datasets"}
 
 
+def test_kept_specs_build_once_per_key_and_again_when_the_shape_changes(trained):
+    """KeptSpecs (the live view's store of built specs) calls the full build once for two
+    polls of one key, returns what a full build would for the second, and builds again
+    when the rows' shape is not the kept one."""
+    store, cid, ids, _ = trained
+    spec, view = views.CHART_SPECS["train_loss"], View(log=True)
+    metrics, sites = views.group_request("Loss & accuracy", view)
+    frame = views.comparison_frame(store, ids, metrics, sites)
+    kept, builds = livespecs.KeptSpecs(size=2), []
+
+    def get(f):
+        def build():
+            builds.append(1)
+            return _spec(f, spec, view, 2)
+        return kept.spec_for(f, spec, view, n_seeds=2, width=900, build=build)
+
+    early = frame[frame["step"] < 10]
+    assert get(early) == _spec(early, spec, view, 2) and len(builds) == 1
+    assert get(frame) == _spec(frame, spec, view, 2) and len(builds) == 1  # rows only
+    broken = frame.copy()
+    broken.loc[broken["run"].isin(ids[:2]), "value"] = float("nan")  # none: dropped by log
+    assert get(broken) == _spec(broken, spec, view, 2) and len(builds) == 2
+    assert get(frame[frame["run"].isin(ids[:2])]) is not None and len(kept) == 2  # bounded
+    assert get(frame.iloc[:0]) is None
+
+
 def test_with_rows_needs_one_dataset():
     two = {"datasets": {"a": [{"x": 1}], "b": []}, "mark": "line"}
-    assert views.with_rows(two, pd.DataFrame({"x": [2]})) is None
+    assert livespecs.with_rows(two, pd.DataFrame({"x": [2]})) is None
     one = {"datasets": {"a": [{"x": 1}]}, "mark": "line"}
-    out = views.with_rows(one, pd.DataFrame({"x": [2.0, float("nan")]}))
+    out = livespecs.with_rows(one, pd.DataFrame({"x": [2.0, float("nan")]}))
     assert out == {"datasets": {"a": [{"x": 2.0}, {"x": None}]}, "mark": "line"}
     assert one["datasets"]["a"] == [{"x": 1}]  # untouched
 

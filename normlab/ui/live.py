@@ -6,7 +6,6 @@ more than ``MANY_RUNS`` runs shows its progress per method, not one bar per run.
 """
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 
 import altair as alt
@@ -14,7 +13,7 @@ import pandas as pd
 import streamlit as st
 from streamlit import dataframe_util
 
-from normlab.views import compareview as views, explorer, linked
+from normlab.views import compareview as views, explorer, linked, livespecs
 from normlab.runs.engine import engine_pid, ensure_engine
 from normlab.runs.store import NotFound
 from normlab.views.urlstate import View
@@ -145,43 +144,21 @@ def _chart(path: str, cid: str, sig: tuple, spec_key: str, view: View, n_seeds: 
     """A chart's Vega-Lite spec for the runs' state ``sig`` and ``view``, cached: a view
     toggle back to a setting seen before, or a tab switch, costs nothing.
 
-    A spec is built with Altair once per :func:`~normlab.views.compareview.chart_key` (the
+    A spec is built with Altair once per :func:`~normlab.views.livespecs.chart_key` (the
     runs shown, layout, scale, size) and kept (:data:`_SPECS`); a later poll, smoothing
     weight or site of that key computes only the chart's rows and puts them in it. Its
     rows are the Arrow bytes Streamlit sends (it passes bytes on as they are), encoded once
     here, not at each rerun that draws the cached chart."""
     frame = _frame(path, cid, sig, metrics, sites, every)
-    spec = views.CHART_SPECS[spec_key]
-    key = views.chart_key(frame, spec, view, n_seeds=n_seeds, width=width)
-    if key is None:
-        return None
-    drawn = None
-    with _SPECS_LOCK:
-        kept = _SPECS.get(key)
-    if kept is not None:
-        rows = views.chart_data(frame, spec, view, n_seeds=n_seeds)
-        if rows is not None and views.data_shape(rows) == kept[1]:
-            drawn = views.with_rows(kept[0], rows)
+    drawn = _SPECS.spec_for(frame, views.CHART_SPECS[spec_key], view, n_seeds=n_seeds,
+                            width=width,
+                            build=lambda: _built(frame, spec_key, view, n_seeds, width))
     if drawn is None:
-        drawn = _built(frame, spec_key, view, n_seeds, width)
-        if drawn is None:
-            return None
-        sets = list((drawn.get("datasets") or {}).values())
-        if len(sets) == 1:  # kept with its shape (rows dropped: the next poll brings its own)
-            shape = views.data_shape(pd.DataFrame(sets[0]))
-            with _SPECS_LOCK:
-                _SPECS[key] = ({**drawn, "datasets": {k: [] for k in drawn["datasets"]}},
-                               shape)
-                while len(_SPECS) > SPECS_KEPT:
-                    _SPECS.pop(next(iter(_SPECS)))
+        return None
     return linked.pack(drawn, dataframe_util.convert_anything_to_arrow_bytes)
 
 
-# chart specs built with Altair, by chart_key: (spec without rows, the rows' data_shape);
-# shared by every session (a spec is a function of its key), oldest dropped first
-_SPECS: dict[tuple, tuple[dict, tuple]] = {}
-_SPECS_LOCK = threading.Lock()
-SPECS_KEPT = 64
+_SPECS = livespecs.KeptSpecs()  # shared by every session: a spec is a function of its key
 
 
 def _built(frame, spec_key: str, view: View, n_seeds: int, width: int) -> dict | None:
@@ -275,8 +252,8 @@ def _group(key: str, runs, group: str, view: View) -> None:
     # frame and every chart it does not change. Before any run has reported a step, none is
     # read: a step recorded between the runs' query and the frame's would be drawn at the
     # first-records poll pace, and drawn again at once by the page rerun that changes it
-    started = runs["step"].fillna(0).gt(0).any() or views.finished(runs)
-    frame = _frame(path, key, sig, metrics, sites, every) if started else pd.DataFrame()
+    shown = views.started(runs) or views.finished(runs)
+    frame = _frame(path, key, sig, metrics, sites, every) if shown else pd.DataFrame()
     if frame.empty:
         if views.finished(runs):
             st.info("Nothing measured for these charts: the runs ended before their first "

@@ -150,6 +150,11 @@ FIRST_POLL_SECONDS = 0.25  # the live view's poll until the first records arrive
 FIRST_POLL_WINDOW = 30.0  # ... for at most this long after the runs were queued
 
 
+def started(runs: pd.DataFrame) -> bool:
+    """Whether any run of ``runs`` has reported a step."""
+    return bool(runs["step"].fillna(0).gt(0).any())
+
+
 def poll_seconds(runs: pd.DataFrame, steady: float, now: float | None = None) -> float | None:
     """How often a live view of ``runs`` polls the store: None once every run has ended;
     FIRST_POLL_SECONDS while no run has reported a step yet, so the first curve is drawn
@@ -159,8 +164,7 @@ def poll_seconds(runs: pd.DataFrame, steady: float, now: float | None = None) ->
     if finished(runs):
         return None
     now = time.time() if now is None else now
-    started = runs["step"].fillna(0).gt(0).any()
-    if not started and now - pd.to_numeric(runs["created_at"]).min() < FIRST_POLL_WINDOW:
+    if not started(runs) and now - pd.to_numeric(runs["created_at"]).min() < FIRST_POLL_WINDOW:
         return min(FIRST_POLL_SECONDS, steady)
     return steady
 
@@ -406,9 +410,10 @@ FACET_GAP = 20  # Vega-Lite's spacing between panels, px
 PRESENTER_SCALE = 1.4  # presenter mode: panels and fonts this much larger
 
 
-def _plan(frame: pd.DataFrame, spec: ChartSpec, view: View, n_seeds: int):
-    """(builder, its rows, its keyword arguments, (columns, scale) for :func:`fit`) of the
-    chart of ``spec``, or None without data."""
+def plan_chart(frame: pd.DataFrame, spec: ChartSpec, view: View, n_seeds: int):
+    """(builder, its rows, metric, site, its keyword arguments, (columns, scale) for
+    :func:`fit`) of the chart of ``spec``, or None without data: what :func:`build_chart`
+    builds, and :mod:`normlab.views.livespecs` keys and fills without building."""
     from normlab.views.charts import METRIC_TITLES, metric_chart
     from normlab.views.layercharts import layer_chart
 
@@ -450,67 +455,11 @@ def build_chart(frame: pd.DataFrame, spec: ChartSpec, view: View, *, n_seeds: in
     is not known to Python: pass what the layout leaves); presenter mode enlarges panels
     and fonts.
     """
-    plan = _plan(frame, spec, view, n_seeds)
+    plan = plan_chart(frame, spec, view, n_seeds)
     if plan is None:
         return None
     builder, rows, metric, site, kwargs, (columns, scale) = plan
     return fit(builder(rows, metric, site, **kwargs), columns, width, scale)
-
-
-SHAPE_COLUMNS = ("method", "label", "layer", "seed")  # whose values a chart's spec names
-
-
-def data_shape(rows: pd.DataFrame) -> tuple:
-    """What of a chart's rows its spec names: the columns, and the methods, labels, layers
-    and seeds in order of appearance (the legend's domain, the panels, the tooltip's
-    columns)."""
-    return (tuple(rows.columns),) + tuple(
-        (c, tuple(pd.unique(rows[c].dropna()))) for c in SHAPE_COLUMNS if c in rows.columns)
-
-
-def chart_key(frame: pd.DataFrame, spec: ChartSpec, view: View, *, n_seeds: int = 1,
-              width: int = 800) -> tuple | None:
-    """What :func:`build_chart`'s spec depends on besides its rows, read from ``frame``
-    without building anything; None without data.
-
-    The view options the chart uses except the smoothing and the site (they change only
-    its rows), its size, and the methods, labels, layers and seeds of the runs it draws. A
-    spec built once for a key serves the later polls, smoothing weights and sites of that
-    key with :func:`with_rows` — when the rows' :func:`data_shape` is the one it was built
-    with (a run whose every value a log scale drops is not drawn: then it is built again).
-    Tested against full builds."""
-    plan = _plan(frame, spec, view, n_seeds)
-    if plan is None:
-        return None
-    builder, rows, metric, site, kwargs, fitting = plan
-    options = {k: v for k, v in kwargs.items() if k not in ("smoothing", "max_points")}
-    fixed_site = None if spec.site == "site" else site
-    shown = tuple((c, tuple(pd.unique(rows[c].dropna()))) for c in SHAPE_COLUMNS
-                  if c in rows.columns)
-    return (spec.key, builder.__name__, metric, fixed_site, tuple(sorted(options.items())),
-            fitting, width, shown)
-
-
-def chart_data(frame: pd.DataFrame, spec: ChartSpec, view: View, *, n_seeds: int = 1
-               ) -> pd.DataFrame | None:
-    """The rows :func:`build_chart`'s chart draws (its one dataset, before Altair writes
-    it), without building the chart (a tab's poll: ~0.1–0.3 s, not ~0.4–0.9 s); None
-    without data."""
-    plan = _plan(frame, spec, view, n_seeds)
-    if plan is None:
-        return None
-    builder, rows, metric, site, kwargs, _ = plan
-    return builder(rows, metric, site, rows_only=True, **kwargs)
-
-
-def with_rows(spec: dict, rows: pd.DataFrame) -> dict | None:
-    """``spec`` (a chart's Vega-Lite dict with one dataset, e.g. from :func:`stable_data`)
-    with that dataset's rows replaced by ``rows``, written as Altair writes a chart's data;
-    a new dict (``spec`` untouched), or None when ``spec`` has not exactly one dataset."""
-    sets = spec.get("datasets") or {}
-    if len(sets) != 1:
-        return None
-    return {**spec, "datasets": {next(iter(sets)): alt.utils.data.to_values(rows)["values"]}}
 
 
 def stable_data(spec: dict, name: str) -> dict:
