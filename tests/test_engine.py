@@ -129,3 +129,12 @@ def _alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_page_runs_while_the_engine_starts_start_no_second_engine(store):
+    # the entry's page run, then Home's, call ensure_engine ~0.3 s apart, before the new
+    # engine holds its lock (it imports torch first): one process, not two
+    first = ensure_engine(store.path, workers=1)
+    assert engine_pid(store.path) is None  # still starting: the lock check alone would spawn
+    assert ensure_engine(store.path, workers=1) == first
+    until(lambda: engine_pid(store.path) == first)

@@ -93,6 +93,12 @@ def ensure_engine(store_path: str | os.PathLike | None = None, workers: int | No
     pid = engine_pid(path)
     if pid is not None:
         return pid
+    started = _STARTED.get(path)
+    if started is not None and started.poll() is None:
+        # started here moments ago and still importing torch (~2-5 s before it holds the
+        #   lock): a page run meanwhile (the entry's, then Home's) must not start a second
+        #   engine, whose imports would only slow the first one down before it gives up
+        return started.pid
     Store(path).close()  # create / migrate the file before the engine opens it
     cmd = [sys.executable, "-m", "normlab", "engine", "--store", str(path),
            "--idle-exit", str(idle_exit)]
@@ -100,15 +106,23 @@ def ensure_engine(store_path: str | os.PathLike | None = None, workers: int | No
         cmd += ["--workers", str(workers)]
     if os.environ.get(WATCH_ENV) == "1":
         cmd += ["--watch-pid", str(os.getpid())]
-    return spawn(cmd, log_path(path))
+    _STARTED[path] = start(cmd, log_path(path))
+    return _STARTED[path].pid
+
+
+_STARTED: dict[Path, subprocess.Popen] = {}  # the engine this process started, per store
 
 
 def spawn(cmd: list[str], log: Path) -> int:
     """Start ``cmd`` in the background, in its own session, appending to ``log``; its pid."""
+    return start(cmd, log).pid
+
+
+def start(cmd: list[str], log: Path) -> subprocess.Popen:
+    """:func:`spawn`, returning the process."""
     with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                 start_new_session=True, cwd=os.getcwd())
-    return proc.pid
 
 
 def stop_engine(store_path: str | os.PathLike | None = None, timeout: float = 10.0) -> bool:
