@@ -113,6 +113,15 @@ def ensure_engine(store_path: str | os.PathLike | None = None, workers: int | No
 _STARTED: dict[Path, subprocess.Popen] = {}  # the engine this process started, per store
 
 
+def engine_starting(store_path: str | os.PathLike | None = None) -> int | None:
+    """The pid of an engine this process started for the store that is alive but does not
+    hold the store's lock yet (it imports torch first), else None."""
+    started = _STARTED.get(_store_path(store_path))
+    if started is None or started.poll() is not None:
+        return None
+    return started.pid if engine_pid(store_path) is None else None
+
+
 def spawn(cmd: list[str], log: Path) -> int:
     """Start ``cmd`` in the background, in its own session, appending to ``log``; its pid."""
     return start(cmd, log).pid

@@ -14,8 +14,8 @@ import streamlit as st
 from streamlit import dataframe_util
 
 from normlab.views import compareview as views, explorer, linked, livespecs
-from normlab.runs.engine import engine_pid, ensure_engine
-from normlab.runs.store import NotFound
+from normlab.runs.engine import engine_pid, engine_starting, ensure_engine
+from normlab.runs.store import FINISHED, NotFound
 from normlab.views.urlstate import View
 from normlab.ui.common import (PAGE_WIDTH, POLL_SECONDS, TAB, get_store, linked_tab,
                                tab_changed)
@@ -35,10 +35,16 @@ def live_runs(key: str, ids: list[str], view: View,
     tab switch) reruns only the charts, not the page nor the progress; ``on_view`` then
     gets the new View (e.g. to write it to the URL)."""
     try:
-        every = views.poll_seconds(get_store().runs(ids=ids), POLL_SECONDS)
+        first = get_store().runs(ids=ids)
     except NotFound:
         st.error("These runs do not exist any more (deleted?). Pick another comparison.")
         return
+    every = views.poll_seconds(first, POLL_SECONDS)
+    # no run has reported a step yet: the view is drawn once and a watcher polls the store
+    #   quickly for the first step (a bare query; redrawing the view four times a second
+    #   took a core from the engine warming up, and the first step came later)
+    waiting = every is not None and every < POLL_SECONDS
+    ended = int(first["status"].isin(FINISHED).sum())
 
     @st.fragment
     def _view(runs: pd.DataFrame) -> None:
@@ -50,7 +56,19 @@ def live_runs(key: str, ids: list[str], view: View,
             on_view(shown)
         _charts(key, runs, shown)
 
-    @st.fragment(run_every=every)
+    @st.fragment(run_every=every if waiting else None)
+    def _watch() -> None:
+        """Rerun the page at the first step (its polls then come at the steady pace), or
+        when a run ends (e.g. fails) before any step; draws nothing."""
+        try:
+            runs = get_store().runs(ids=ids)
+        except NotFound:
+            return
+        if (views.poll_seconds(runs, POLL_SECONDS) != every
+                or int(runs["status"].isin(FINISHED).sum()) != ended):
+            st.rerun()
+
+    @st.fragment(run_every=None if waiting else every)
     def _live() -> None:
         try:
             runs = get_store().runs(ids=ids)
@@ -68,13 +86,15 @@ def live_runs(key: str, ids: list[str], view: View,
         _view(runs)
 
     _live()
+    if waiting:
+        _watch()
 
 
 def _engine_check() -> None:
     """Say so when no engine serves the store while runs wait, with a restart button."""
     path = get_store().path
-    if engine_pid(path) is not None:
-        return
+    if engine_pid(path) is not None or engine_starting(path) is not None:
+        return  # serving, or starting (it loads PyTorch before it claims runs)
     st.warning("No engine is serving the run store right now (it stopped or was killed), "
                "so these runs are not progressing. Restart it: runs it was training become "
                "*interrupted*, queued runs go on.", icon=":material/power_off:")
