@@ -1,7 +1,7 @@
 """Benchmark of the quick start's first curve on a cold server: the issue 12 figure.
 
-Each repeat starts ``streamlit run dashboard.py`` as a freshly installed machine would
-run it — a new store, an empty numba kernel cache (``NUMBA_CACHE_DIR``), kernels ``auto``
+Each repeat starts the README's ``python dashboard.py`` (``--entry streamlit``: ``streamlit
+run dashboard.py``) as a freshly installed machine would run it — a new store, an empty numba kernel cache (``NUMBA_CACHE_DIR``), kernels ``auto``
 — opens Home in Debian's chromium (playwright), waits for the quick-start button and the
 methods table, clicks, and times click → the first line of a chart, as the browser test
 does (``tests/test_browser.py``), but stops there. Then it stops the server, its engine
@@ -11,7 +11,7 @@ the last line is the median. ``--tree`` times another checkout (an A/B against a
 commit: ``git archive <commit> | tar -x -C /tmp/old``), alternate the two on a noisy
 machine.
 
-    python benchmarks/bench_first_curve.py [--repeats 3] [--tree PATH]
+    python benchmarks/bench_first_curve.py [--repeats 3] [--tree PATH] [--entry streamlit]
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def _stop_ours(marker: str) -> None:
             pass
 
 
-def one_repeat(tree: Path) -> dict:
+def one_repeat(tree: Path, entry: str = "python") -> dict:
     folder = Path(tempfile.mkdtemp(prefix="normlab-first-curve-"))
     cache = folder / "numba-cache"
     cache.mkdir()
@@ -53,7 +53,7 @@ def one_repeat(tree: Path) -> dict:
            "NUMBA_CACHE_DIR": str(cache), "NORMLAB_KERNELS": "auto", "PYTHONPATH": str(tree)}
     result: dict = {}
     try:
-        with serve(tree, env, folder / "streamlit.log") as url:
+        with serve(tree, env, folder / "streamlit.log", entry=entry) as url:
             result.update(_click_to_curve(url))
     finally:
         _stop_ours(str(folder))  # the engine, its workers and the kernel compile
@@ -87,12 +87,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tree", type=Path, default=ROOT, help="checkout to time")
+    parser.add_argument("--entry", choices=("python", "streamlit"), default="python",
+                        help="python dashboard.py (the README's; the engine starts with the "
+                             "server) or streamlit run dashboard.py (it starts with Home)")
     args = parser.parse_args()
     if not Path(CHROMIUM).exists():
         sys.exit(f"{CHROMIUM} is missing (apt-get install chromium)")
     figures = []
     for i in range(args.repeats):
-        result = one_repeat(args.tree.resolve())
+        result = one_repeat(args.tree.resolve(), args.entry)
         figures.append(result["click_to_curve_s"])
         print(f"repeat {i + 1}: {json.dumps(result)}", flush=True)
     print(f"quick start click -> first curve, cold (median of {len(figures)}): "

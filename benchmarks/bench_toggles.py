@@ -223,8 +223,10 @@ def _open(page, url: str, cid: str, n: int = 9) -> None:
 
 
 def _serve_root(root: Path, store: Path, log: Path):
-    """``streamlit run dashboard.py`` of the checkout at ``root`` on ``store``."""
-    return serve(root, {**os.environ, "NORMLAB_STORE": str(store)}, log)
+    """``streamlit run dashboard.py`` of the checkout at ``root`` on ``store`` (a baseline
+    older than ``python dashboard.py`` serves the same way; toggles do not wait for the
+    engine's start)."""
+    return serve(root, {**os.environ, "NORMLAB_STORE": str(store)}, log, entry="streamlit")
 
 
 def _checkout(ref: str, folder: Path) -> Path:

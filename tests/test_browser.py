@@ -93,9 +93,14 @@ def _require_browser() -> None:
     pytest.importorskip("playwright.sync_api")
 
 
+# the README's command: the engine starts before the server (normlab.ui.launch)
+DASHBOARD = (sys.executable, "dashboard.py")
+STREAMLIT_RUN = (sys.executable, "-m", "streamlit", "run", "dashboard.py")  # also served
+
+
 @contextlib.contextmanager
 def _serve(folder: Path, cold: bool = False):
-    """A fresh ``streamlit run dashboard.py`` on a free port, with its own store; yields
+    """A fresh ``python dashboard.py`` (the README's command) on a free port, with its own store; yields
     its URL once healthy (no page has been requested yet), stops it and its engine. With
     ``cold``, its numba kernel cache is a new, empty folder, so the timings are the cold
     ones (the kernels compile as on a freshly installed machine)."""
@@ -109,8 +114,8 @@ def _serve(folder: Path, cold: bool = False):
     url = f"http://127.0.0.1:{port}"
     log = open(folder / "streamlit.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "dashboard.py", "--server.headless", "true",
-         "--server.port", str(port), "--server.fileWatcherType", "none"],
+        [*DASHBOARD, "--server.headless", "true", "--server.port", str(port),
+         "--server.fileWatcherType", "none"],
         cwd=ROOT, env=env, stdout=log,
         stderr=subprocess.STDOUT, start_new_session=True)
     try:

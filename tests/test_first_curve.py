@@ -7,7 +7,7 @@ browser (the browser test measures the figure itself, see BENCHMARKS.md).
 * nor do the Home and Compare pages' imports: the Compare page's first run comes between
   the click and the first curve (the report button's module imports torch only when a
   report is built);
-* the live view polls fast until the first step is recorded, then at its steady pace
+* the live view polls fast until a run has recorded a line (two steps), then at its steady pace
   (:func:`normlab.views.compareview.poll_seconds`, on constructed run tables);
 * :func:`normlab.views.compareview.stream_rows` yields each row of charts as soon as it is
   complete, in the rows :func:`normlab.views.compareview.chart_rows` lays out (the live
@@ -79,7 +79,12 @@ def test_the_live_view_polls_fast_until_the_first_step_then_steadily():
     assert fast < steady
     assert views.poll_seconds(_runs([0, 0], ["running", "queued"]), steady, now=101) == fast
     assert views.poll_seconds(_runs([None, 0]), steady, now=101) == fast  # none reported
-    assert views.poll_seconds(_runs([1, 0]), steady, now=101) == steady  # a first step in
+    # one step recorded is a point, not a line: still fast; two are a line
+    assert views.poll_seconds(_runs([1, 0]), steady, now=101) == fast
+    assert views.poll_seconds(_runs([2, 0]), steady, now=101) == steady
+    every5 = _runs([5, 0]).assign(config=[{"record_interval": 5}, {}])
+    assert views.poll_seconds(every5, steady, now=101) == fast  # steps 0 and 5 not both in
+    assert views.poll_seconds(every5.assign(step=[6, 0]), steady, now=101) == steady
     # queued behind another comparison for longer than the window: the steady pace
     late = 100 + views.FIRST_POLL_WINDOW + 1
     assert views.poll_seconds(_runs([0, 0], ["queued"] * 2), steady, now=late) == steady

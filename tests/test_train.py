@@ -142,3 +142,28 @@ def test_without_normalization_rescaling_changes_the_output():
     with torch.no_grad():
         model.hidden1.layer.weight.mul_(3.7)
     assert not torch.allclose(model(x), before, rtol=1e-3)
+
+
+def test_a_live_run_flushes_after_its_first_step_then_at_doubling_gaps(monkeypatch):
+    # a fake clock: 10 ms per reading, so the gaps are counted in readings, not wall time
+    import types
+
+    import normlab.training.trainer as trainer_module
+
+    clock = iter(range(10**6))
+    monkeypatch.setattr(trainer_module, "time", types.SimpleNamespace(
+        monotonic=lambda: next(clock) * 0.01))
+    cfg = RunConfig(steps=120, width=8, depth=1, eval_interval=1000)
+    batches = list(Trainer(cfg).batches(flush_seconds=0.5, first_flush_after=1))
+    steps = [np.unique(b.steps).astype(int) for b in batches]
+    assert list(steps[0]) == [0]  # the first step at once: a chart has something to show
+    # then each batch is about twice as long as the last (a step reads the clock once),
+    #   from 0.05 s (5 readings) up to 0.5 s (50)
+    sizes = [len(s) for s in steps[1:-1]]
+    assert sizes[:4] == sorted(sizes[:4]) and sizes[0] <= 6 and max(sizes) <= 51
+    assert sizes[3] >= 3 * sizes[0]
+    recorded = np.concatenate(steps)  # every step exactly once, in order
+    assert list(recorded) == list(range(cfg.steps + 1))
+    # without first_flush_after (a run trained in-process), no ramp: one batch here
+    monkeypatch.setattr(trainer_module, "time", types.SimpleNamespace(monotonic=lambda: 0.0))
+    assert len(list(Trainer(cfg).batches(flush_seconds=0.5))) == 1

@@ -336,7 +336,7 @@ def test_a_spec_built_once_takes_new_rows_as_a_new_build_would(trained, key, lay
 
 
 def test_a_method_the_log_scale_drops_changes_the_shape_not_the_key(trained):
-    """A method whose every loss a log scale drops (diverged: NaN) is in the frame, so in
+    """A method whose every loss a log scale drops (<= 0) is in the frame, so in
     the key, but not in the chart's rows: their data_shape differs from a spec built when it
     had values, and the live view builds the chart again rather than reuse a spec whose
     legend and tooltip name it."""
@@ -345,7 +345,7 @@ def test_a_method_the_log_scale_drops_changes_the_shape_not_the_key(trained):
     metrics, sites = views.group_request("Loss & accuracy", view)
     frame = views.comparison_frame(store, ids, metrics, sites)
     broken = frame.copy()
-    broken.loc[broken["run"].isin(ids[:2]), "value"] = float("nan")  # both seeds of none
+    broken.loc[broken["run"].isin(ids[:2]), "value"] = 0.0  # both seeds of none: <= 0
     key = livespecs.chart_key(frame, spec, view, n_seeds=2, width=900)
     assert livespecs.chart_key(broken, spec, view, n_seeds=2, width=900) == key
     skeleton = _spec(frame, spec, view, 2)
@@ -379,10 +379,69 @@ def test_kept_specs_build_once_per_key_and_again_when_the_shape_changes(trained)
     assert get(early) == _spec(early, spec, view, 2) and len(builds) == 1
     assert get(frame) == _spec(frame, spec, view, 2) and len(builds) == 1  # rows only
     broken = frame.copy()
-    broken.loc[broken["run"].isin(ids[:2]), "value"] = float("nan")  # none: dropped by log
+    broken.loc[broken["run"].isin(ids[:2]), "value"] = 0.0  # none: dropped by log
     assert get(broken) == _spec(broken, spec, view, 2) and len(builds) == 2
     assert get(frame[frame["run"].isin(ids[:2])]) is not None and len(kept) == 2  # bounded
     assert get(frame.iloc[:0]) is None
+
+
+@pytest.fixture(scope="module")
+def starting(tmp_path_factory):
+    """A comparison of three runs with none, one and all of them trained (three stores)."""
+    stages = []
+    for trained_runs in (0, 1, 3):
+        store = Store(tmp_path_factory.mktemp("starting") / "runs.sqlite")
+        configs = views.configs_for(TINY, METHODS, (0,))
+        cid, ids = store.create_comparison([c.to_dict() for c in configs],
+                                           base=TINY.to_dict(), grid={"norm": list(METHODS)})
+        for rid, cfg in list(zip(ids, configs))[:trained_runs]:
+            batch, outcome = train(cfg)
+            store.append(rid, batch)
+            store.finish(rid, outcome.status, outcome.step)
+        stages.append((store, ids))
+    yield stages
+    for store, _ in stages:
+        store.close()
+
+
+@pytest.mark.parametrize("key", ["train_loss", "val_acc", "grad_norm", "layer_grad"])
+@pytest.mark.parametrize("layout,log", [("overlay", True), ("side", False)])
+def test_a_live_spec_names_every_run_from_the_start_and_keeps_it_while_they_start(
+        starting, key, layout, log):
+    """With ``pending`` (the live view), a run without values is in the frame as one row
+    without value per series: a model-level chart is built before any run has a value,
+    names all three methods then, and that spec takes the rows of one run, then of all
+    (no rebuild as each run starts), equal to full builds. A per-layer chart waits for a
+    run's layers, then names every run in each layer."""
+    spec = views.CHART_SPECS[key]
+    group = next(g for g, specs in views.CHART_GROUPS.items() if spec in specs)
+    view = View(layout=layout, log=log, smooth=0.0)
+    metrics, sites = views.group_request(group, view)
+    keys, shapes = [], []
+    for store, ids in starting:
+        frame = views.comparison_frame(store, ids, metrics, sites,
+                                       pending=views.pending_series(group))
+        plain = views.comparison_frame(store, ids, metrics, sites)
+        assert frame["value"].notna().sum() == len(plain)  # the padding holds no value
+        keys.append(livespecs.chart_key(frame, spec, view, n_seeds=1, width=900))
+        if keys[-1] is None:
+            continue
+        rows = livespecs.chart_data(frame, spec, view, n_seeds=1)
+        assert set(rows["method"].dropna()) == set(METHODS)  # all named, drawn or not
+        built = _spec(frame, spec, view, 1)
+        shapes.append(livespecs.data_shape(pd.DataFrame(next(iter(built["datasets"].values())))))
+        assert livespecs.data_shape(rows) == shapes[-1]
+        if len(shapes) > 1:  # the first spec with these rows is this build
+            assert livespecs.with_rows(first, rows) == built
+        else:
+            first = built
+    if spec.per_layer:
+        assert keys[0] is None and keys[1] == keys[2] and shapes[0] == shapes[1]
+    else:
+        assert keys[0] == keys[1] == keys[2] and shapes[0] == shapes[1] == shapes[2]
+        domain = first["layer"][0]["encoding"]["color"]["scale"]["domain"] if "layer" in first \
+            else first["spec"]["layer"][0]["encoding"]["color"]["scale"]["domain"]
+        assert sorted(domain) == sorted(METHODS)  # the legend, before any value
 
 
 def test_with_rows_needs_one_dataset():

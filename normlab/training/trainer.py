@@ -68,6 +68,7 @@ def make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
 
 
 INIT_EXAMPLES = 256  # examples WeightNorm's data-dependent init computes μ, σ from
+FIRST_FLUSH_GAP = 0.05  # s: a live run's second flush after its first (the gaps double)
 THREADS = 1  # torch threads of a run: the engine's workers' setting, train()'s default
 
 
@@ -178,7 +179,9 @@ class Trainer:
     def batches(self, flush_seconds: float = 1.0,
                 first_flush_after: int | None = None) -> Iterator[RecordBatch]:
         """Train, yielding the records at least every ``flush_seconds`` and at the end
-        (and once after ``first_flush_after`` steps, so a live chart starts at once).
+        (and once after ``first_flush_after`` steps, so a live chart starts at once; then
+        at gaps doubling from FIRST_FLUSH_GAP to ``flush_seconds``, so it has a line —
+        two points — a few steps later rather than ``flush_seconds`` later).
         A batch holds the probe's rows then the validation rows, so a step can appear
         twice, each series at most once (:func:`train` merges them into one row a step).
 
@@ -190,6 +193,8 @@ class Trainer:
         n = len(self.data.y_train)
         pending_val: list[RecordBatch] = []
         last_flush = time.monotonic()
+        gap = flush_seconds if first_flush_after is None else min(FIRST_FLUSH_GAP,
+                                                                   flush_seconds)
         model.train()
         decor = self.decorrelation
         with probe, (decor if decor is not None else nullcontext()), \
@@ -229,10 +234,13 @@ class Trainer:
                     probe.after_update({("model", "train", "loss"): loss_value,
                                         ("model", "train", "acc"): accuracy(logits, y, probe.kernels)})
                 self.outcome.step = step + 1
-                if (time.monotonic() - last_flush >= flush_seconds
-                        or step + 1 == first_flush_after):
+                if step + 1 == first_flush_after:
                     yield self._collect(pending_val)
                     pending_val, last_flush = [], time.monotonic()
+                elif time.monotonic() - last_flush >= gap:
+                    yield self._collect(pending_val)
+                    pending_val, last_flush = [], time.monotonic()
+                    gap = min(2 * gap, flush_seconds)
             else:
                 self.outcome = Outcome("done", cfg.steps)
                 pending_val.append(self._validation(cfg.steps))

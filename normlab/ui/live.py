@@ -151,16 +151,17 @@ def _controls(top, key: str, summary: dict, ids: list[str], which: str) -> None:
 
 
 @st.cache_data(max_entries=24, show_spinner=False)
-def _frame(path: str, cid: str, sig: tuple, metrics, sites, every: int):
+def _frame(path: str, cid: str, sig: tuple, metrics, sites, every: int, pending=()):
     """The runs' frame (``sig`` changes when a run does: a view toggle between two polls
-    of a live comparison, and every view of a finished one, reuse it)."""
+    of a live comparison, and every view of a finished one, reuse it); every run is in
+    it from the start, ``pending`` (:func:`~normlab.views.compareview.comparison_frame`)."""
     return views.comparison_frame(get_store(), [s[0] for s in sig], metrics, sites,
-                                  every=every)
+                                  every=every, pending=pending)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def _chart(path: str, cid: str, sig: tuple, spec_key: str, view: View, n_seeds: int,
-           width: int, metrics, sites, every: int) -> dict | None:
+           width: int, metrics, sites, every: int, pending=()) -> dict | None:
     """A chart's Vega-Lite spec for the runs' state ``sig`` and ``view``, cached: a view
     toggle back to a setting seen before, or a tab switch, costs nothing.
 
@@ -169,7 +170,7 @@ def _chart(path: str, cid: str, sig: tuple, spec_key: str, view: View, n_seeds: 
     weight or site of that key computes only the chart's rows and puts them in it. Its
     rows are the Arrow bytes Streamlit sends (it passes bytes on as they are), encoded once
     here, not at each rerun that draws the cached chart."""
-    frame = _frame(path, cid, sig, metrics, sites, every)
+    frame = _frame(path, cid, sig, metrics, sites, every, pending)
     drawn = _SPECS.spec_for(frame, views.CHART_SPECS[spec_key], view, n_seeds=n_seeds,
                             width=width,
                             build=lambda: _built(frame, spec_key, view, n_seeds, width))
@@ -264,6 +265,7 @@ def _explore(key: str, runs, view: View) -> None:
 
 def _group(key: str, runs, group: str, view: View) -> None:
     metrics, sites = views.group_request(group, view)
+    pending = tuple(views.pending_series(group))
     every = _every(runs)
     sig, n_seeds = views.chart_signature(runs), int(runs["seed"].nunique())
     path = str(get_store().path)
@@ -273,8 +275,8 @@ def _group(key: str, runs, group: str, view: View) -> None:
     # read: a step recorded between the runs' query and the frame's would be drawn at the
     # first-records poll pace, and drawn again at once by the page rerun that changes it
     shown = views.started(runs) or views.finished(runs)
-    frame = _frame(path, key, sig, metrics, sites, every) if shown else pd.DataFrame()
-    if frame.empty:
+    frame = _frame(path, key, sig, metrics, sites, every, pending) if shown else pd.DataFrame()
+    if frame.empty or frame["value"].isna().all():
         if views.finished(runs):
             st.info("Nothing measured for these charts: the runs ended before their first "
                     "record (see the notes in the Runs table above).")
@@ -287,7 +289,7 @@ def _group(key: str, runs, group: str, view: View) -> None:
             own = views.relevant_view(spec, view, n_seeds)
             try:
                 chart = _chart(path, key, sig, spec.key, own, n_seeds, PAGE_WIDTH, metrics,
-                               sites, every)
+                               sites, every, pending)
             except Exception as exc:  # a chart that cannot be drawn must not break the page
                 st.warning(f"Could not draw “{spec.title}”: {exc}")
                 continue

@@ -195,8 +195,10 @@ def y_enc(field: str, title: str, log: bool) -> alt.Y:
 
 def log_safe(df: pd.DataFrame, cols: tuple[str, ...] = ("value",),
              floor_cols: tuple[str, ...] = ("lo",)) -> pd.DataFrame:
-    """Rows whose ``cols`` are > 0; ``floor_cols`` clipped up to the smallest positive value."""
-    keep = np.logical_and.reduce([df[c].to_numpy() > 0 for c in cols if c in df.columns])
+    """Rows whose ``cols`` are > 0 or missing (a run named before it has values: nothing
+    drawn, still in the legend); ``floor_cols`` clipped up to the smallest positive value."""
+    keep = np.logical_and.reduce([(v > 0) | np.isnan(v) for v in
+                                  (df[c].to_numpy(dtype=float) for c in cols if c in df.columns)])
     out = df[keep]
     for c in floor_cols:
         if c in out.columns and len(out):

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import altair as alt
+import numpy as np
 import pandas as pd
 
 from normlab.training.config import ConfigError, RunConfig
@@ -155,16 +156,25 @@ def started(runs: pd.DataFrame) -> bool:
     return bool(runs["step"].fillna(0).gt(0).any())
 
 
+def drawable(runs: pd.DataFrame) -> bool:
+    """Whether some run of ``runs`` has recorded two steps (0 and its record interval): a
+    line, where one step is a lone point that draws no curve."""
+    every = (runs["config"].map(lambda c: int((c or {}).get("record_interval", 1)))
+             if "config" in runs.columns else 1)
+    return bool((runs["step"].fillna(0) > every).any())
+
+
 def poll_seconds(runs: pd.DataFrame, steady: float, now: float | None = None) -> float | None:
     """How often a live view of ``runs`` polls the store: None once every run has ended;
-    FIRST_POLL_SECONDS while no run has reported a step yet, so the first curve is drawn
-    as soon as a worker flushes its first step (a quarter second, not up to ``steady``),
+    FIRST_POLL_SECONDS until a run has recorded a line (:func:`drawable`), so the first
+    curve is drawn as soon as a worker flushes it (a quarter second, not up to
+    ``steady``; a worker flushes after its first step, then at gaps doubling from 0.05 s),
     but only for FIRST_POLL_WINDOW s after the runs were queued (runs waiting behind
     another comparison are polled at ``steady``); ``steady`` otherwise."""
     if finished(runs):
         return None
     now = time.time() if now is None else now
-    if not started(runs) and now - pd.to_numeric(runs["created_at"]).min() < FIRST_POLL_WINDOW:
+    if not drawable(runs) and now - pd.to_numeric(runs["created_at"]).min() < FIRST_POLL_WINDOW:
         return min(FIRST_POLL_SECONDS, steady)
     return steady
 
@@ -302,11 +312,18 @@ def load_every(total_steps: int, record_interval: int = 1, points: int = LOAD_PO
 
 
 def comparison_frame(store: Store, run_ids: Iterable[str], metrics=None, sites=None,
-                     layers=None, every: int | None = None) -> pd.DataFrame:
+                     layers=None, every: int | None = None,
+                     pending: Iterable[tuple[str, str, str]] | None = None) -> pd.DataFrame:
     """Tidy metric rows of ``run_ids`` with ``method``, ``seed`` and ``label`` joined on.
 
     Only the asked ``metrics``/``sites``/``layers`` are read. ``every`` thins every site
     but ``val`` (validation points are sparse already). Unknown run ids raise NotFound.
+
+    ``pending`` (a live view's charts): each run without rows of a series — a (layer, site,
+    metric) of the frame, or of ``pending`` — gets one row of it with no value (step 0,
+    value NaN): its charts name every run of the comparison from the start (its legend,
+    panels and tooltips), draw nothing for it until it has values, and keep their spec
+    while the runs start one by one (:mod:`normlab.views.livespecs`).
     """
     ids = list(dict.fromkeys(run_ids))
     runs = store.runs(ids=ids) if ids else store.runs().iloc[:0]
@@ -323,7 +340,41 @@ def comparison_frame(store: Store, run_ids: Iterable[str], metrics=None, sites=N
         frame["run"] = pd.Categorical(frame["run"].astype(str), categories=ids)
     else:
         frame = store.metrics(ids, metrics=metrics, sites=sites, layers=layers, every=thin)
+    if pending is not None:
+        frame = _with_pending(frame, ids, pending)
     return _join_methods(frame, runs)
+
+
+def _with_pending(frame: pd.DataFrame, ids: list[str],
+                  series: Iterable[tuple[str, str, str]]) -> pd.DataFrame:
+    """``frame`` plus a row without value (step 0) per run of ``ids`` and (layer, site,
+    metric) of the frame or of ``series`` the run has no row of."""
+    keys = ["run", "layer", "site", "metric"]
+    present = {tuple(map(str, k)) for k in
+               frame.groupby(keys, observed=True, sort=False).size().index} if len(frame) else set()
+    wanted = {k[1:] for k in present} | set(series)
+    if not wanted:
+        return frame
+    missing = [(run, *key) for key in sorted(wanted) for run in ids
+               if (run, *key) not in present]
+    if not missing:
+        return frame
+    rows = pd.DataFrame(missing, columns=["run", "layer", "site", "metric"]).assign(
+        step=0, value=np.nan)
+    out = pd.concat([frame.astype({c: str for c in ("run", "layer", "site", "metric")}),
+                     rows[frame.columns]], ignore_index=True)
+    for col in ("layer", "site", "metric"):
+        out[col] = out[col].astype("category")
+    out["run"] = pd.Categorical(out["run"], categories=ids)
+    return out
+
+
+def pending_series(group: str) -> list[tuple[str, str, str]]:
+    """The model-level series (layer, site, metric) the charts of ``group`` draw: a live
+    view names every run in them before any has a value (:func:`comparison_frame`'s
+    ``pending``; per-layer series are padded once a run has recorded its layers)."""
+    return [("model", spec.site, spec.metric) for spec in CHART_GROUPS[group]
+            if not spec.per_layer and spec.site in ("train", "val")]
 
 
 def _join_methods(frame: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:

@@ -29,12 +29,17 @@ from normlab.views.urlstate import View
 SHAPE_COLUMNS = ("method", "label", "layer", "seed")  # whose values a chart's spec names
 
 
+def _names(values: pd.Series) -> tuple:
+    """The distinct values of a column, sorted: a spec orders what it names itself (the
+    legend's domain by method, panels and layers naturally), not by their rows' order."""
+    return tuple(sorted(map(str, pd.unique(values.dropna()))))
+
+
 def data_shape(rows: pd.DataFrame) -> tuple:
     """What of a chart's rows its spec names: the columns, and the methods, labels, layers
-    and seeds in order of appearance (the legend's domain, the panels, the tooltip's
-    columns)."""
+    and seeds (the legend's domain, the panels, the tooltip's columns)."""
     return (tuple(rows.columns),) + tuple(
-        (c, tuple(pd.unique(rows[c].dropna()))) for c in SHAPE_COLUMNS if c in rows.columns)
+        (c, _names(rows[c])) for c in SHAPE_COLUMNS if c in rows.columns)
 
 
 def chart_key(frame: pd.DataFrame, spec: ChartSpec, view: View, *, n_seeds: int = 1,
@@ -54,8 +59,7 @@ def chart_key(frame: pd.DataFrame, spec: ChartSpec, view: View, *, n_seeds: int 
     builder, rows, metric, site, kwargs, fitting = plan
     options = {k: v for k, v in kwargs.items() if k not in ("smoothing", "max_points")}
     fixed_site = None if spec.site == "site" else site
-    shown = tuple((c, tuple(pd.unique(rows[c].dropna()))) for c in SHAPE_COLUMNS
-                  if c in rows.columns)
+    shown = tuple((c, _names(rows[c])) for c in SHAPE_COLUMNS if c in rows.columns)
     return (spec.key, builder.__name__, metric, fixed_site, tuple(sorted(options.items())),
             fitting, width, shown)
 
