@@ -4,6 +4,7 @@ import streamlit as st
 from normlab.views import home, urlstate, compareview as views
 from normlab.ui.common import get_store, set_comparison
 from normlab.ui import menu
+from normlab.ui.live import prewarm_quick_start
 
 menu.page_setup(menu.HOME)
 
@@ -63,3 +64,7 @@ st.markdown(
 st.caption(f"The quick start's {home.DEPTH}×{home.WIDTH} net at torch's default "
            f"initialisation on {home.EXAMPLES} standard-normal inputs standing in for the "
            "digits, computed in numpy (the real net's spreads on the digits match).")
+
+# the quick start's first charts, built in the background while this page is read (once
+#   per server; `python dashboard.py` did it before the server started)
+prewarm_quick_start()

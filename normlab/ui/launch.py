@@ -23,6 +23,9 @@ def main(script: str, args: list[str]) -> int:
     except Exception as exc:  # a store that cannot be used: the pages explain it
         print(f"normlab: the run engine did not start ({exc}); starting the dashboard "
               "anyway", file=sys.stderr)
+    from normlab.ui.live import prewarm_quick_start
+
+    prewarm_quick_start()  # the quick start's first charts, built while the server starts
     from streamlit.web import cli
 
     sys.argv = ["streamlit", "run", script, *args]

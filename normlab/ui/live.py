@@ -6,6 +6,7 @@ more than ``MANY_RUNS`` runs shows its progress per method, not one bar per run.
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import altair as alt
@@ -13,7 +14,7 @@ import pandas as pd
 import streamlit as st
 from streamlit import dataframe_util
 
-from normlab.views import compareview as views, explorer, linked, livespecs
+from normlab.views import compareview as views, explorer, linked, livespecs, urlstate
 from normlab.runs.engine import engine_pid, engine_starting, ensure_engine
 from normlab.runs.store import FINISHED, NotFound
 from normlab.views.urlstate import View
@@ -194,6 +195,38 @@ def _built(frame, spec_key: str, view: View, n_seeds: int, width: int) -> dict |
             # the data named after the chart: a live poll, or a smoothing weight, that
             # changes only the rows swaps them into the drawn chart instead of drawing it anew
             return views.stable_data(chart.to_dict(validate=False), spec_key)
+
+
+_PREWARMED = threading.Event()
+
+
+def prewarm_quick_start() -> None:
+    """Build the specs of the quick start's first tab, as its first polls will ask for
+    them (every run named, none with a value yet: ``pending``), into the kept specs, once
+    per process and in a background thread: ~1 s of Altair that the quick start's first
+    curve no longer waits for. Called by ``python dashboard.py`` before the server starts,
+    and by Home. A failure costs only the head start."""
+    if _PREWARMED.is_set():
+        return
+    _PREWARMED.set()
+
+    def build() -> None:
+        try:
+            quick = views.QUICK_START
+            configs = views.configs_for(quick, urlstate.default_methods(quick.model),
+                                        views.QUICK_SEEDS)
+            group = next(iter(views.CHART_GROUPS))  # the tab a comparison opens on
+            frame = views.placeholder_frame(configs, group)
+            n_seeds, view = len(views.QUICK_SEEDS), urlstate.VIEW_DEFAULTS
+            for spec in views.CHART_GROUPS[group]:
+                own = views.relevant_view(spec, view, n_seeds)
+                _SPECS.spec_for(frame, spec, own, n_seeds=n_seeds, width=PAGE_WIDTH,
+                                build=lambda: _built(frame, spec.key, own, n_seeds,
+                                                     PAGE_WIDTH))
+        except Exception:  # only a head start: the first poll builds what is missing
+            pass
+
+    threading.Thread(target=build, name="normlab-prewarm", daemon=True).start()
 
 
 SWEEP_TAB = "Sweep"

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import altair as alt
@@ -367,6 +367,20 @@ def _with_pending(frame: pd.DataFrame, ids: list[str],
         out[col] = out[col].astype("category")
     out["run"] = pd.Categorical(out["run"], categories=ids)
     return out
+
+
+def placeholder_frame(configs: Sequence[RunConfig], group: str) -> pd.DataFrame:
+    """The frame a live view of runs ``configs`` (one comparison) has before any of them
+    has a value: :func:`comparison_frame` with ``pending``, without a store. Its charts'
+    specs are those of the comparison's first polls (:mod:`normlab.views.livespecs`), so a
+    dashboard can build them before the runs are even launched."""
+    ids = [f"pending-{i}" for i in range(len(configs))]
+    runs = pd.DataFrame({"id": ids, "norm": [c.norm for c in configs],
+                         "seed": [c.seed for c in configs], "name": [c.norm for c in configs],
+                         "comparison_id": "pending", "config": [c.to_dict() for c in configs]})
+    empty = pd.DataFrame({"run": pd.Categorical([], categories=ids), "step": np.array([], int),
+                          "layer": [], "site": [], "metric": [], "value": np.array([], float)})
+    return _join_methods(_with_pending(empty, ids, pending_series(group)), runs)
 
 
 def pending_series(group: str) -> list[tuple[str, str, str]]:
