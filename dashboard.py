@@ -20,5 +20,5 @@ import streamlit as st  # noqa: E402  (served by Streamlit from here on)
 
 from normlab.ui.menu import HOME, page_setup  # noqa: E402
 
-page_setup(HOME)  # starts the run engine, if not yet started, so workers are warm before the first click
+page_setup(HOME)  # starts the run engine unless started, so workers are warm before a click
 st.switch_page(HOME.path)

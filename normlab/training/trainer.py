@@ -234,13 +234,11 @@ class Trainer:
                     probe.after_update({("model", "train", "loss"): loss_value,
                                         ("model", "train", "acc"): accuracy(logits, y, probe.kernels)})
                 self.outcome.step = step + 1
-                if step + 1 == first_flush_after:
+                first = step + 1 == first_flush_after
+                if first or time.monotonic() - last_flush >= gap:
                     yield self._collect(pending_val)
                     pending_val, last_flush = [], time.monotonic()
-                elif time.monotonic() - last_flush >= gap:
-                    yield self._collect(pending_val)
-                    pending_val, last_flush = [], time.monotonic()
-                    gap = min(2 * gap, flush_seconds)
+                    gap = gap if first else min(2 * gap, flush_seconds)
             else:
                 self.outcome = Outcome("done", cfg.steps)
                 pending_val.append(self._validation(cfg.steps))
