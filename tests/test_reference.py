@@ -116,5 +116,10 @@ def test_one_value_per_group_is_the_bias_not_an_error():
     with torch.no_grad():
         gn.bias.copy_(torch.arange(6.0))
     x = torch.randn(1, 6)
-    torch.testing.assert_close(gn(x), torch.arange(6.0).expand(1, 6))
-    torch.testing.assert_close(gn(x), reference.reference_of(gn)(x))
+    # torch's kernel computes x·(g/σ) − μ·(g/σ) + b with 1/σ = 1/sqrt(eps) ≈ 316, so float32
+    # leaves a rounding error of a few ulp of |x|/sqrt(eps), not exact zeros: bound it.
+    bound = 4 * x.abs().max().item() / gn.eps ** 0.5 * torch.finfo(torch.float32).eps
+    torch.testing.assert_close(gn(x), torch.arange(6.0).expand(1, 6), atol=bound, rtol=0)
+    torch.testing.assert_close(gn(x), reference.reference_of(gn)(x), atol=bound, rtol=0)
+    gn64, x64 = gn.double(), x.double()  # in float64 the same bound is 2⁻²⁹ times smaller
+    torch.testing.assert_close(gn64(x64), torch.arange(6.0, dtype=torch.float64).expand(1, 6))
