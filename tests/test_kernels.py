@@ -17,6 +17,9 @@ from normlab.measure.probes import (_ACT_STATS, _SLOT_WIDTH, accuracy, activatio
                                     addresses, quantiles_for, saturation)
 from normlab.measure.schema import unit_picks, hist_edges
 
+NO_LOGITS = np.zeros(4, dtype=np.int64)  # parameter_stats: no accuracy to compute
+NO_TENSORS = np.zeros(0, dtype=np.int64)  # no addresses: that part is skipped
+
 @pytest.fixture(scope="module", params=["compiled", "fallback"], autouse=True)
 def kern(request):
     """The kernels every test of this module uses (through NORMLAB_KERNELS)."""
@@ -167,7 +170,7 @@ def test_parameter_norms_snapshot_and_step(kern):
     owner, in_all = np.array([0, 0, 1]), np.array([0, 1, 2])
     no_tensors = np.zeros(0, dtype=np.int64)  # the gradients were measured before the step
     kern.parameter_stats(addresses(params, keep), sizes, buffer, True, no_tensors, sizes,
-                         grad2, weight2, in_all, owner, row)
+                         grad2, weight2, in_all, owner, row, False, NO_LOGITS)
     w = [np.sqrt(sum(b.double().square().sum().item() for b in before[:2])), before[2].double().norm().item()]
     d = [np.sqrt(sum((p - b).double().square().sum().item() for p, b in zip(params[:2], before[:2]))),
          (params[2] - before[2]).double().norm().item()]
@@ -177,14 +180,51 @@ def test_parameter_norms_snapshot_and_step(kern):
     # measuring the gradients after the step instead (they are unchanged) gives the same row
     again, fresh = np.empty_like(row), np.full(3, np.nan)
     kern.parameter_stats(addresses(params, keep), sizes, buffer, True, addresses(grads, keep),
-                         sizes, fresh, weight2, in_all, owner, again)
+                         sizes, fresh, weight2, in_all, owner, again, False, NO_LOGITS)
     np.testing.assert_array_equal(again, row)
     # without a copy of the weights: their norms now, no update ratio
     kern.parameter_stats(addresses(params, keep), sizes, buffer, False, no_tensors, sizes,
-                         grad2, weight2, in_all, owner, again)
+                         grad2, weight2, in_all, owner, again, False, NO_LOGITS)
     now = [np.sqrt(sum(p.double().square().sum().item() for p in params[:2])), params[2].double().norm().item()]
     np.testing.assert_allclose(again[3:5], now, rtol=1e-12)
     assert np.isnan(again[5:7]).all() and again[0] == row[0]
+
+
+def test_parameter_stats_carries_the_weights_and_takes_the_accuracy(kern):
+    """``carry`` leaves in the buffer and the squared norms exactly what copy_weights would
+    write before the next step (bit for bit), after the row is computed from the old copy;
+    ``logits`` makes the same call return the accuracy torch's argmax gives."""
+    gen = torch.Generator().manual_seed(5)
+    params = [torch.randn(30, 20, generator=gen), torch.randn(7, generator=gen)]
+    keep: list = []
+    sizes = np.array([p.numel() for p in params], dtype=np.int64)
+    grads = [torch.randn(p.shape, generator=gen) for p in params]
+    grad2, weight2 = np.empty(2), np.empty(2)
+    buffer = np.empty(int(sizes.sum()), dtype=np.float32)
+    kern.before_step(addresses(grads, keep), sizes, grad2, addresses(params, keep), sizes,
+                     buffer, weight2)
+    before = [p.clone() for p in params]
+    for p, g in zip(params, grads):
+        p.sub_(0.1 * g)
+    in_all, owner = np.array([0, 1]), np.array([0, 0])
+    plain, carried = np.empty(4), np.empty(4)
+    kern.parameter_stats(addresses(params, keep), sizes, buffer.copy(), True, NO_TENSORS,
+                         sizes, grad2, weight2.copy(), in_all, owner, plain, False, NO_LOGITS)
+    logits = torch.randint(0, 3, (40, 10), generator=gen).float()  # ties: the first max wins
+    targets = torch.randint(0, 10, (40,), generator=gen)
+    args = np.array([logits.data_ptr(), 40, 10, targets.data_ptr()], dtype=np.int64)
+    acc = kern.parameter_stats(addresses(params, keep), sizes, buffer, True, NO_TENSORS,
+                               sizes, grad2, weight2, in_all, owner, carried, True, args)
+    np.testing.assert_array_equal(carried, plain)  # the row is the old copy's
+    np.testing.assert_allclose(plain[2], np.sqrt(sum(b.double().square().sum().item()
+                                                     for b in before)), rtol=1e-12)
+    fresh_buffer, fresh2 = np.empty_like(buffer), np.empty(2)
+    kern.copy_weights(addresses(params, keep), sizes, fresh_buffer, fresh2)
+    assert buffer.tobytes() == fresh_buffer.tobytes() and weight2.tobytes() == fresh2.tobytes()
+    assert acc == (logits.argmax(1) == targets).double().mean().item()
+    assert np.isnan(kern.parameter_stats(addresses(params, keep), sizes, buffer, True,
+                                         NO_TENSORS, sizes, grad2, weight2, in_all, owner,
+                                         carried, False, NO_LOGITS))
 
 
 @given(st.integers(0, 1000))

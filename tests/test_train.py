@@ -80,6 +80,13 @@ def test_probing_does_not_change_the_run():
     loss7 = f7[(f7.site == "train") & (f7.metric == "loss")].set_index("step").value
     assert loss7.index.tolist() == [0, 7, 14, 21, 28]
     assert (loss1[loss7.index] == loss7).all()
+    # recording every step, the trainer copies the weights for the next step in the same
+    # pass that measures this one's update (carry_weights); every 7th, before the step:
+    # the same bits either way
+    params = ["weight_norm", "update_ratio", "grad_norm"]
+    p1, p7 = (f[(f.site == "param") & f.metric.isin(params)].set_index(["step", "layer", "metric"])
+              .value for f in (f1, f7))
+    assert len(p7) == 5 * 3 * 3 and p1[p7.index].equals(p7)
 
 
 def test_divergence_stops_cleanly_and_keeps_records():

@@ -59,8 +59,9 @@ def before_step(grad_addresses, grad_sizes, grad2, weight_addresses, weight_size
 
 
 def parameter_stats(addresses, sizes, buffer, copied, grad_addresses, grad_sizes, grad2,
-                    weight2, layer_in_all, owner, row) -> None:
-    """The parameter part of a recorded row (see ``kernels.parameter_stats``)."""
+                    weight2, layer_in_all, owner, row, carry, logits) -> float:
+    """The parameter part of a recorded row, the weights carried into ``buffer`` if
+    ``carry``, and the logits' accuracy (see ``kernels.parameter_stats``)."""
     if grad_addresses.shape[0]:
         squared_norms(grad_addresses, grad_sizes, grad2)
     L = int(owner.max()) + 1 if owner.shape[0] else 0
@@ -76,6 +77,9 @@ def parameter_stats(addresses, sizes, buffer, copied, grad_addresses, grad_sizes
             weights[owner[i]] += weight2[i]
         else:
             weights[owner[i]] += _squares(x)
+        if carry:
+            buffer[at:at + n] = x
+            weight2[i] = _squares(x)
         at += n
     row[0] = np.sqrt(grad2.sum())
     for layer in range(L):
@@ -83,6 +87,9 @@ def parameter_stats(addresses, sizes, buffer, copied, grad_addresses, grad_sizes
         row[1 + layer] = np.sqrt(grads[layer])
         row[1 + L + layer] = w
         row[1 + 2 * L + layer] = np.sqrt(steps[layer]) / max(w, 1e-12) if copied else np.nan
+    if logits[1] == 0:
+        return np.nan
+    return accuracy(*(int(v) for v in logits))
 
 
 def accuracy(address, rows, cols, labels_address) -> float:

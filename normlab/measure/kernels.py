@@ -152,7 +152,7 @@ def before_step(grad_addresses, grad_sizes, grad2, weight_addresses, weight_size
 
 @_jit
 def parameter_stats(addresses, sizes, buffer, copied, grad_addresses, grad_sizes, grad2,
-                    weight2, layer_in_all, owner, row):
+                    weight2, layer_in_all, owner, row, carry, logits):
     """The parameter part of a recorded row, for L layers owning the P weight tensors at
     ``addresses`` (``owner[i]`` is tensor i's layer, ``layer_in_all[i]`` its position in
     ``grad2``). ``buffer`` and ``weight2`` hold the weights before the step and their
@@ -161,7 +161,13 @@ def parameter_stats(addresses, sizes, buffer, copied, grad_addresses, grad_sizes
     unless that is empty (:func:`before_step` measured them). Writes ``row[0]``, the
     global gradient norm, then per layer: gradient norms, weight norms (before the step)
     and ‖Δw‖/‖w‖. Without ``copied`` the weight norms are of the weights as they are
-    now and there is no ‖Δw‖ (NaN)."""
+    now and there is no ‖Δw‖ (NaN).
+
+    ``carry``: then copy the weights as they are now into ``buffer`` and ``weight2``, as
+    :func:`copy_weights` would before the next step (for a loop that changes no weight
+    between steps: the next recorded step needs no copy of its own). ``logits``: int64
+    (address, rows, cols, labels' address) of the step's logits; returns their
+    :func:`accuracy` (NaN if rows is 0), so one call does both."""
     if grad_addresses.shape[0]:
         squared_norms(grad_addresses, grad_sizes, grad2)
     L = 0
@@ -177,6 +183,8 @@ def parameter_stats(addresses, sizes, buffer, copied, grad_addresses, grad_sizes
             weights[owner[i]] += weight2[i]
         else:
             weights[owner[i]] += _squares(x)
+        if carry:
+            weight2[i] = _copy_squares(x, buffer[at:at + sizes[i]])
         at += sizes[i]
     row[0] = np.sqrt(grad2.sum())
     for layer in range(L):
@@ -184,6 +192,9 @@ def parameter_stats(addresses, sizes, buffer, copied, grad_addresses, grad_sizes
         row[1 + layer] = np.sqrt(grads[layer])
         row[1 + L + layer] = w
         row[1 + 2 * L + layer] = np.sqrt(steps[layer]) / max(w, 1e-12) if copied else np.nan
+    if logits[1] == 0:
+        return np.nan
+    return accuracy(logits[0], logits[1], logits[2], logits[3])
 
 
 @_jit

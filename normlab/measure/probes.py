@@ -98,7 +98,8 @@ class Probe:
     """
 
     def __init__(self, model: nn.Module, *, every: int = 1, sample: int | None = SAMPLE,
-                 activation_sites: bool = True, threaded: bool = False):
+                 activation_sites: bool = True, threaded: bool = False,
+                 carry_weights: bool = False):
         if every < 1:
             raise ValueError(f"every must be at least 1 (got {every})")
         if sample is not None and sample < 1:
@@ -106,6 +107,11 @@ class Probe:
         self.model, self.every, self.sample = model, every, sample
         self.activation_sites = activation_sites
         self.threaded = threaded  # activation statistics on the helper thread (see _join)
+        # the loop changes no weight between steps: after_update copies the weights for
+        # the next recorded step (see after_update); off for weight-space layers
+        self.carry_weights = carry_weights
+        self._carried_to = -1  # the step whose weights after_update copied
+        self._logits = np.zeros(4, dtype=np.int64)  # the accuracy's tensors, for the kernel
         self.kernels = backends.current()  # compiled, or numpy until they are
         self.groups = find_layers(model)  # every name records are kept under
         self.layers = [g for g in self.groups if g.weight is not None]  # weight metrics
@@ -118,6 +124,7 @@ class Probe:
         self._call_slots: list[list[tuple[int | None, int]]] = []
         self._capture_sites: list[tuple[LayerSites, tuple[str | None, str]]] = []
         self._calls: list[int] = []
+        self._no_calls: list[int] = []  # what arm resets _calls to
         self._spill: list[tuple[int, int, object, object]] = []  # calls beyond the slots
         self._finished: list[RecordBatch] = []  # rows recorded before the slots grew
         self._slots: list[tuple[str, str, str | None]] = []  # (layer, site, activation)
@@ -239,25 +246,33 @@ class Probe:
                                        for s in sites)])
         self._capture_sites.append((group, sites))
         self._calls.append(0)
+        self._no_calls = [0] * len(self._calls)
         before = module.__dict__.get("forward")  # an instance-level forward (a wrapper)
 
+        calls, slots = self._calls, self._call_slots[cid]  # both mutated in place only
+        want_input, is_grad_enabled, tensor = sites[0] is not None, torch.is_grad_enabled, torch.Tensor
+
         def take(inputs, output) -> None:
-            call = self._calls[cid]
-            self._calls[cid] = call + 1
-            x, y = (_first_tensor(inputs) if sites[0] else None), _first_tensor(output)
-            slots = self._call_slots[cid]
+            call = calls[cid]
+            calls[cid] = call + 1
+            y = output if isinstance(output, tensor) else _first_tensor(output)
+            x = None
+            if want_input:
+                x = (inputs[0] if inputs and isinstance(inputs[0], tensor)
+                     else _first_tensor(inputs))
             if call >= len(slots):
                 self._spill.append((cid, call, x, y))
                 return
             in_slot, out_slot = slots[call]
+            captured = self._captured
             if in_slot is not None:
-                self._captured[in_slot] = x
-            self._captured[out_slot] = y
+                captured[in_slot] = x
+            captured[out_slot] = y
 
         def forward(this, *args, **kwargs):  # bound below, so a deepcopy rebinds it
             output = (type(this).forward(this, *args, **kwargs) if before is None
                       else before(*args, **kwargs))
-            if self._armed and this is module and torch.is_grad_enabled():
+            if self._armed and this is module and is_grad_enabled():
                 take(args or tuple(kwargs.values()), output)
             return output
 
@@ -312,11 +327,13 @@ class Probe:
         self._join()  # a step left unfinished (diverged) may still be measured
         self._step = step
         self._armed = step % self.every == 0
-        self._copied = self._graded = self._activations_done = False
+        self._graded = self._activations_done = False
+        self._copied = self._armed and self._carried_to == step  # see after_update
+        self._carried_to = -1
         for _, module in self._wrapped:
             module.keep_weight, module.used_weight = self._armed, None
         if self._armed:
-            self._calls = [0] * len(self._calls)
+            self._calls[:] = self._no_calls  # in place: the capture wrappers hold the list
             self._spill = []
         return self._armed
 
@@ -345,13 +362,21 @@ class Probe:
                             self._weights.sizes, self._snapshot, self._weight2)
         self._copied = self._graded = True
 
-    def after_update(self, extra: dict[tuple[str, str, str], float] | None = None) -> None:
+    def after_update(self, extra: dict[tuple[str, str, str], float] | None = None,
+                     accuracy: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         """Call after the optimizer step: gradient norms (unless :meth:`after_backward`
         took them), weight norms and update ratios (activation statistics too if
         :meth:`after_forward` was not called); appends the step's row.
 
-        ``extra`` adds model-level values (loss, accuracy...) keyed (layer, site, metric);
-        the key set must be the same at every recorded step.
+        ``extra`` adds model-level values (loss...) keyed (layer, site, metric); the key set
+        must be the same at every recorded step. ``accuracy``: the step's (logits,
+        targets), whose :func:`accuracy` is added as ``("model", "train", "acc")``
+        (computed in the same compiled call as the parameter statistics).
+
+        With ``carry_weights`` (a loop that changes no weight between steps, as NormLab's
+        trainer) the same call also copies the weights as they are now — the weights the
+        next step starts from — when the next step is recorded, so that step needs no
+        copy of its own; the numbers are the same either way.
         """
         if not self._armed:
             return
@@ -366,13 +391,23 @@ class Probe:
         else:
             grads = self._grads.update([p.grad for p in self._all_params])
         held = self._weight_tensors(before=False)  # alive until the kernel has read them
-        self.kernels.parameter_stats(weights.update(held), weights.sizes, self._snapshot,
-                                     self._copied, grads, self._grads.sizes, self._grad2,
-                                     self._weight2, self._layer_in_all, self._param_owner,
-                                     row)  # in line: ~10 µs, less than a thread hand-off
+        carry = (self.carry_weights and not self._wrapped
+                 and (self._step + 1) % self.every == 0)
+        logits, acc = _NO_LOGITS, np.nan
+        if accuracy is not None and not _logits_args(*accuracy, self._logits):
+            acc = _torch_accuracy(*accuracy)  # not float32/int64 contiguous CPU tensors
+        elif accuracy is not None:
+            logits = self._logits
+        value = self.kernels.parameter_stats(  # in line: ~10 µs, less than a thread hand-off
+            weights.update(held), weights.sizes, self._snapshot, self._copied, grads,
+            self._grads.sizes, self._grad2, self._weight2, self._layer_in_all,
+            self._param_owner, row, carry, logits)
+        self._carried_to = self._step + 1 if carry else -1
         if self._wrapped:
             self._wrapped_stats(row)
         extra = extra or {}
+        if accuracy is not None:
+            extra = {**extra, TRAIN_ACC: value if logits is self._logits else acc}
         if self._extra_keys is None:
             self._extra_keys = list(extra)
         self._extras.append([extra.get(key, np.nan) for key in self._extra_keys])
@@ -621,13 +656,33 @@ def activation_row(t: torch.Tensor, sample: np.ndarray, edges: np.ndarray,
     return row
 
 
+TRAIN_ACC = ("model", "train", "acc")
+_NO_LOGITS = np.zeros(4, dtype=np.int64)  # rows 0: no accuracy to compute
+
+
+def _logits_args(logits: torch.Tensor, targets: torch.Tensor, out: np.ndarray) -> bool:
+    """Whether the compiled accuracy can read ``logits`` (N, classes; float32) and
+    ``targets`` (N; int64) in place (contiguous, on the CPU); if so, their (address, rows,
+    cols, address) into ``out``."""
+    shape = logits.shape
+    if (len(shape) == 2 and logits.dtype is torch.float32 and targets.dtype is torch.int64
+            and logits.is_cpu and targets.is_cpu and logits.is_contiguous()
+            and targets.is_contiguous() and targets.shape == shape[:1] and shape[0]):
+        out[0], out[1], out[2], out[3] = (logits.data_ptr(), shape[0], shape[1],
+                                          targets.data_ptr())
+        return True
+    return False
+
+
+def _torch_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    return (logits.argmax(1) == targets).float().mean().item()
+
+
 def accuracy(logits: torch.Tensor, targets: torch.Tensor, kernels=None) -> float:
     """Fraction of rows of ``logits`` (N, classes) whose argmax is the target (one
     compiled pass instead of four tensor operations and a sync; ``kernels``: a probe's
     :attr:`Probe.kernels`, default :func:`normlab.measure.backends.current`)."""
-    shape = logits.shape
-    if (len(shape) == 2 and logits.dtype is torch.float32 and targets.dtype is torch.int64
-            and logits.is_cpu and targets.is_cpu and logits.is_contiguous()
-            and targets.is_contiguous() and targets.shape == shape[:1]):
-        return (kernels or backends.current()).accuracy(logits.data_ptr(), shape[0], shape[1], targets.data_ptr())
-    return (logits.argmax(1) == targets).float().mean().item()
+    args = np.zeros(4, dtype=np.int64)
+    if _logits_args(logits, targets, args):
+        return (kernels or backends.current()).accuracy(*(int(v) for v in args))
+    return _torch_accuracy(logits, targets)

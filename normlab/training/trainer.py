@@ -38,7 +38,7 @@ from normlab.training.limits import problems as cap_problems
 from normlab.training.models import build_model
 from normlab.training.optim import SGD, Adam
 from normlab.measure.ics import IcsMeter, model_blocks, probe_examples
-from normlab.measure.probes import SAMPLE, Probe, accuracy
+from normlab.measure.probes import SAMPLE, Probe
 from normlab.measure.decorrelation import DecorrelationProbe
 from normlab.measure.schema import RecordBatch
 from normlab.measure.stages import StageProbe
@@ -121,7 +121,7 @@ class Trainer:
         if probe_threaded is None:
             probe_threaded = usable_cores() > 1
         self.probe = Probe(self.model, every=cfg.record_interval, sample=probe_sample,
-                           threaded=probe_threaded)
+                           threaded=probe_threaded, carry_weights=True)  # see batches
         self.decorrelation = DecorrelationProbe.for_config(self.model, cfg)  # Lab 2, opt-in
         self.stages = (StageProbe(self.model, every=cfg.record_interval,  # opt-in (Lab 1)
                                   features_every=cfg.eval_interval, sample=probe_sample)
@@ -231,8 +231,8 @@ class Trainer:
                 if shift:
                     pending_val.append(self.ics.measure(model, x, y, step))
                 if recorded:
-                    probe.after_update({("model", "train", "loss"): loss_value,
-                                        ("model", "train", "acc"): accuracy(logits, y, probe.kernels)})
+                    probe.after_update({("model", "train", "loss"): loss_value},
+                                       accuracy=(logits, y))
                 self.outcome.step = step + 1
                 first = step + 1 == first_flush_after
                 if first or time.monotonic() - last_flush >= gap:
