@@ -51,10 +51,13 @@ class Block(nn.Module):
         self.position = position
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.layer(x)
+        # submodules read from ``_modules`` directly (as ``nn.Sequential`` does): the same
+        # modules as ``self.layer`` etc., without nn.Module's ``__getattr__`` per access
+        modules = self._modules
+        z = modules["layer"](x)
         if self.position == "before":
-            return self.act(self.norm(z))
-        return self.norm(self.act(z))
+            return modules["act"](modules["norm"](z))
+        return modules["norm"](modules["act"](z))
 
     def extra_repr(self) -> str:
         return f"norm {self.position} activation"
@@ -82,9 +85,10 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)  # (B, F)
+        modules = self._modules  # see Block.forward
         for name in self.block_names:
-            x = getattr(self, name)(x)
-        return self.out(x)
+            x = modules[name](x)
+        return modules["out"](x)
 
 
 class CNN(nn.Module):
@@ -115,11 +119,12 @@ class CNN(nn.Module):
         self.out = nn.Linear(channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        modules = self._modules  # see Block.forward
         for name in self.block_names:
-            x = getattr(self, name)(x)
+            x = modules[name](x)
             if name in self.pools:
                 x = self.pools[name](x)
-        return self.out(x.flatten(2).mean(2))  # (B, C, *S) → (B, C) → (B, classes)
+        return modules["out"](x.flatten(2).mean(2))  # (B, C, *S) → (B, C) → (B, classes)
 
 
 def build_model(cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
