@@ -5,8 +5,11 @@ from normlab.views import home, urlstate, compareview as views
 from normlab.ui.common import get_store, set_comparison
 from normlab.ui import menu
 from normlab.ui.live import prewarm_quick_start
+from normlab.ui.preload import preload_compare
 
 menu.page_setup(menu.HOME)
+with st.sidebar:  # in view (a script far down the page runs when scrolled to)
+    preload_compare()  # the Compare page's browser code, loaded while this page is read
 
 st.title("NormLab")
 st.markdown(

@@ -182,6 +182,18 @@ def test_quick_start_live_charts_layout_link_and_layers(server, capsys):
             _no_exception(page)
             page.screenshot(path=str(ARTIFACTS / "home.png"), full_page=True)
 
+            # Home loaded the Compare page's element code (normlab.ui.preload): the click
+            #   fetches none of it (it used to fetch ~60 modules while the server drew)
+            from normlab.ui.preload import modules_of
+            preloaded = set(modules_of())
+            assert preloaded, "no Compare element module found in the installed Streamlit"
+            _wait(lambda: page.evaluate(
+                "(names) => names.every(n => performance.getEntriesByType('resource')"
+                ".some(e => e.name.endsWith('/static/js/' + n)))", sorted(preloaded)),
+                10, "Home to load the Compare page's element modules", page)
+            fetched: list[str] = []
+            page.on("request", lambda r: fetched.append(r.url.rsplit("/", 1)[-1]))
+
             # the machine is shared: the figure is printed with the load average at the click
             timings["load_average_at_click"] = float(open("/proc/loadavg").read().split()[0])
             start = time.monotonic()
@@ -194,6 +206,7 @@ def test_quick_start_live_charts_layout_link_and_layers(server, capsys):
             # a cold compile: ~30-60 s (visible: a run without rows yet has an empty path)
             page.locator(f"{CURVE} >> visible=true").first.wait_for(timeout=150_000)
             timings["quick_start_to_first_curve_s"] = round(time.monotonic() - start, 2)
+            assert not preloaded & set(fetched), preloaded & set(fetched)
             _no_exception(page)
             page.screenshot(path=str(ARTIFACTS / "compare_live.png"))
 

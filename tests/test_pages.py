@@ -126,6 +126,13 @@ def test_home_on_an_empty_store(store):
     assert list(table["name"]) == list(NORM_NAMES) and "BatchNorm" in set(table.index)
     assert any(b.label == "Compare all methods on digits" for b in at.button)
     assert len(charts(at)) == 2  # the formula's chart (normlab.views.home): two panels
+    # the Compare page's element code, imported by a script in the sidebar (in view)
+    from normlab.ui.preload import COMPARE_ELEMENTS, modules_of
+    (script,) = [e.proto.body for e in at.sidebar.get("html")]
+    files = modules_of()
+    assert len(files) >= len(COMPARE_ELEMENTS)  # each element's module, in this Streamlit
+    assert all(any(f.startswith(e + ".") for f in files) for e in COMPARE_ELEMENTS)
+    assert all(f'"{f}"' in script for f in files) and "import('./static/js/' + f)" in script
 
 
 def test_quick_start_launches_and_opens_compare(store):

