@@ -20,6 +20,7 @@ import json
 import os
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -54,13 +55,22 @@ def one_repeat(tree: Path, entry: str = "python") -> dict:
     result: dict = {}
     try:
         with serve(tree, env, folder / "streamlit.log", entry=entry) as url:
-            result.update(_click_to_curve(url))
+            result.update(_click_to_curve(url, tree))
     finally:
         _stop_ours(str(folder))  # the engine, its workers and the kernel compile
     return result
 
 
-def _click_to_curve(url: str) -> dict:
+def _preloaded(tree: Path) -> list[str]:
+    """The modules Home of ``tree`` preloads (none for a tree older than the preload)."""
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); from normlab.ui.preload "
+            "import modules_of; print(json.dumps(list(modules_of())))")
+    out = subprocess.run([sys.executable, "-c", code, str(tree)], capture_output=True,
+                         text=True)
+    return json.loads(out.stdout) if out.returncode == 0 else []
+
+
+def _click_to_curve(url: str, tree: Path = ROOT) -> dict:
     """Home → quick-start click → the first line of a chart, in chromium."""
     result: dict = {}
     from playwright.sync_api import sync_playwright
@@ -73,6 +83,12 @@ def _click_to_curve(url: str) -> dict:
         quick = page.get_by_role("button", name="Compare all methods on digits")
         quick.wait_for(timeout=60_000)
         page.get_by_text("Ioffe & Szegedy 2015").wait_for(timeout=60_000)
+        # Home loaded, the Compare page's element code included (normlab.ui.preload; the
+        #   browser test waits for it too): a reader's first second on the page
+        page.wait_for_function(
+            "(names) => names.every(n => performance.getEntriesByType('resource')"
+            ".some(e => e.name.endsWith('/static/js/' + n)))", arg=_preloaded(tree),
+            timeout=30_000)
         result["home_s"] = round(time.monotonic() - opened, 2)
         result["load_at_click"] = open("/proc/loadavg").read().split()[0]
         clicked = time.monotonic()

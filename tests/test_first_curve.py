@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -90,6 +91,40 @@ def test_the_live_view_polls_fast_until_the_first_step_then_steadily():
     assert views.poll_seconds(_runs([0, 0], ["queued"] * 2), steady, now=late) == steady
     assert views.poll_seconds(_runs([500, 3], ["done", "failed"]), steady, now=101) is None
     assert views.poll_seconds(_runs([0], ["running"]), 0.1, now=101) == 0.1  # never slower
+
+
+class _Steps:
+    """A store whose runs report ``steps`` after ``after`` s (a worker's first flushes)."""
+
+    def __init__(self, runs: pd.DataFrame, steps: list, after: float):
+        self.base, self.steps, self.calls = runs, steps, 0
+        self.ready = time.monotonic() + after
+
+    def runs(self, ids):
+        self.calls += 1
+        return self.base.assign(step=self.steps) if time.monotonic() >= self.ready else self.base
+
+
+def test_the_first_draw_waits_briefly_for_a_training_runs_line():
+    """wait_for_line: a run a worker trains is waited for until it has a line (it comes a
+    fraction of a second after the launch), at most FIRST_LINE_WAIT; queued runs, runs
+    with a line, ended runs and runs queued long ago are not waited for."""
+    now = time.time()
+    running = _runs([1, 0], ["running", "queued"], created=now)
+    store = _Steps(running, [7, 0], after=0.2)
+    start = time.monotonic()
+    got = views.wait_for_line(store, ["a", "b"], running, poll=0.01)
+    assert 0.2 <= time.monotonic() - start < 0.5 and list(got["step"]) == [7, 0]
+    stuck = _Steps(running, [1, 0], after=0.0)  # never a line: gives up
+    start = time.monotonic()
+    assert list(views.wait_for_line(stuck, ["a", "b"], running, timeout=0.3, poll=0.01)["step"]) == [1, 0]
+    assert 0.3 <= time.monotonic() - start < 0.6
+    for runs in (_runs([0, 0], ["queued"] * 2, created=now),  # no worker has them yet
+                 _runs([9, 0], ["running", "queued"], created=now),  # a line already
+                 _runs([3, 1], ["failed", "done"], created=now),
+                 _runs([1, 0], ["running", "queued"], created=now - 2 * views.FIRST_POLL_WINDOW)):
+        idle = _Steps(runs, [9, 9], after=0.0)
+        assert views.wait_for_line(idle, ["a", "b"], runs, poll=0.01) is runs and idle.calls == 0
 
 
 def test_chart_rows_are_yielded_as_soon_as_they_are_complete():

@@ -36,7 +36,9 @@ def live_runs(key: str, ids: list[str], view: View,
     tab switch) reruns only the charts, not the page nor the progress; ``on_view`` then
     gets the new View (e.g. to write it to the URL)."""
     try:
-        first = get_store().runs(ids=ids)
+        # a comparison a worker has just started is drawn with its first line (waited
+        #   for, a fraction of a second) rather than empty and then again (wait_for_line)
+        first = views.wait_for_line(get_store(), ids, get_store().runs(ids=ids))
     except NotFound:
         st.error("These runs do not exist any more (deleted?). Pick another comparison.")
         return

@@ -164,6 +164,27 @@ def drawable(runs: pd.DataFrame) -> bool:
     return bool((runs["step"].fillna(0) > every).any())
 
 
+FIRST_LINE_WAIT = 0.75  # s: how long a live view's first draw waits for a training run's line
+
+
+def wait_for_line(store: Store, ids: list[str], runs: pd.DataFrame,
+                  timeout: float = FIRST_LINE_WAIT, poll: float = 0.05) -> pd.DataFrame:
+    """``runs`` (the store's rows of ``ids``), or, when a worker is training one of them
+    and none has a line yet (:func:`drawable`), their rows once one has — waiting at most
+    ``timeout`` s. A comparison just launched is a fraction of a second from its first
+    line (a run flushes after its first step, then 0.05 s later): the first draw waits for
+    it rather than drawing empty charts and the whole page again a moment later. Runs
+    only queued (no worker yet), or queued more than FIRST_POLL_WINDOW s ago (e.g. a
+    notebook's slow loop), are not waited for."""
+    deadline = time.monotonic() + timeout
+    recent = time.time() - pd.to_numeric(runs["created_at"]).min() < FIRST_POLL_WINDOW
+    while (recent and not drawable(runs) and not finished(runs)
+           and runs["status"].isin(("running",)).any() and time.monotonic() < deadline):
+        time.sleep(poll)
+        runs = store.runs(ids=ids)
+    return runs
+
+
 def poll_seconds(runs: pd.DataFrame, steady: float, now: float | None = None) -> float | None:
     """How often a live view of ``runs`` polls the store: None once every run has ended;
     FIRST_POLL_SECONDS until a run has recorded a line (:func:`drawable`), so the first
