@@ -21,8 +21,10 @@ Histogram ranges are fitted per slot at the first recorded step
 
 Cost: the arithmetic runs in compiled kernels (:mod:`normlab.measure.kernels`) that read the
 tensors in place, one call after the forward pass (every activation tensor, a copy of the
-layer weights) and one after the update (every gradient, the step the weights took),
-writing into a preallocated block of float64 rows; :meth:`Probe.flush` turns the rows
+layer weights) and one after the update (every gradient, the step the weights took, the
+training accuracy; with ``carry_weights`` also the copy of the weights the next recorded
+step starts from, so that step copies nothing), writing into a preallocated block of
+float64 rows; :meth:`Probe.flush` turns the rows
 into one :class:`~normlab.measure.schema.RecordBatch`. With ``threaded=True`` (NormLab's
 trainer) and the compiled kernels, the activation statistics run on the probe's helper
 thread with the GIL released (:class:`normlab.measure.handoff.Helper`) while the training
