@@ -346,14 +346,16 @@ OVERFLOW_JS = """() => {
 FIT_SIZES = [(1280, 800), (1920, 1080)]
 
 
-def _fit_store(folder: Path) -> str:
-    """A store with every MLP method (one seed, a tiny 3-layer net) trained in-process."""
+def _fit_store(folder: Path, **setup) -> str:
+    """A store with every MLP method (one seed, a tiny 3-layer net, or ``setup``) trained
+    in-process."""
     from normlab.runs.store import Store
     from normlab.training.config import RunConfig
     from normlab.training.trainer import train
     from normlab.views import compareview as views
 
-    base = RunConfig(steps=30, width=8, depth=3, eval_interval=10, batch_size=32)
+    base = RunConfig(**{**dict(steps=30, width=8, depth=3, eval_interval=10, batch_size=32),
+                        **setup})
     configs = views.configs_for(base, METHODS, (0,))
     with Store(folder / "runs.sqlite") as store:
         cid, ids = store.create_comparison([c.to_dict() for c in configs], base=base.to_dict(),
@@ -524,6 +526,96 @@ def test_tour_walks_with_the_keyboard(tmp_path):
             page.keyboard.press("ArrowLeft")
             page.wait_for_url(f"**step={STEPS[-2].key}", timeout=20_000)
             page.get_by_role("heading", name=STEPS[-2].title).wait_for(timeout=30_000)
+            _no_exception(page)
+        finally:
+            browser.close()
+
+
+# the y axes of the visible charts whose numeric tick labels are not evenly spaced (a log
+# axis ticked at 1-2-5; the live charts' y scale is a symlog one made logarithmic or linear
+# in the browser, so the ARIA text says "symlog" either way), and the faint raw curves
+# (1 px) drawn behind smoothed ones
+VIEW_JS = """() => {
+  const charts = [...document.querySelectorAll('.vega-embed')].filter(e => e.offsetParent);
+  const axes = charts.flatMap(c => [...c.querySelectorAll('[aria-label^="Y-axis"]')]);
+  const log = axes.filter(a => {
+    const v = [...new Set([...a.querySelectorAll('text')].map(t => t.textContent.trim())
+      .filter(t => t !== '').map(t => Number(t.replace('\\u2212', '-')))
+      .filter(Number.isFinite))].sort((x, y) => x - y);
+    if (v.length < 3) return false;
+    const d = v.slice(1).map((x, i) => x - v[i]);
+    return Math.max(...d) > 1.5 * Math.min(...d);
+  }).length;
+  const raw = charts.flatMap(c => [...c.querySelectorAll('g.mark-line path[stroke-width="1"]')])
+    .filter(p => (p.getAttribute('d') || '').length > 4).length;
+  const svg = charts.length ? charts[0].querySelector('svg') : null;
+  return {axes: axes.length, log, raw, same: !!(svg && svg.__marked)};
+}"""
+
+
+@pytest.mark.timeout(240)
+def test_log_scale_and_smoothing_redraw_without_the_server(tmp_path):
+    """The log-scale toggle and the smoothing slider redraw the drawn charts in the
+    browser (normlab.ui.viewbridge → Vega-Lite params): with every message from the
+    server held back, the same SVG turns linear and back, and draws the raw curves
+    behind smoothed ones. Released, the server's rerun agrees (the link says so too)."""
+    _require_browser()
+    from playwright.sync_api import sync_playwright
+
+    # a loss falling from ~2.4 to ~0.05: its log axis is ticked at 1-2-5, its linear one
+    #   evenly (a narrower span is ticked evenly on both: viewparams.y_axis)
+    cid = _fit_store(tmp_path, steps=60, width=32, depth=2, eval_interval=20,
+                     batch_size=64, lr=0.5, activation="relu")
+    held, holding, pages = [], [False], []
+
+    def route(ws):  # Streamlit's websocket, its server's messages held while ``holding``
+        server = ws.connect_to_server()
+        server.on_message(lambda m: held.append(m) if holding[0] else ws.send(m))
+        pages.append(ws)
+
+    def release():
+        holding[0] = False
+        while held:
+            pages[-1].send(held.pop(0))
+
+    with _serve(tmp_path) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.route_web_socket("**/_stcore/stream", route)
+            page.goto(f"{url}/compare?comparison={cid}")
+            page.get_by_text(f"{len(METHODS)} of {len(METHODS)} runs finished").wait_for(
+                timeout=60_000)
+            _wait(lambda: page.evaluate(VIEW_JS)["log"] >= 2, 30, "the log axes", page)
+            time.sleep(1.0)  # the page's last rerun is drawn
+            state = page.evaluate(VIEW_JS)
+            assert state["raw"] == 0 and state["axes"] >= 4, state
+            page.evaluate("() => { document.querySelector('.vega-embed svg').__marked = 1; }")
+            main = page.get_by_test_id("stMainBlockContainer")
+
+            holding[0] = True
+            main.get_by_text("Log scale", exact=True).click()
+            _wait(lambda: page.evaluate(VIEW_JS)["log"] == 0, 5, "linear axes, no server",
+                  page)
+            assert page.evaluate(VIEW_JS)["same"], "the chart was drawn anew"
+            thumb = main.get_by_test_id("stSlider").filter(has_text="Smoothing") \
+                .get_by_role("slider")
+            thumb.focus()
+            page.keyboard.press("End")  # smoothing 0.99
+            _wait(lambda: page.evaluate(VIEW_JS)["raw"] >= len(METHODS), 5,
+                  "raw curves behind the smoothed ones, no server", page)
+            main.get_by_text("Log scale", exact=True).click()
+            _wait(lambda: page.evaluate(VIEW_JS)["log"] >= 2, 5, "log axes again", page)
+            state = page.evaluate(VIEW_JS)
+            assert state["same"] and state["raw"] >= len(METHODS), state
+            assert held, "the server sent nothing: the test held nothing back"
+            page.screenshot(path=str(ARTIFACTS / "compare_client_view.png"))
+
+            release()  # the server's reruns arrive: same view, now in the link too
+            page.wait_for_url("**smooth=0.99**", timeout=20_000)
+            time.sleep(1.5)
+            state = page.evaluate(VIEW_JS)
+            assert state["log"] >= 2 and state["raw"] >= len(METHODS), state
             _no_exception(page)
         finally:
             browser.close()

@@ -289,10 +289,10 @@ def test_stable_data_names_the_data_so_new_rows_keep_the_spec(trained, key, layo
     assert rest[0] == rest[1]
 
 
-def _spec(frame, spec, view, n_seeds):
+def _spec(frame, spec, view, n_seeds, client=False):
     import altair as alt
 
-    chart = views.build_chart(frame, spec, view, n_seeds=n_seeds, width=900)
+    chart = views.build_chart(frame, spec, view, n_seeds=n_seeds, width=900, client=client)
     with alt.data_transformers.disable_max_rows():
         return views.stable_data(chart.to_dict(validate=False), spec.key)
 
@@ -300,13 +300,16 @@ def _spec(frame, spec, view, n_seeds):
 @pytest.mark.parametrize("key", ["train_loss", "val_acc", "layer_grad", "act_var",
                                  "saturation"])
 @pytest.mark.parametrize("layout,log,n_seeds", [("overlay", True, 2), ("side", False, 1)])
+@pytest.mark.parametrize("client", [False, True])
 def test_a_spec_built_once_takes_new_rows_as_a_new_build_would(trained, key, layout, log,
-                                                                n_seeds):
+                                                                n_seeds, client):
     """The live view builds a chart's spec once per livespecs.chart_key and gives it the
     rows of each later poll, smoothing weight and site (chart_data, with_rows) when
     their data_shape is the one it was built with: that must be exactly the spec a full
     build of those rows gives, the shapes must match for these (or nothing is reused), and
-    the key must change whenever the spec does (other runs shown, another layout)."""
+    the key must change whenever the spec does (other runs shown, another layout). With
+    ``client`` (the live view's charts: the browser applies the log scale), the other log
+    scale is one more view of the same key."""
     store, cid, ids, _ = trained
     spec = views.CHART_SPECS[key]
     first = View(layout=layout, log=log, smooth=0.0, site="post_norm")
@@ -317,22 +320,27 @@ def test_a_spec_built_once_takes_new_rows_as_a_new_build_would(trained, key, lay
         frames[site] = views.comparison_frame(store, ids, metrics, sites)
     base = frames["post_norm"]
     early = base[base["step"] < 10]
-    key0 = livespecs.chart_key(early, spec, first, n_seeds=n_seeds, width=900)
-    skeleton = _spec(early, spec, first, n_seeds)
-    rows = livespecs.chart_data(early, spec, first, n_seeds=n_seeds)
+    kw = {"n_seeds": n_seeds, "client": client}
+    key0 = livespecs.chart_key(early, spec, first, width=900, **kw)
+    skeleton = _spec(early, spec, first, n_seeds, client)
+    rows = livespecs.chart_data(early, spec, first, **kw)
     assert livespecs.with_rows(skeleton, rows) == skeleton  # the rows are what Altair writes
     built = livespecs.data_shape(pd.DataFrame(next(iter(skeleton["datasets"].values()))))
     assert livespecs.data_shape(rows) == built
-    for later in (first, replace(first, smooth=0.6), replace(first, site="post_act")):
+    laters = [first, replace(first, smooth=0.6), replace(first, site="post_act")]
+    if client:
+        laters.append(replace(first, log=not log))
+    for later in laters:
         frame = frames[later.site]
-        assert livespecs.chart_key(frame, spec, later, n_seeds=n_seeds, width=900) == key0, later
-        rows = livespecs.chart_data(frame, spec, later, n_seeds=n_seeds)
+        assert livespecs.chart_key(frame, spec, later, width=900, **kw) == key0, later
+        rows = livespecs.chart_data(frame, spec, later, **kw)
         assert livespecs.data_shape(rows) == built, later  # reused, not built again
-        assert livespecs.with_rows(skeleton, rows) == _spec(frame, spec, later, n_seeds), later
+        assert livespecs.with_rows(skeleton, rows) == _spec(frame, spec, later, n_seeds,
+                                                            client), later
     fewer = base[base["run"].isin(ids[:2])]  # one method's runs only: another legend
-    assert livespecs.chart_key(fewer, spec, first, n_seeds=n_seeds, width=900) != key0
+    assert livespecs.chart_key(fewer, spec, first, width=900, **kw) != key0
     other = replace(first, layout="overlay" if layout == "side" else "side")
-    assert livespecs.chart_key(base, spec, other, n_seeds=n_seeds, width=900) != key0
+    assert livespecs.chart_key(base, spec, other, width=900, **kw) != key0
 
 
 def test_values_of_writes_rows_as_altair_does():

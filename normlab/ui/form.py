@@ -13,6 +13,7 @@ from normlab.views import urlstate, compareview as views
 from normlab.training.config import RunConfig
 from normlab.views.urlstate import FORM_FIELDS, View
 from normlab.ui.common import HELD, get_store, set_comparison, show_comparison, shown_setup
+from normlab.ui.viewbridge import bridge
 
 _UI = {  # field: (label, help, number step)
     "dataset": ("Dataset", "a built-in set, or type idx:FOLDER / csv:FILE", None),
@@ -247,6 +248,7 @@ def view_controls(n_seeds: int, present: bool) -> View:
         site = st.selectbox("Activation site", list(SITE_LABELS), format_func=SITE_LABELS.get,
                             help="where the activation statistics are measured",
                             **_view_default("site"))
+    bridge()  # the log scale and smoothing reach the drawn charts before the rerun does
     return View(layout=layout or "overlay", log=log, smooth=float(smooth), band=band or "minmax",
                 site=site, present=present)
 

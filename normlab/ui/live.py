@@ -15,6 +15,7 @@ import streamlit as st
 from streamlit import dataframe_util
 
 from normlab.views import compareview as views, explorer, linked, livespecs, urlstate
+from normlab.views import viewparams
 from normlab.runs.engine import engine_pid, engine_starting, ensure_engine
 from normlab.runs.store import FINISHED, NotFound
 from normlab.views.urlstate import View
@@ -175,7 +176,7 @@ def _chart(path: str, cid: str, sig: tuple, spec_key: str, view: View, n_seeds: 
     here, not at each rerun that draws the cached chart."""
     frame = _frame(path, cid, sig, metrics, sites, every, pending)
     drawn = _SPECS.spec_for(frame, views.CHART_SPECS[spec_key], view, n_seeds=n_seeds,
-                            width=width,
+                            width=width, client=True,
                             build=lambda: _built(frame, spec_key, view, n_seeds, width))
     if drawn is None:
         return None
@@ -190,7 +191,7 @@ def _built(frame, spec_key: str, view: View, n_seeds: int, width: int) -> dict |
     # the first curve waits for it): these builders' specs are validated by the tests
     with alt.utils.schemapi.debug_mode(False):
         chart = views.build_chart(frame, views.CHART_SPECS[spec_key], view, n_seeds=n_seeds,
-                                  width=width)
+                                  width=width, client=True)
         if chart is None:
             return None
         with alt.data_transformers.disable_max_rows():
@@ -221,8 +222,9 @@ def prewarm_quick_start() -> None:
             frame = views.placeholder_frame(configs, group)
             n_seeds, view = len(views.QUICK_SEEDS), urlstate.VIEW_DEFAULTS
             for spec in views.CHART_GROUPS[group]:
-                own = views.relevant_view(spec, view, n_seeds)
+                own = views.relevant_view(spec, view, n_seeds, client=True)
                 _SPECS.spec_for(frame, spec, own, n_seeds=n_seeds, width=PAGE_WIDTH,
+                                client=True,
                                 build=lambda: _built(frame, spec.key, own, n_seeds,
                                                      PAGE_WIDTH))
         except Exception:  # only a head start: the first poll builds what is missing
@@ -321,7 +323,9 @@ def _group(key: str, runs, group: str, view: View) -> None:
         return
     def built():  # the group's charts, built one by one (a cached spec when unchanged)
         for spec in views.CHART_GROUPS[group]:
-            own = views.relevant_view(spec, view, n_seeds)
+            # the browser applies the log scale and the smoothing (viewparams): a chart's
+            #   cache ignores the log scale, and the smoothing changes only its tooltips
+            own = views.relevant_view(spec, view, n_seeds, client=True)
             try:
                 chart = _chart(path, key, sig, spec.key, own, n_seeds, PAGE_WIDTH, metrics,
                                sites, every, pending)
@@ -342,7 +346,8 @@ def _group(key: str, runs, group: str, view: View) -> None:
                    " (the *Activation site* option above); saturation after the activation.")
     if drawn:
         halves = [not wide and not spec.per_layer for spec, _ in charts]
-        st.vega_lite_chart(linked.compose([c for _, c in charts], halves, PAGE_WIDTH),
+        tab = linked.compose([c for _, c in charts], halves, PAGE_WIDTH)
+        st.vega_lite_chart(viewparams.set_view(tab, log=view.log, smooth=view.smooth),
                            width="content")
     if not drawn:
         st.info("Nothing measured for these charts: the runs ended before their first "

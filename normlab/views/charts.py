@@ -228,18 +228,27 @@ def style(chart: alt.TopLevelMixin, title: str | None) -> alt.TopLevelMixin:
 
 
 def series_frame(df: pd.DataFrame, metric: str, site: str, *, band: str | None,
-                 smoothing: float, max_points: int, log: bool) -> pd.DataFrame:
+                 smoothing: float, max_points: int, log: bool,
+                 client: bool = False) -> pd.DataFrame:
     """The rows of (metric, site) smoothed per run, seed-aggregated and downsampled.
 
     With ``smoothing``, ``value`` is the smoothed mean and ``raw`` the mean of the raw
     values (what the faint curve behind the smoothed one draws); without, ``raw`` is
     empty (NaN): the column, and so the chart's spec, is the same either way, and the
-    browser swaps the rows of a drawn chart when only the smoothing changes."""
+    browser swaps the rows of a drawn chart when only the smoothing changes.
+
+    ``client``: the rows of a chart that smooths and masks for a log scale in the browser
+    (:mod:`normlab.views.viewparams`): ``value``, ``lo``, ``hi`` neither smoothed nor
+    masked, ``k`` the row's index among its series' finite values before thinning, and
+    ``tip_value`` / ``tip_lo`` / ``tip_hi`` what the hover tooltip says (smoothed per run
+    as above when ``smoothing``; ``log`` is ignored)."""
     if band not in BANDS:
         raise ValueError(f"band ({band!r}) must be one of {BANDS}")
     cols = [c for c in ("run", "method", "label", "seed", "layer", "step", "value") if c in df]
     rows = with_label(df.loc[(df["metric"] == metric) & (df["site"] == site), cols])
     keys = ["method", "label", "layer", "step"]
+    if client:
+        return _client_frame(rows, keys, band, smoothing, max_points)
     agg = aggregate_seeds(smooth(rows, smoothing) if smoothing else rows, band=band, by=keys)
     if smoothing:
         raw = aggregate_seeds(rows, band=None, by=keys)
@@ -251,6 +260,26 @@ def series_frame(df: pd.DataFrame, metric: str, site: str, *, band: str | None,
     if log:
         agg = agg.assign(raw=agg["raw"].where(agg["raw"] > 0))
     return log_safe(agg) if log else agg
+
+
+def _client_frame(rows: pd.DataFrame, keys: list[str], band: str | None, smoothing: float,
+                  max_points: int) -> pd.DataFrame:
+    """:func:`series_frame`'s rows with ``client=True``."""
+    agg = aggregate_seeds(rows, band=band, by=keys)  # sorted by series, then step
+    finite = np.isfinite(agg["value"].to_numpy(dtype=float))
+    series = agg.groupby(keys[:-1], sort=False, observed=True, dropna=False).ngroup()
+    agg["k"] = pd.Series(finite.astype(np.int64)).groupby(series.to_numpy()).cumsum() - 1
+    tips = aggregate_seeds(smooth(rows, smoothing), band=band, by=keys) if smoothing else agg
+    for c in ("value", "lo", "hi"):
+        if c in agg:
+            agg[f"tip_{c}"] = tips[c].to_numpy() if len(tips) == len(agg) else np.nan
+    # the smallest positive and the largest value: a log scale's floor for the band's low
+    #   edge, and whether its axis is ticked at 1-2-5 (viewparams.transforms, y_axis)
+    values = agg["value"].to_numpy(dtype=float)
+    positive = values[np.isfinite(values) & (values > 0)]
+    agg["floor"] = float(positive.min()) if len(positive) else np.nan
+    agg["top"] = float(positive.max()) if len(positive) else np.nan
+    return downsample(agg, max_points, by=["method", "label", "layer"])
 
 
 HOVER_STEPS = 150  # hover rules per panel at most (one per step, the steps thinned evenly)
@@ -339,14 +368,27 @@ def curve_data(df: pd.DataFrame, panels: tuple[str, ...], band: str | None
                ) -> tuple[pd.DataFrame, list[str]]:
     """The one dataset of :func:`curve_layers`'s chart: the curves' rows (each with its
     ``curve``) and the hover rows (:func:`hover_rows`); and the labels the tooltips list."""
-    tips, labels = hover_rows(df, panels, band)
+    if "tip_value" in df.columns:  # client=True rows: the tooltips say the server's values
+        said = df.drop(columns=["value", "lo", "hi", "raw"], errors="ignore").rename(
+            columns={"tip_value": "value", "tip_lo": "lo", "tip_hi": "hi"})
+        if not df["value"].equals(df["tip_value"]):
+            said["raw"] = df["value"]
+        df = df.drop(columns=[c for c in ("tip_value", "tip_lo", "tip_hi") if c in df])
+        tips, labels = hover_rows(said, panels, band)
+    else:
+        tips, labels = hover_rows(df, panels, band)
     return pd.concat([df.assign(curve=df["label"]), tips], ignore_index=True), labels
 
 
 def curve_layers(df: pd.DataFrame, *, y_title: str, log: bool, band: str | None,
-                 panels: tuple[str, ...] = (), below: bool = False) -> alt.LayerChart:
+                 panels: tuple[str, ...] = (), below: bool = False,
+                 client: bool = False) -> alt.LayerChart:
     """Mean line (+ seed band, + faint raw curve when ``df`` has ``raw``) per method/label
     over steps, with legend pick, hover and step zoom; ``below``: legend under the chart.
+
+    ``client``: ``df`` is :func:`series_frame`'s ``client=True`` rows, and the browser
+    smooths them and (when ``log``: the chart follows the log-scale option) puts them on a
+    log or linear scale, as the params of :mod:`normlab.views.viewparams` say.
 
     ``panels``: the columns the caller facets the chart by. Hovering shows one vertical
     rule at the nearest step and a tooltip with every run of the panel at that step
@@ -356,6 +398,9 @@ def curve_layers(df: pd.DataFrame, *, y_title: str, log: bool, band: str | None,
     field = colour_field(df)
     pick, hover = legend_pick(field), hover_step()
     rows, labels = curve_data(df, panels, band)
+    if client:
+        return _client_layers(df, rows, labels, y_title=y_title, loggable=log, band=band,
+                              panels=panels, below=below)
     y = y_enc("value:Q", y_title, log)
     # the hover rows have no value: they draw nothing on the curves' layers (left there
     #   unfiltered: a filter per layer costs each layer its own copy of the data per panel,
@@ -382,25 +427,74 @@ def curve_layers(df: pd.DataFrame, *, y_title: str, log: bool, band: str | None,
             .transform_filter("datum.raw != null"))
     # the mean over seeds (the run itself when there is one seed); drag/wheel zooms steps
     layers.append(line.add_params(pick, zoom_steps()))
-    # hover: a rule at the nearest step, its tooltip listing the panel's runs there
+    layers.append(_hover_layer(df, panels, labels, hover))
+    return alt.layer(*layers, data=rows)
+
+
+def _hover_layer(df: pd.DataFrame, panels: tuple[str, ...], labels: list[str],
+                 hover: alt.Parameter) -> alt.Chart:
+    """A rule at the step nearest the pointer, its tooltip listing the panel's runs there."""
     tooltip = [alt.Tooltip("step:Q", title="step")]
     if "layer" in panels and "layer" in df.columns:
         tooltip.append(alt.Tooltip("layer:N", title="layer"))
     tooltip += ([alt.Tooltip(f"tip_{i}:N", title=str(lab)) for i, lab in enumerate(labels)]
                 if labels else [alt.Tooltip("label:N", title="runs"),
                                 alt.Tooltip("tip_0:N", title="value")])
-    layers.append(alt.Chart().mark_rule(color="#888888", strokeWidth=1).encode(
+    return alt.Chart().mark_rule(color="#888888", strokeWidth=1).encode(
         x=alt.X("step:Q", title="step"),
         opacity=alt.when(hover).then(alt.value(0.8)).otherwise(alt.value(0)),
-        tooltip=tooltip).transform_filter("datum.hover").add_params(hover))
-    return alt.layer(*layers, data=rows)
+        tooltip=tooltip).transform_filter("datum.hover").add_params(hover)
+
+
+def _client_layers(df: pd.DataFrame, rows: pd.DataFrame, labels: list[str], *, y_title: str,
+                   loggable: bool, band: str | None, panels: tuple[str, ...],
+                   below: bool) -> alt.LayerChart:
+    """:func:`curve_layers` with ``client=True``: the same layers over the fields the
+    browser computes (``sv`` the value drawn, ``slo``/``shi`` the band, ``rv`` the raw
+    curve; :func:`normlab.views.viewparams.transforms`)."""
+    from normlab.views import viewparams as vp
+
+    pick, hover = legend_pick(colour_field(df)), hover_step()
+
+    def y(field: str) -> alt.Y:
+        return alt.Y(f"{field}:Q", title=y_title, scale=alt.Scale(**vp.y_scale(loggable)),
+                     axis=alt.Axis(**vp.y_axis(loggable)))
+
+    base = alt.Chart().encode(x=alt.X("step:Q", title="step"), color=method_color(df, below),
+                              detail="curve:N")
+    line = base.mark_line(strokeWidth=2, clip=True).encode(y=y("sv"), opacity=faded(pick))
+    if (strokes := dash(df)) is not None:
+        line = line.encode(strokeDash=strokes)
+    layers = []
+    if band:  # the spread across seeds, its edges smoothed alike
+        layers.append(base.mark_area(clip=True).encode(
+            y=y("slo"), y2="shi:Q", opacity=faded(pick, 0.22, 0.03)))
+    # the raw curve, faint, behind the smoothed one (TensorBoard's), while smoothing
+    layers.append(base.mark_line(strokeWidth=1, clip=True).encode(
+        y=y("rv"), opacity=faded(pick, RAW_OPACITY, 0.04))
+        .transform_filter(f"{vp.SMOOTH} > 0 && datum.rv != null"))
+    layers.append(line.add_params(pick, zoom_steps()))
+    layers.append(_hover_layer(df, panels, labels, hover))
+    fields = {"value": "sv", **({"lo": "slo", "hi": "shi"} if band else {})}
+    groupby = ["curve"] + [c for c in ("layer",) if c in df.columns]
+    steps = vp.transforms(fields, groupby, loggable, floor=("slo",))
+    steps.append({"calculate": f"{vp.LOG} && !(datum.value > 0) ? null : datum.value",
+                  "as": "rv"} if loggable else {"calculate": "datum.value", "as": "rv"})
+    chart = alt.layer(*layers, data=rows, transform=steps)
+    for param in vp.params():
+        bind = param.get("bind")
+        chart = chart.add_params(alt.param(
+            **{k: v for k, v in param.items() if k != "bind"},
+            **({"bind": alt.BindDirect(element=bind["element"])} if bind else {})))
+    return chart
 
 
 # ----------------------------------------------------------------------------- builders
 def metric_chart(df: pd.DataFrame, metric: str, site: str, *, layout: str = "overlay",
                  log: bool = False, band: str | None = None, title: str | None = None,
                  columns: int | None = None, smoothing: float = 0.0,
-                 max_points: int = MAX_POINTS, rows_only: bool = False):
+                 max_points: int = MAX_POINTS, rows_only: bool = False,
+                 client: bool = False):
     """A model-level curve over steps: train/val ``loss``, ``acc``, train ``grad_norm``.
 
     ``layout='overlay'``: one panel as wide as its container, colour = method (or label,
@@ -413,7 +507,7 @@ def metric_chart(df: pd.DataFrame, metric: str, site: str, *, layout: str = "ove
     if layout not in ("overlay", "side"):
         raise ValueError(f"layout ({layout!r}) must be 'overlay' or 'side'")
     data = series_frame(df, metric, site, band=band, smoothing=smoothing,
-                        max_points=max_points, log=log)
+                        max_points=max_points, log=log, client=client)
     if data["layer"].nunique() > 1:
         raise ValueError(f"{metric!r} at {site!r} has several layers "
                          f"({', '.join(natural_order(data['layer'].unique()))}): use layer_chart")
@@ -422,6 +516,7 @@ def metric_chart(df: pd.DataFrame, metric: str, site: str, *, layout: str = "ove
     if rows_only:
         return curve_data(data, () if layout == "overlay" else (field,), band)[0]
     chart = curve_layers(data, y_title=axis_title(metric, site), log=log, band=band,
+                         client=client,
                          below=layout == "side", panels=() if layout == "overlay" else (field,))
     if layout == "overlay":
         chart = chart.properties(width="container", height=HEIGHT)

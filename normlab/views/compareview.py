@@ -470,10 +470,12 @@ CHART_GROUPS: dict[str, tuple[ChartSpec, ...]] = {
 CHART_SPECS: dict[str, ChartSpec] = {s.key: s for g in CHART_GROUPS.values() for s in g}
 
 
-def relevant_view(spec: ChartSpec, view: View, n_seeds: int) -> View:
+def relevant_view(spec: ChartSpec, view: View, n_seeds: int, client: bool = False) -> View:
     """``view`` with the options ``spec``'s chart ignores set to defaults, so a cached
-    chart is reused when only those change."""
-    return View(layout=view.layout, log=view.log and spec.loggable, smooth=view.smooth,
+    chart is reused when only those change (``client``: the log scale too, which the
+    browser applies: :func:`plan_chart`)."""
+    return View(layout=view.layout, log=view.log and spec.loggable and not client,
+                smooth=view.smooth,
                 band=view.band if n_seeds > 1 else "none",
                 site=view.site if spec.site == "site" else "post_act", present=view.present)
 
@@ -496,10 +498,14 @@ FACET_GAP = 20  # Vega-Lite's spacing between panels, px
 PRESENTER_SCALE = 1.4  # presenter mode: panels and fonts this much larger
 
 
-def plan_chart(frame: pd.DataFrame, spec: ChartSpec, view: View, n_seeds: int):
+def plan_chart(frame: pd.DataFrame, spec: ChartSpec, view: View, n_seeds: int,
+               client: bool = False):
     """(builder, its rows, metric, site, its keyword arguments, (columns, scale) for
     :func:`fit`) of the chart of ``spec``, or None without data: what :func:`build_chart`
-    builds, and :mod:`normlab.views.livespecs` keys and fills without building."""
+    builds, and :mod:`normlab.views.livespecs` keys and fills without building.
+
+    ``client``: the chart smooths and (when ``spec.loggable``) follows the log scale in
+    the browser (:mod:`normlab.views.viewparams`); ``view.log`` is then not read."""
     from normlab.views.charts import METRIC_TITLES, metric_chart
     from normlab.views.layercharts import layer_chart
 
@@ -526,7 +532,8 @@ def plan_chart(frame: pd.DataFrame, spec: ChartSpec, view: View, n_seeds: int):
     # a point budget per chart: the browser draws every point (line + hover targets)
     per_series = POINT_BUDGET // max(1, n_labels * n_layers)
     kwargs = dict(title=spec.title, layout=view.layout, **extra,
-                  log=view.log and spec.loggable, band=band, smoothing=view.smooth,
+                  log=spec.loggable and (client or view.log), band=band,
+                  smoothing=view.smooth, **({"client": True} if client else {}),
                   columns=None if spec.per_layer and view.layout == "side" else columns,
                   max_points=int(min(600, max(MIN_POINTS, per_series))))
     return builder, rows, metric, site, kwargs, (columns, PRESENTER_SCALE if view.present
@@ -534,14 +541,14 @@ def plan_chart(frame: pd.DataFrame, spec: ChartSpec, view: View, n_seeds: int):
 
 
 def build_chart(frame: pd.DataFrame, spec: ChartSpec, view: View, *, n_seeds: int = 1,
-                width: int = 800):
+                width: int = 800, client: bool = False):
     """The chart of ``spec`` over ``frame`` with the view options, or None without data.
 
     Small multiples are sized so that their grid fits ``width`` pixels (the page's width
     is not known to Python: pass what the layout leaves); presenter mode enlarges panels
-    and fonts.
+    and fonts. ``client``: as :func:`plan_chart` (the live view's charts).
     """
-    plan = plan_chart(frame, spec, view, n_seeds)
+    plan = plan_chart(frame, spec, view, n_seeds, client)
     if plan is None:
         return None
     builder, rows, metric, site, kwargs, (columns, scale) = plan
@@ -575,7 +582,8 @@ def stable_data(spec: dict, name: str) -> dict:
                 rename(value)
 
     rename(spec)
-    return spec
+    from normlab.views.viewparams import name_rows  # a live chart's axis reads its rows
+    return name_rows(spec, name)
 
 
 def chart_rows(halves: list[bool]) -> list[list[int]]:

@@ -44,7 +44,7 @@ def layer_chart(df: pd.DataFrame, metric: str, site: str, *, layout: str = "over
                 log: bool = False, band: str | None = None, title: str | None = None,
                 columns: int | None = None, smoothing: float = 0.0,
                 max_points: int = MAX_POINTS, y_title: str | None = None,
-                rows_only: bool = False):
+                rows_only: bool = False, client: bool = False):
     """A per-layer metric over steps (``y_title``: default the metric and site in words).
 
     ``layout='side'``: rows = methods, columns = layers. ``layout='overlay'``: one panel per
@@ -54,12 +54,13 @@ def layer_chart(df: pd.DataFrame, metric: str, site: str, *, layout: str = "over
     if layout not in ("overlay", "side"):
         raise ValueError(f"layout ({layout!r}) must be 'overlay' or 'side'")
     data = series_frame(df, metric, site, band=band, smoothing=smoothing,
-                        max_points=max_points, log=log)
+                        max_points=max_points, log=log, client=client)
     layers = natural_order(data["layer"].unique())
     panels = (run_field(data)[0], "layer") if layout == "side" else ("layer",)
     if rows_only:
         return curve_data(data, panels, band)[0]
     chart = curve_layers(data, y_title=y_title or axis_title(metric, site), log=log,
+                         client=client,
                          band=band, panels=panels, below=True)
     if layout == "side":
         chart = chart.properties(width=PANEL_WIDTH, height=PANEL_HEIGHT).facet(

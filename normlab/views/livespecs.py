@@ -44,7 +44,7 @@ def data_shape(rows: pd.DataFrame) -> tuple:
 
 
 def chart_key(frame: pd.DataFrame, spec: ChartSpec, view: View, *, n_seeds: int = 1,
-              width: int = 800) -> tuple | None:
+              width: int = 800, client: bool = False) -> tuple | None:
     """What :func:`~normlab.views.compareview.build_chart`'s spec depends on besides its rows, read from ``frame``
     without building anything; None without data.
 
@@ -53,8 +53,9 @@ def chart_key(frame: pd.DataFrame, spec: ChartSpec, view: View, *, n_seeds: int 
     spec built once for a key serves the later polls, smoothing weights and sites of that
     key with :func:`with_rows` — when the rows' :func:`data_shape` is the one it was built
     with (a run whose every value a log scale drops is not drawn: then it is built again).
-    Tested against full builds."""
-    plan = plan_chart(frame, spec, view, n_seeds)
+    Tested against full builds. ``client``: as :func:`~normlab.views.compareview.plan_chart`
+    (then the log scale is not in the key either)."""
+    plan = plan_chart(frame, spec, view, n_seeds, client)
     if plan is None:
         return None
     builder, rows, metric, site, kwargs, fitting = plan
@@ -65,12 +66,12 @@ def chart_key(frame: pd.DataFrame, spec: ChartSpec, view: View, *, n_seeds: int 
             fitting, width, shown)
 
 
-def chart_data(frame: pd.DataFrame, spec: ChartSpec, view: View, *, n_seeds: int = 1
-               ) -> pd.DataFrame | None:
+def chart_data(frame: pd.DataFrame, spec: ChartSpec, view: View, *, n_seeds: int = 1,
+               client: bool = False) -> pd.DataFrame | None:
     """The rows :func:`~normlab.views.compareview.build_chart`'s chart draws (its one dataset, before Altair writes
     it), without building the chart (a tab's poll: ~0.1–0.3 s, not ~0.4–0.9 s); None
     without data."""
-    plan = plan_chart(frame, spec, view, n_seeds)
+    plan = plan_chart(frame, spec, view, n_seeds, client)
     if plan is None:
         return None
     builder, rows, metric, site, kwargs, _ = plan
@@ -133,17 +134,18 @@ class KeptSpecs:
         self._lock = threading.Lock()
 
     def spec_for(self, frame: pd.DataFrame, spec: ChartSpec, view: View, *, n_seeds: int,
-                 width: int, build: Callable[[], dict | None]) -> dict | None:
+                 width: int, build: Callable[[], dict | None],
+                 client: bool = False) -> dict | None:
         """The spec of ``spec``'s chart over ``frame``: a kept one with this frame's rows,
         or ``build()`` (the full build, e.g. Altair's dict named by ``stable_data``), kept
         when it has one dataset; None without data."""
-        key = chart_key(frame, spec, view, n_seeds=n_seeds, width=width)
+        key = chart_key(frame, spec, view, n_seeds=n_seeds, width=width, client=client)
         if key is None:
             return None
         with self._lock:
             kept = self._kept.get(key)
         if kept is not None:
-            rows = chart_data(frame, spec, view, n_seeds=n_seeds)
+            rows = chart_data(frame, spec, view, n_seeds=n_seeds, client=client)
             if rows is not None and data_shape(rows) == kept[1]:
                 return with_rows(kept[0], rows)
         drawn = build()

@@ -1,0 +1,171 @@
+"""The log scale and the smoothing of a live chart, applied in the browser: Vega-Lite params.
+
+A view toggle that reruns the page waits for the live poll in progress and for the server
+to send the tab again; while runs train on a 2-core machine that took 0.5–1.3 s. A Compare
+chart built with ``client=True`` (:func:`normlab.views.charts.curve_layers`) instead draws
+its rows unsmoothed and unmasked and leaves the two options to Vega-Lite:
+
+* :data:`LOG` — a y scale that is logarithmic or linear by an expression: a ``symlog``
+  scale whose constant is tiny (``log1p(x/c)`` is then ``log(x) − log(c)``: a log scale up
+  to a shift) or huge (``log1p(x/c)`` is then ``x/c``: a linear one). A log axis is ticked
+  at 1, 2 and 5 per decade (:data:`LOG_TICKS`) when its values span a factor 5 or more
+  (read from the chart's own rows: :func:`name_rows`); values ≤ 0 are not drawn on it, and a
+  seed band's low edge is clipped up to the panel's smallest positive value (as
+  :func:`normlab.views.charts.log_safe` does on the server).
+* :data:`SMOOTH` — TensorBoard's debiased EMA, per curve, by window transforms: with
+  weight w, the value at a curve's k-th finite point is Σⱼ w^(k−j) xⱼ / Σⱼ w^(k−j) (what
+  pandas' ``ewm(alpha=1-w, adjust=True, ignore_na=True)`` computes, and
+  :func:`normlab.views.frames.smooth`). A running sum of w^(−j)·xⱼ would overflow for a
+  small w, so the sums restart every ``B`` points, and each point reads the one of two
+  staggered restarts that began at least B/2 points before it (the terms left out weigh
+  under 10⁻¹⁷ of the rest). ``k`` counts a series' finite points before the rows were
+  thinned for display, so a thinned curve is smoothed at the same rate.
+
+Each option is two params: ``<name>_in``, bound to a hidden element of the page (the
+Streamlit widget's state, mirrored there by :mod:`normlab.ui.viewbridge`: a toggle redraws
+the chart at once, without the server), and ``<name>``, that value or, when the page
+gives none, the one the server wrote into the spec (:func:`set_view`). The server's rerun
+then sends the same state; the spec names the options only in that fallback.
+"""
+from __future__ import annotations
+
+import math
+
+LOG, SMOOTH = "nl_log", "nl_smooth"  # the params the charts read
+TICKS = "nl_log_ticks"  # a param holding LOG_TICKS (one copy per tab, not one per axis)
+ROWS = "__normlab_rows__"  # a chart's dataset in its expressions until named (name_rows)
+SPAN = 5  # a log axis is ticked at 1-2-5 when its values span this factor, else evenly
+ELEMENTS = {LOG: "nl-view-log", SMOOTH: "nl-view-smooth"}  # ids of the page's hidden inputs
+# a log axis's ticks: 1, 2 and 5 per decade (Vega keeps those inside the scale's range)
+LOG_TICKS = [float(f"{m}e{e}") for e in range(-15, 16) for m in (1, 2, 5)]
+LOG_CONSTANT, LINEAR_CONSTANT = 1e-30, 1e30  # the symlog constant making it log / linear
+DIGITS = 17  # the smoothing's sums leave out terms under 10^-DIGITS of the rest
+
+
+def params(log: bool = False, smooth: float = 0.0) -> list[dict]:
+    """The params of a chart that follows the two options; ``log`` and ``smooth``:
+    the values drawn when the page gives none (the server's view)."""
+    return [
+        {"name": TICKS, "value": LOG_TICKS},
+        {"name": f"{LOG}_in", "value": "", "bind": {"element": f"#{ELEMENTS[LOG]}"}},
+        {"name": LOG, "expr": _log_expr(log)},
+        {"name": f"{SMOOTH}_in", "value": "", "bind": {"element": f"#{ELEMENTS[SMOOTH]}"}},
+        {"name": SMOOTH, "expr": _smooth_expr(smooth)},
+    ]
+
+
+def _log_expr(log: bool) -> str:
+    return f"{LOG}_in === 'on' ? true : {LOG}_in === 'off' ? false : {str(bool(log)).lower()}"
+
+
+def _smooth_expr(smooth: float) -> str:
+    # a number in [0, 0.99] from the page, else the server's
+    v = f"toNumber({SMOOTH}_in)"
+    return (f"{SMOOTH}_in !== '' && isFinite({v}) && {v} >= 0 && {v} < 1 ? {v} "
+            f": {float(smooth)!r}")
+
+
+def set_view(spec: dict, *, log: bool, smooth: float) -> dict:
+    """``spec`` (a composed tab, :func:`normlab.views.linked.compose`) with the server's
+    log scale and smoothing as the params' fallback values; in place, returned."""
+    for param in spec.get("params") or []:
+        if param.get("name") == LOG:
+            param["expr"] = _log_expr(log)
+        elif param.get("name") == SMOOTH:
+            param["expr"] = _smooth_expr(smooth)
+    return spec
+
+
+def follows(spec: dict) -> bool:
+    """Whether ``spec`` has the options' params."""
+    return any(p.get("name") == LOG for p in spec.get("params") or [])
+
+
+def y_scale(loggable: bool) -> dict:
+    """A y scale that follows :data:`LOG` (``loggable``), else a linear one."""
+    if not loggable:
+        return {"zero": False}
+    return {"type": "symlog", "zero": False, "nice": {"expr": f"!{LOG}"},
+            "constant": {"expr": f"{LOG} ? {LOG_CONSTANT} : {LINEAR_CONSTANT}"}}
+
+
+def y_axis(loggable: bool) -> dict:
+    """Its axis: on a log scale, ticks at 1, 2 and 5 per decade when the chart's values
+    span a factor :data:`SPAN` or more (read from its rows' ``floor`` and ``top``), else
+    evenly spaced ones (a loss between 2.2 and 2.4 has no 1-2-5 tick); Vega's own on a
+    linear scale."""
+    if not loggable:
+        return {}
+    rows = f"data('{ROWS}')"
+    wide = f"length({rows}) > 0 && {rows}[0].top >= {SPAN} * {rows}[0].floor"
+    return {"values": {"expr": f"{LOG} && {wide} ? {TICKS} : null"},
+            "labelExpr": f"{LOG} ? format(datum.value, '~g') : datum.label"}
+
+
+def name_rows(spec: dict, name: str) -> dict:
+    """``spec`` with its expressions' :data:`ROWS` naming its dataset ``name``, in place."""
+    def visit(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if isinstance(value, str) and ROWS in value:
+                    node[key] = value.replace(ROWS, name)
+                else:
+                    visit(value)
+        elif isinstance(node, list):
+            for item in node:
+                visit(item)
+    visit(spec)
+    return spec
+
+
+def transforms(fields: dict[str, str], groupby: list[str], loggable: bool,
+               floor: tuple[str, ...] = ()) -> list[dict]:
+    """Vega-Lite transforms writing, per source field → output field of ``fields``, the
+    value drawn: smoothed by :data:`SMOOTH` (per ``groupby`` series, in order of the rows'
+    ``k``) and, when ``loggable`` and :data:`LOG`, null where ≤ 0 — except the ``floor``
+    fields (a band's low edge), clipped up to the rows' ``floor`` instead (the smallest
+    positive value of the chart, written by the server: a ``joinaggregate`` of the whole
+    chart fails to compile inside a facet). Non-finite values stay null."""
+    b = f"(2 * ceil({DIGITS} * LN10 / -log({SMOOTH})))"  # B, the restart period (even)
+    out: list[dict] = [
+        {"calculate": f"{SMOOTH} > 0 ? {b} : 1", "as": "_B"},
+        {"calculate": "floor(datum.k / datum._B)", "as": "_sa"},
+        {"calculate": "floor((datum.k + datum._B / 2) / datum._B)", "as": "_sb"},
+        {"calculate": "datum.k - datum._sa * datum._B", "as": "_pa"},
+        {"calculate": "datum.k - datum._sb * datum._B + datum._B / 2", "as": "_pb"},
+        {"calculate": f"{SMOOTH} > 0 ? pow({SMOOTH}, -datum._pa) : 0", "as": "_wa"},
+        {"calculate": f"{SMOOTH} > 0 ? pow({SMOOTH}, -datum._pb) : 0", "as": "_wb"},
+    ]
+    sums = []
+    for src in fields:
+        ok = f"isValid(datum.{src}) && isFinite(datum.{src})"
+        for seg in ("a", "b"):
+            out.append({"calculate": f"{ok} ? datum._w{seg} * datum.{src} : 0",
+                        "as": f"_x{seg}_{src}"})
+            out.append({"calculate": f"{ok} ? datum._w{seg} : 0", "as": f"_v{seg}_{src}"})
+            sums += [{"op": "sum", "field": f"_x{seg}_{src}", "as": f"_X{seg}_{src}"},
+                     {"op": "sum", "field": f"_v{seg}_{src}", "as": f"_V{seg}_{src}"}]
+    for seg in ("a", "b"):
+        out.append({"window": [s for s in sums if s["as"][2] == seg],
+                    "groupby": [*groupby, f"_s{seg}"], "sort": [{"field": "k"}],
+                    "frame": [None, 0]})
+    for src, dst in fields.items():
+        ok = f"isValid(datum.{src}) && isFinite(datum.{src})"
+        # the restart that began at least B/2 points back (or at the series' start)
+        use_a = "(datum._sa == 0 || datum._pa >= datum._B / 2)"
+        smoothed = (f"({use_a} ? datum._Xa_{src} / datum._Va_{src} "
+                    f": datum._Xb_{src} / datum._Vb_{src})")
+        out.append({"calculate": f"!({ok}) ? null : {SMOOTH} > 0 ? {smoothed} : datum.{src}",
+                    "as": dst})
+    if loggable:
+        for dst in fields.values():
+            masked = (f"max(datum.{dst}, datum.floor)" if dst in floor
+                      else f"(datum.{dst} > 0 ? datum.{dst} : null)")
+            out.append({"calculate": f"{LOG} && datum.{dst} != null ? {masked} : datum.{dst}",
+                        "as": dst})
+    return out
+
+
+def restart_period(weight: float) -> int:
+    """B for ``weight`` (for tests and docs): the sums' restart period, in points."""
+    return 2 * math.ceil(DIGITS * math.log(10) / -math.log(weight)) if weight > 0 else 1

@@ -1,0 +1,199 @@
+"""The live charts' log scale and smoothing, applied in the browser (normlab.views.viewparams).
+
+The Vega-Lite transforms are run by Vega itself (vl-convert's engine): a text mark writes
+each row's computed value into the SVG, which is read back and compared with the server's
+definitions (pandas' EMA in ``frames.smooth``; a log scale's 1-2-5 ticks and its dropped
+non-positive values).
+"""
+from __future__ import annotations
+
+import copy
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import vl_convert as vlc
+
+from normlab.views import charts, linked, viewparams as vp
+from normlab.views.compareview import stable_data
+from normlab.views.frames import smooth
+from normlab.views.layercharts import layer_chart
+
+
+def _frame(values, method="batch", seed=0, layer="model", metric="loss", site="train",
+           run=None):
+    values = np.asarray(values, dtype=float)
+    return pd.DataFrame({"run": run or f"{method}-{seed}", "method": method, "label": method,
+                         "seed": seed, "layer": layer, "step": np.arange(len(values)) * 5,
+                         "value": values, "metric": metric, "site": site})
+
+
+def _computed(spec: dict, field: str, *, log: bool, smooth_w: float) -> dict:
+    """{(curve, step): the value Vega computes for ``field``} for ``spec``'s rows (a
+    ``client=True`` chart's dict, one panel per curve) with the options set as the
+    server would."""
+    return dict(_computed_rows(spec, field, log=log, smooth_w=smooth_w))
+
+
+def _number(text: str) -> float:
+    return float(text.replace("\u2212", "-"))  # d3-format writes a minus sign
+
+
+def _computed_rows(spec: dict, field: str, *, log: bool, smooth_w: float) -> list:
+    """[((curve, step), value)] of every drawn row (:func:`_computed`)."""
+    spec = vp.set_view(copy.deepcopy(spec), log=log, smooth=smooth_w)
+    inner = spec.get("spec", spec)  # a facet's inner spec holds the transforms
+    probe = {"$schema": spec["$schema"], "params": spec["params"],
+             "datasets": spec["datasets"], "data": spec["data"],
+             "transform": inner["transform"] + [
+                 {"filter": "datum.curve != null"},
+                 {"calculate": f"datum.curve + '|' + datum.step + '|' + "
+                               f"(datum.{field} == null ? 'null' : "
+                               f"format(datum.{field}, '.15g'))", "as": "_out"}],
+             "mark": "text", "encoding": {"text": {"field": "_out", "type": "nominal"}}}
+    out = []
+    for text in re.findall(r"<text[^>]*>([^<]*)</text>", vlc.vegalite_to_svg(probe)):
+        curve, step, value = text.split("|")
+        out.append(((curve, int(step)), None if value == "null" else _number(value)))
+    return out
+
+
+def _ticks(spec: dict, *, log: bool) -> list[list[float]]:
+    """The numeric y tick labels of each panel of ``spec`` drawn with ``log`` (its rows
+    named, as the live view names them)."""
+    spec = stable_data(copy.deepcopy(spec), "rows") if vp.ROWS in str(spec) else spec
+    svg = vlc.vegalite_to_svg(vp.set_view(copy.deepcopy(spec), log=log, smooth=0.0))
+    axes = re.findall(r'aria-label="Y-axis[^"]*"(.*?)</g></g></g>', svg, flags=re.S)
+    ticks = []
+    for axis in axes:
+        labels = [t for t in re.findall(r"<text[^>]*>([^<]*)</text>", axis)]
+        ticks.append([_number(t) for t in labels if re.fullmatch("[-\u22120-9.e]+", t)])
+    return ticks
+
+
+@pytest.mark.parametrize("weight,n", [(0.6, 60), (0.9, 120), (0.99, 200), (0.05, 300),
+                                      (0.3, 400)])
+def test_the_browser_smooths_as_the_server_does(weight, n):
+    """Per curve, with a missing value inside: the transforms' EMA equals pandas' debiased
+    EMA (frames.smooth) to float64 rounding; 0.05 and 0.3 over 300-400 points cross many
+    restarts of the running sums (viewparams.restart_period)."""
+    rng = np.random.default_rng(int(weight * 100) + n)
+    a = np.exp(-np.arange(n) / 30) + 0.3 * rng.random(n)
+    b = np.sin(np.arange(n) / 7) * 2 + rng.normal(size=n)  # negative values too
+    a[7] = np.nan
+    df = pd.concat([_frame(a, "batch"), _frame(b, "layer")], ignore_index=True)
+    assert n > 2 * vp.restart_period(weight) or weight > 0.5
+    spec = charts.metric_chart(df, "loss", "train", log=False, client=True,
+                               max_points=10_000).to_dict()
+    got = _computed(spec, "sv", log=False, smooth_w=weight)
+    want = smooth(df[["run", "method", "label", "seed", "layer", "step", "value"]], weight)
+    for row in want.itertuples():
+        value = got[(row.method, row.step)]
+        if np.isfinite(row.value):
+            assert value == pytest.approx(row.value, rel=1e-10, abs=1e-12), row
+        else:
+            assert value is None
+    unsmoothed = _computed(spec, "sv", log=False, smooth_w=0.0)
+    assert all(unsmoothed[(r.method, r.step)] == pytest.approx(r.value) for r in
+               df.itertuples() if np.isfinite(r.value))
+
+
+def test_a_thinned_curve_is_smoothed_at_the_rate_of_its_recorded_points():
+    """Rows thinned for display keep ``k``, their index among the series' values: a slow
+    trend smoothed over the drawn rows is close to the full series' EMA at those steps
+    (an EMA over the drawn rows alone, fewer points, lags far less: 50× the error)."""
+    n, w = 3000, 0.99
+    values = np.linspace(0, 1, n) ** 2
+    df = _frame(values)
+    spec = charts.metric_chart(df, "loss", "train", client=True, max_points=200).to_dict()
+    got = _computed(spec, "sv", log=False, smooth_w=w)
+    want = smooth(df, w).set_index("step")["value"]
+    assert len(got) <= 200
+    err = max(abs(v - want[step]) for (_, step), v in got.items())
+    steps = sorted(step for _, step in got)  # an EMA over the drawn rows alone:
+    naive = pd.Series(values[np.asarray(steps) // 5]).ewm(alpha=1 - w).mean().to_numpy()
+    assert err < 0.05 * max(abs(naive - want[steps].to_numpy()))
+
+
+def test_log_scale_in_the_browser_ticks_decades_and_drops_what_it_cannot_draw():
+    """Log on: y ticks at 1, 2 and 5 per decade, values <= 0 not drawn (as log_safe on the
+    server) and a band's low edge clipped to the smallest positive value; log off: evenly
+    spaced ticks and every value drawn."""
+    values = np.array([2.0, 1.0, 0.5, 0.0, 0.05, -1.0, 0.01, 0.02])
+    df = pd.concat([_frame(values, seed=0), _frame(values * 1.5, seed=1)], ignore_index=True)
+    chart = charts.metric_chart(df, "loss", "train", log=True, band="minmax", client=True)
+    spec = chart.to_dict()
+    [log_ticks], [linear_ticks] = _ticks(spec, log=True), _ticks(spec, log=False)
+    assert set(log_ticks) <= set(vp.LOG_TICKS) and {0.02, 0.1, 1.0} <= set(log_ticks)
+    steps = np.diff(linear_ticks)
+    assert len(linear_ticks) >= 4 and np.allclose(steps, steps[0])
+    mean = (values + values * 1.5) / 2
+    drawn = _computed(spec, "sv", log=True, smooth_w=0.0)
+    assert [drawn[("batch", 5 * i)] for i in range(len(values))] == [
+        pytest.approx(v) if v > 0 else None for v in mean]
+    linear = _computed(spec, "sv", log=False, smooth_w=0.0)
+    assert [linear[("batch", 5 * i)] for i in range(len(values))] == pytest.approx(list(mean))
+    low = _computed(spec, "slo", log=True, smooth_w=0.0)
+    floor = mean[mean > 0].min()
+    lows = np.minimum(values, values * 1.5)
+    assert [low[("batch", 5 * i)] for i in range(len(values))] == pytest.approx(
+        list(np.maximum(lows, floor)))
+
+
+def test_a_log_axis_over_less_than_a_factor_five_is_ticked_evenly():
+    """A loss between 2.2 and 2.4 has no 1-2-5 tick inside: its log axis gets evenly
+    spaced ticks (read from the rows' span: viewparams.y_axis), not none."""
+    spec = charts.metric_chart(_frame(np.linspace(2.4, 2.2, 30)), "loss", "train", log=True,
+                               client=True).to_dict()
+    [ticks] = _ticks(spec, log=True)
+    assert len(ticks) >= 3 and min(ticks) >= 2.1 and max(ticks) <= 2.5
+    assert np.allclose(np.diff(ticks), np.diff(ticks)[0])
+
+
+def test_a_chart_that_does_not_follow_the_log_scale_stays_linear():
+    spec = charts.metric_chart(_frame([0.1, 0.5, 0.9, 0.7], metric="acc"), "acc", "train",
+                               log=False, client=True).to_dict()
+    for log in (True, False):
+        [ticks] = _ticks(spec, log=log)
+        assert np.allclose(np.diff(ticks), np.diff(ticks)[0])
+    assert "symlog" not in str(spec)
+
+
+def test_facets_and_per_layer_grids_compile_with_the_params():
+    """Side by side (a facet) and per-layer grids carry the transforms in their inner spec
+    and the params at the top; both draw, and their log axes tick at 1-2-5."""
+    df = pd.concat([_frame(np.geomspace(2, 0.01, 30), "batch"),
+                    _frame(np.geomspace(3, 0.1, 30), "layer")], ignore_index=True)
+    side = charts.metric_chart(df, "loss", "train", layout="side", log=True,
+                               client=True).to_dict()
+    grads = pd.concat([df.assign(layer=layer, metric="grad_norm", site="param")
+                       for layer in ("hidden1", "hidden2")], ignore_index=True)
+    grid = layer_chart(grads, "grad_norm", "param", log=True, client=True).to_dict()
+    for spec in (side, grid):
+        assert vp.follows(spec) and "transform" in spec["spec"]
+        ticks = _ticks(spec, log=True)
+        assert ticks and all(set(t) <= set(vp.LOG_TICKS) for t in ticks)
+        rows = next(iter(spec["datasets"].values()))
+        smoothed = _computed_rows(spec, "sv", log=True, smooth_w=0.5)
+        assert len(smoothed) == sum(1 for r in rows if not r.get("hover"))
+        assert all(v is not None and v > 0 for _, v in smoothed)
+
+
+def test_a_tab_has_one_copy_of_each_option_and_the_server_sets_its_fallback():
+    """Composed charts share the four params; set_view writes the server's options as
+    the values drawn when the page gives none, bound to the page's hidden elements."""
+    df = _frame(np.geomspace(2, 0.01, 30))
+    specs = [charts.metric_chart(df, "loss", site, log=True, client=True).to_dict()
+             for site in ("train", "train")]
+    tab = linked.compose(specs, [True, True], 900)
+    names = [p["name"] for p in tab["params"]]
+    for name in (vp.LOG, vp.SMOOTH, f"{vp.LOG}_in", f"{vp.SMOOTH}_in"):
+        assert names.count(name) == 1
+    bound = {p["name"]: p["bind"]["element"] for p in tab["params"] if "bind" in p
+             and isinstance(p["bind"], dict)}
+    assert bound == {f"{vp.LOG}_in": "#nl-view-log", f"{vp.SMOOTH}_in": "#nl-view-smooth"}
+    vp.set_view(tab, log=True, smooth=0.75)
+    exprs = {p["name"]: p["expr"] for p in tab["params"] if "expr" in p}
+    assert exprs[vp.LOG].endswith(": true") and exprs[vp.SMOOTH].endswith(": 0.75")
+    assert _ticks(tab, log=True)[0] != _ticks(tab, log=False)[0]
