@@ -553,12 +553,28 @@ VIEW_JS = """() => {
 }"""
 
 
+# the visible tab's first chart: marked, with what it draws (its SVG paths, or a hash of
+# its canvas's pixels); then whether that same element draws something else
+MARK_JS = """() => { window.__drawn = e => { const c = e.querySelector('canvas');
+    if (!c) return [...e.querySelectorAll('g.mark-line path')].map(p => p.getAttribute('d'))
+      .join('|');
+    const g = c.getContext('2d'), d = g.getImageData(0, 0, c.width, c.height).data;
+    let h = 0; for (let i = 0; i < d.length; i += 16) h = (h * 31 + d[i] + d[i + 1]) | 0;
+    return 'canvas ' + h; };
+  const e = [...document.querySelectorAll('.vega-embed')].find(e => e.offsetParent);
+  window.__chart = e.querySelector('svg, canvas'); window.__was = window.__drawn(e); }"""
+CHANGED_JS = """() => { const e = window.__chart.closest('.vega-embed');
+  return !!e && e.isConnected && e.querySelector('svg, canvas') === window.__chart
+    && window.__drawn(e) !== window.__was; }"""
+
+
 @pytest.mark.timeout(240)
 def test_log_scale_and_smoothing_redraw_without_the_server(tmp_path):
-    """The log-scale toggle and the smoothing slider redraw the drawn charts in the
-    browser (normlab.ui.viewbridge → Vega-Lite params): with every message from the
-    server held back, the same SVG turns linear and back, and draws the raw curves
-    behind smoothed ones. Released, the server's rerun agrees (the link says so too)."""
+    """The log-scale toggle, the smoothing slider and the activation site redraw the
+    drawn charts in the browser (normlab.ui.viewbridge → Vega-Lite params): with every
+    message from the server held back, the same SVG turns linear and back and draws the
+    raw curves behind smoothed ones, and the Activations tab's chart draws another site.
+    Released, the server's reruns agree (the link says so too)."""
     _require_browser()
     from playwright.sync_api import sync_playwright
 
@@ -616,6 +632,24 @@ def test_log_scale_and_smoothing_redraw_without_the_server(tmp_path):
             time.sleep(1.5)
             state = page.evaluate(VIEW_JS)
             assert state["log"] >= 2 and state["raw"] >= len(METHODS), state
+            _no_exception(page)
+
+            # the activation site: the Activations tab's mean and variance hold every
+            #   site's rows, and the browser draws the picked one
+            page.get_by_role("tab", name="Activations").click()
+            page.wait_for_url("**tab=activations**", timeout=20_000)
+            page.locator(f"{DRAWN} >> visible=true").first.wait_for(timeout=30_000)
+            time.sleep(1.5)
+            page.evaluate(MARK_JS)
+            holding[0] = True
+            box = main.get_by_test_id("stSelectbox").filter(has_text="Activation site")
+            box.click()
+            page.get_by_role("option", name="post-norm", exact=True).click()
+            _wait(lambda: page.evaluate(CHANGED_JS), 5, "the post-norm curves, no server", page)
+            _wait(lambda: page.evaluate("() => 1") and held, 10, "the server's answer (held)")
+            assert page.evaluate(CHANGED_JS)
+            release()
+            page.wait_for_url("**site=post_norm**", timeout=20_000)
             _no_exception(page)
         finally:
             browser.close()

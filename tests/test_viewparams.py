@@ -29,20 +29,22 @@ def _frame(values, method="batch", seed=0, layer="model", metric="loss", site="t
                          "value": values, "metric": metric, "site": site})
 
 
-def _computed(spec: dict, field: str, *, log: bool, smooth_w: float) -> dict:
+def _computed(spec: dict, field: str, *, log: bool, smooth_w: float,
+              site: str = "post_act") -> dict:
     """{(curve, step): the value Vega computes for ``field``} for ``spec``'s rows (a
     ``client=True`` chart's dict, one panel per curve) with the options set as the
     server would."""
-    return dict(_computed_rows(spec, field, log=log, smooth_w=smooth_w))
+    return dict(_computed_rows(spec, field, log=log, smooth_w=smooth_w, site=site))
 
 
 def _number(text: str) -> float:
     return float(text.replace("\u2212", "-"))  # d3-format writes a minus sign
 
 
-def _computed_rows(spec: dict, field: str, *, log: bool, smooth_w: float) -> list:
+def _computed_rows(spec: dict, field: str, *, log: bool, smooth_w: float,
+                   site: str = "post_act") -> list:
     """[((curve, step), value)] of every drawn row (:func:`_computed`)."""
-    spec = vp.set_view(copy.deepcopy(spec), log=log, smooth=smooth_w)
+    spec = vp.set_view(copy.deepcopy(spec), log=log, smooth=smooth_w, site=site)
     inner = spec.get("spec", spec)  # a facet's inner spec holds the transforms
     probe = {"$schema": spec["$schema"], "params": spec["params"],
              "datasets": spec["datasets"], "data": spec["data"],
@@ -180,6 +182,30 @@ def test_facets_and_per_layer_grids_compile_with_the_params():
         assert all(v is not None and v > 0 for _, v in smoothed)
 
 
+def test_the_browser_draws_the_picked_activation_site_and_names_it():
+    """A per-layer chart built for every site (viewparams.ANY_SITE) holds the rows of the
+    three activation sites; Vega keeps those of the site the params pick (its values, per
+    layer), and the title names it in words."""
+    parts = []
+    for i, site in enumerate(("pre_norm", "post_norm", "post_act")):
+        for layer in ("hidden1", "hidden2"):
+            values = np.linspace(1, 2, 10) * (i + 1) * (2 if layer == "hidden2" else 1)
+            parts.append(_frame(values, layer=layer, metric="var", site=site))
+    df = pd.concat(parts, ignore_index=True)
+    spec = layer_chart(df, "var", vp.ANY_SITE, log=True, client=True,
+                       title=vp.site_title("Variance")).to_dict()
+    rows = next(iter(spec["datasets"].values()))
+    assert {r.get("site") for r in rows} == {"pre_norm", "post_norm", "post_act"}
+    for i, site in enumerate(("pre_norm", "post_norm", "post_act")):
+        drawn = _computed_rows(spec, "sv", log=False, smooth_w=0.0, site=site)
+        assert len(drawn) == 20  # 10 steps × 2 layers, one site
+        assert sorted(v for _, v in drawn) == pytest.approx(sorted(
+            df.loc[(df["site"] == site), "value"]))
+        svg = vlc.vegalite_to_svg(vp.set_view(copy.deepcopy(spec), log=False, smooth=0.0,
+                                              site=site))
+        assert f"Variance, {vp.SITE_WORDS[site]}" in svg
+
+
 def test_a_tab_has_one_copy_of_each_option_and_the_server_sets_its_fallback():
     """Composed charts share the four params; set_view writes the server's options as
     the values drawn when the page gives none, bound to the page's hidden elements."""
@@ -192,7 +218,8 @@ def test_a_tab_has_one_copy_of_each_option_and_the_server_sets_its_fallback():
         assert names.count(name) == 1
     bound = {p["name"]: p["bind"]["element"] for p in tab["params"] if "bind" in p
              and isinstance(p["bind"], dict)}
-    assert bound == {f"{vp.LOG}_in": "#nl-view-log", f"{vp.SMOOTH}_in": "#nl-view-smooth"}
+    assert bound == {f"{vp.LOG}_in": "#nl-view-log", f"{vp.SMOOTH}_in": "#nl-view-smooth",
+                     f"{vp.SITE}_in": "#nl-view-site"}
     vp.set_view(tab, log=True, smooth=0.75)
     exprs = {p["name"]: p["expr"] for p in tab["params"] if "expr" in p}
     assert exprs[vp.LOG].endswith(": true") and exprs[vp.SMOOTH].endswith(": 0.75")

@@ -316,7 +316,7 @@ def test_a_spec_built_once_takes_new_rows_as_a_new_build_would(trained, key, lay
     group = next(g for g, specs in views.CHART_GROUPS.items() if spec in specs)
     frames = {}
     for site in ("post_norm", "post_act"):
-        metrics, sites = views.group_request(group, View(site=site))
+        metrics, sites = views.group_request(group, View(site=site), client=client)
         frames[site] = views.comparison_frame(store, ids, metrics, sites)
     base = frames["post_norm"]
     early = base[base["step"] < 10]

@@ -21,7 +21,6 @@ from normlab.runs.store import FINISHED, NotFound
 from normlab.views.urlstate import View
 from normlab.ui.common import (PAGE_WIDTH, POLL_SECONDS, TAB, get_store, linked_tab,
                                tab_changed)
-from normlab.ui.form import SITE_LABELS
 from normlab.ui.sweep import fields_of as sweep_fields, sweep_view
 
 
@@ -301,7 +300,9 @@ def _explore(key: str, runs, view: View) -> None:
 
 
 def _group(key: str, runs, group: str, view: View) -> None:
-    metrics, sites = views.group_request(group, view)
+    # every activation site of the charts that follow the site option: the browser picks
+    #   one (viewparams), and a site change reads nothing
+    metrics, sites = views.group_request(group, view, client=True)
     pending = tuple(views.pending_series(group))
     every = _every(runs)
     sig, n_seeds = views.chart_signature(runs), int(runs["seed"].nunique())
@@ -341,13 +342,14 @@ def _group(key: str, runs, group: str, view: View) -> None:
     charts = list(built())
     drawn = len(charts)
     if drawn and any(spec.site == "site" for spec, _ in charts):
-        # the charts do not name the site (a site change then swaps rows, no rebuild)
-        st.caption(f"Mean and variance measured **{SITE_LABELS.get(view.site, view.site)}**"
-                   " (the *Activation site* option above); saturation after the activation.")
+        # the charts name the site in their titles, which the browser writes
+        st.caption("Mean and variance measured at the *Activation site* chosen above; "
+                   "saturation after the activation.")
     if drawn:
         halves = [not wide and not spec.per_layer for spec, _ in charts]
         tab = linked.compose([c for _, c in charts], halves, PAGE_WIDTH)
-        st.vega_lite_chart(viewparams.set_view(tab, log=view.log, smooth=view.smooth),
+        st.vega_lite_chart(viewparams.set_view(tab, log=view.log, smooth=view.smooth,
+                                               site=view.site),
                            width="content")
     if not drawn:
         st.info("Nothing measured for these charts: the runs ended before their first "

@@ -1,10 +1,11 @@
-"""The Compare page's log-scale toggle and smoothing slider, mirrored to its charts in the
-browser: a toggle redraws the charts at once instead of after the server's rerun.
+"""The Compare page's log-scale toggle, smoothing slider and activation site, mirrored to
+its charts in the browser: a change redraws the charts at once, not after the server's
+rerun.
 
-The live charts read both options from Vega-Lite params bound to two hidden elements of
+The live charts read the three options from Vega-Lite params bound to hidden elements of
 the page (:mod:`normlab.views.viewparams`). :func:`bridge` draws a script that creates
 those elements — their ``value`` reads the Streamlit widgets' state in the page (the
-toggle's checkbox, the slider's range input; the widgets are found by their keys'
+toggle's checkbox, the slider's range input, the selectbox's label; the widgets are found by their keys'
 ``st-key-…`` classes) — and, whenever that state changes (a click, a key, a drag), sends
 an ``input`` event, which Vega answers by redrawing the bound charts. The server's rerun
 that the widget causes as always then sends the same state in the spec.
@@ -21,12 +22,13 @@ import json
 import streamlit as st
 
 from normlab.views.urlstate import SMOOTH_MAX
-from normlab.views.viewparams import ELEMENTS, LOG, SMOOTH
+from normlab.views.viewparams import ELEMENTS, LOG, SITE, SMOOTH
 
-KEYS = {LOG: "view_log", SMOOTH: "view_smooth"}  # the widgets' keys (normlab.ui.form)
+KEYS = {LOG: "view_log", SMOOTH: "view_smooth",  # the widgets' keys (normlab.ui.form)
+        SITE: "view_site"}
 
 _SCRIPT = """<script>(() => {
-  const ids = %(ids)s, keys = %(keys)s, max = %(max)s;
+  const ids = %(ids)s, keys = %(keys)s, max = %(max)s, sites = %(sites)s;
   const widget = (name, sel) => document.querySelector(`.st-key-${keys[name]} ${sel}`);
   const read = {
     %(log)s: () => { const box = widget(%(log)s, 'input[type="checkbox"]');
@@ -36,6 +38,10 @@ _SCRIPT = """<script>(() => {
                         const v = r ? Number(r.value)
                           : s ? Number(s.getAttribute('aria-valuenow')) : NaN;
                         return Number.isFinite(v) && v >= 0 && v <= max ? String(v) : ''; },
+    // the selectbox's text, when it is a site's label (not while it is typed in)
+    %(site)s: () => { const box = widget(%(site)s, 'input[role="combobox"]');
+                      if (!box || box.getAttribute('aria-expanded') === 'true') return '';
+                      return sites[box.value] || ''; },
   };
   const last = {};
   for (const name of Object.keys(ids)) {
@@ -65,16 +71,20 @@ _SCRIPT = """<script>(() => {
     document.addEventListener(type, soon, true);
   new MutationObserver(check).observe(document.body, {
     subtree: true, attributes: true,
-    attributeFilter: ['aria-valuenow', 'aria-valuetext', 'aria-checked']});
+    attributeFilter: ['aria-valuenow', 'aria-valuetext', 'aria-checked', 'aria-expanded',
+                      'value']});
 })();</script>"""
 
 
 def script() -> str:
     """The bridge's script (see the module docstring)."""
-    names = {LOG: json.dumps(LOG), SMOOTH: json.dumps(SMOOTH)}
+    from normlab.ui.form import SITE_LABELS
+
     return _SCRIPT % {"ids": json.dumps(ELEMENTS), "keys": json.dumps(KEYS),
-                      "max": json.dumps(SMOOTH_MAX), "log": names[LOG],
-                      "smooth": names[SMOOTH]}
+                      "max": json.dumps(SMOOTH_MAX),
+                      "sites": json.dumps({label: site for site, label in SITE_LABELS.items()}),
+                      "log": json.dumps(LOG), "smooth": json.dumps(SMOOTH),
+                      "site": json.dumps(SITE)}
 
 
 def bridge() -> None:

@@ -41,7 +41,9 @@ import pandas as pd
 import vl_convert as vlc
 
 from normlab.views.frames import aggregate_seeds, downsample, natural_key, natural_order, smooth
+from normlab.measure.schema import ACT_SITES
 from normlab.views.palette import color_scale, label_scale, method_order
+from normlab.views.viewparams import ANY_SITE
 
 WIDTH, HEIGHT = 600, 320  # one overlay panel, px
 PANEL_WIDTH, PANEL_HEIGHT = 210, 140  # one small multiple, px
@@ -58,6 +60,7 @@ METRIC_TITLES = {
     "dead": "dead fraction",
 }
 BANDS = (None, "minmax", "std")
+SERIES_COLUMNS = ("run", "method", "label", "seed", "layer", "step", "value")
 
 
 def axis_title(metric: str, site: str) -> str:
@@ -241,10 +244,16 @@ def series_frame(df: pd.DataFrame, metric: str, site: str, *, band: str | None,
     (:mod:`normlab.views.viewparams`): ``value``, ``lo``, ``hi`` neither smoothed nor
     masked, ``k`` the row's index among its series' finite values before thinning, and
     ``tip_value`` / ``tip_lo`` / ``tip_hi`` what the hover tooltip says (smoothed per run
-    as above when ``smoothing``; ``log`` is ignored)."""
+    as above when ``smoothing``; ``log`` is ignored). With ``site`` :data:`~normlab.views.
+    viewparams.ANY_SITE`, the rows of every activation site, each with its ``site``."""
     if band not in BANDS:
         raise ValueError(f"band ({band!r}) must be one of {BANDS}")
-    cols = [c for c in ("run", "method", "label", "seed", "layer", "step", "value") if c in df]
+    if client and site == ANY_SITE:  # every activation site: the browser keeps one
+        rows = with_label(df.loc[(df["metric"] == metric) & df["site"].isin(ACT_SITES),
+                                 [c for c in SERIES_COLUMNS + ("site",) if c in df]])
+        return _client_frame(rows, ["method", "label", "layer", "site", "step"], band,
+                             smoothing, max_points)
+    cols = [c for c in SERIES_COLUMNS if c in df]
     rows = with_label(df.loc[(df["metric"] == metric) & (df["site"] == site), cols])
     keys = ["method", "label", "layer", "step"]
     if client:
@@ -279,7 +288,7 @@ def _client_frame(rows: pd.DataFrame, keys: list[str], band: str | None, smoothi
     positive = values[np.isfinite(values) & (values > 0)]
     agg["floor"] = float(positive.min()) if len(positive) else np.nan
     agg["top"] = float(positive.max()) if len(positive) else np.nan
-    return downsample(agg, max_points, by=["method", "label", "layer"])
+    return downsample(agg, max_points, by=keys[:-1])
 
 
 HOVER_STEPS = 150  # hover rules per panel at most (one per step, the steps thinned evenly)
@@ -368,6 +377,8 @@ def curve_data(df: pd.DataFrame, panels: tuple[str, ...], band: str | None
                ) -> tuple[pd.DataFrame, list[str]]:
     """The one dataset of :func:`curve_layers`'s chart: the curves' rows (each with its
     ``curve``) and the hover rows (:func:`hover_rows`); and the labels the tooltips list."""
+    if "site" in df.columns:  # every site's rows (the browser keeps one): tips per site
+        panels = (*panels, "site")
     if "tip_value" in df.columns:  # client=True rows: the tooltips say the server's values
         said = df.drop(columns=["value", "lo", "hi", "raw"], errors="ignore").rename(
             columns={"tip_value": "value", "tip_lo": "lo", "tip_hi": "hi"})
@@ -477,7 +488,8 @@ def _client_layers(df: pd.DataFrame, rows: pd.DataFrame, labels: list[str], *, y
     layers.append(_hover_layer(df, panels, labels, hover))
     fields = {"value": "sv", **({"lo": "slo", "hi": "shi"} if band else {})}
     groupby = ["curve"] + [c for c in ("layer",) if c in df.columns]
-    steps = vp.transforms(fields, groupby, loggable, floor=("slo",))
+    steps = vp.transforms(fields, groupby, loggable, floor=("slo",),
+                          any_site="site" in df.columns)
     steps.append({"calculate": f"{vp.LOG} && !(datum.value > 0) ? null : datum.value",
                   "as": "rv"} if loggable else {"calculate": "datum.value", "as": "rv"})
     chart = alt.layer(*layers, data=rows, transform=steps)

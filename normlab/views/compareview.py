@@ -30,10 +30,12 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+from normlab.measure.schema import ACT_SITES
 from normlab.training.config import ConfigError, RunConfig
 from normlab.views.frames import run_methods, run_seeds, with_methods
 from normlab.runs.store import FINISHED, NotFound, Store
 from normlab.views.urlstate import View, default_methods
+from normlab.views.viewparams import ANY_SITE
 
 FRAMEWORK_LATEX = r"h = f\!\left(g \cdot \frac{x - \mu}{\sigma} + b\right)"
 
@@ -477,15 +479,21 @@ def relevant_view(spec: ChartSpec, view: View, n_seeds: int, client: bool = Fals
     return View(layout=view.layout, log=view.log and spec.loggable and not client,
                 smooth=view.smooth,
                 band=view.band if n_seeds > 1 else "none",
-                site=view.site if spec.site == "site" else "post_act", present=view.present)
+                site=view.site if spec.site == "site" and not client else "post_act",
+                present=view.present)
 
 
-def group_request(group: str, view: View) -> tuple[list[str], list[str]]:
-    """(metrics, sites) a chart group needs from the store."""
+def group_request(group: str, view: View, client: bool = False
+                  ) -> tuple[list[str], list[str]]:
+    """(metrics, sites) a chart group needs from the store (``client``: every activation
+    site for the charts that follow the site option, which the browser then picks)."""
     metrics, sites = set(), set()
     for spec in CHART_GROUPS[group]:
         metrics.update(("saturated", "dead") if spec.metric == "saturation" else (spec.metric,))
-        sites.add(view.site if spec.site == "site" else spec.site)
+        if spec.site == "site" and client:
+            sites.update(ACT_SITES)
+        else:
+            sites.add(view.site if spec.site == "site" else spec.site)
     return sorted(metrics), sorted(sites)
 
 
@@ -514,7 +522,11 @@ def plan_chart(frame: pd.DataFrame, spec: ChartSpec, view: View, n_seeds: int,
     if metric == "saturation":
         found = frame.loc[frame["site"] == site, "metric"].astype(str).unique()
         metric = "saturated" if "saturated" in found else "dead"
-    rows = frame[(frame["metric"] == metric) & (frame["site"] == site)]
+    if client and spec.site == "site":  # the browser picks the site (viewparams.SITE)
+        site = ANY_SITE
+        rows = frame[(frame["metric"] == metric) & frame["site"].isin(ACT_SITES)]
+    else:
+        rows = frame[(frame["metric"] == metric) & (frame["site"] == site)]
     if rows.empty:
         return None
     n_labels, n_layers = rows["label"].nunique(), rows["layer"].nunique()
@@ -531,7 +543,11 @@ def plan_chart(frame: pd.DataFrame, spec: ChartSpec, view: View, n_seeds: int,
         spec.site == "site" and spec.per_layer) else {}
     # a point budget per chart: the browser draws every point (line + hover targets)
     per_series = POINT_BUDGET // max(1, n_labels * n_layers)
-    kwargs = dict(title=spec.title, layout=view.layout, **extra,
+    title = spec.title
+    if site == ANY_SITE:  # the site the browser shows, in words
+        from normlab.views.viewparams import site_title
+        title = site_title(spec.title)
+    kwargs = dict(title=title, layout=view.layout, **extra,
                   log=spec.loggable and (client or view.log), band=band,
                   smoothing=view.smooth, **({"client": True} if client else {}),
                   columns=None if spec.per_layer and view.layout == "side" else columns,

@@ -17,6 +17,7 @@ on its rows only through a few things — the methods, labels, layers and seeds 
 """
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 
@@ -59,7 +60,8 @@ def chart_key(frame: pd.DataFrame, spec: ChartSpec, view: View, *, n_seeds: int 
     if plan is None:
         return None
     builder, rows, metric, site, kwargs, fitting = plan
-    options = {k: v for k, v in kwargs.items() if k not in ("smoothing", "max_points")}
+    options = {k: json.dumps(v, sort_keys=True) if isinstance(v, dict) else v  # a title
+               for k, v in kwargs.items() if k not in ("smoothing", "max_points")}
     fixed_site = None if spec.site == "site" else site
     shown = tuple((c, _names(rows[c])) for c in SHAPE_COLUMNS if c in rows.columns)
     return (spec.key, builder.__name__, metric, fixed_site, tuple(sorted(options.items())),

@@ -29,23 +29,30 @@ then sends the same state; the spec names the options only in that fallback.
 """
 from __future__ import annotations
 
+import json
 import math
 
-LOG, SMOOTH = "nl_log", "nl_smooth"  # the params the charts read
+from normlab.measure.schema import ACT_SITES
+
+LOG, SMOOTH, SITE = "nl_log", "nl_smooth", "nl_site"  # the params the charts read
+ANY_SITE = "*"  # a builder's site when the browser picks it (rows of every ACT_SITES site)
 TICKS = "nl_log_ticks"  # a param holding LOG_TICKS (one copy per tab, not one per axis)
 ROWS = "__normlab_rows__"  # a chart's dataset in its expressions until named (name_rows)
 SPAN = 5  # a log axis is ticked at 1-2-5 when its values span this factor, else evenly
-ELEMENTS = {LOG: "nl-view-log", SMOOTH: "nl-view-smooth"}  # ids of the page's hidden inputs
+ELEMENTS = {LOG: "nl-view-log", SMOOTH: "nl-view-smooth",  # ids of the page's hidden
+            SITE: "nl-view-site"}  # inputs
 # a log axis's ticks: 1, 2 and 5 per decade (Vega keeps those inside the scale's range)
 LOG_TICKS = [float(f"{m}e{e}") for e in range(-15, 16) for m in (1, 2, 5)]
 LOG_CONSTANT, LINEAR_CONSTANT = 1e-30, 1e30  # the symlog constant making it log / linear
 DIGITS = 17  # the smoothing's sums leave out terms under 10^-DIGITS of the rest
 
 
-def params(log: bool = False, smooth: float = 0.0) -> list[dict]:
-    """The params of a chart that follows the two options; ``log`` and ``smooth``:
+def params(log: bool = False, smooth: float = 0.0, site: str = "post_act") -> list[dict]:
+    """The params of a chart that follows the options; ``log``, ``smooth`` and ``site``:
     the values drawn when the page gives none (the server's view)."""
     return [
+        {"name": f"{SITE}_in", "value": "", "bind": {"element": f"#{ELEMENTS[SITE]}"}},
+        {"name": SITE, "expr": _site_expr(site)},
         {"name": TICKS, "value": LOG_TICKS},
         {"name": f"{LOG}_in", "value": "", "bind": {"element": f"#{ELEMENTS[LOG]}"}},
         {"name": LOG, "expr": _log_expr(log)},
@@ -58,6 +65,21 @@ def _log_expr(log: bool) -> str:
     return f"{LOG}_in === 'on' ? true : {LOG}_in === 'off' ? false : {str(bool(log)).lower()}"
 
 
+def _site_expr(site: str) -> str:
+    return (f"indexof({list(ACT_SITES)}, {SITE}_in) >= 0 ? {SITE}_in "
+            f": {json.dumps(str(site))}")
+
+
+SITE_WORDS = {"pre_norm": "before the norm", "post_norm": "after the norm",
+              "post_act": "after the activation"}
+
+
+def site_title(title: str) -> dict:
+    """A chart title naming the site :data:`SITE` picks, e.g. 'Activation mean per layer,
+    after the norm' (Vega-Lite writes it: a site change draws no new spec)."""
+    return {"text": {"expr": f"{json.dumps(title + ', ')} + {json.dumps(SITE_WORDS)}[{SITE}]"}}
+
+
 def _smooth_expr(smooth: float) -> str:
     # a number in [0, 0.99] from the page, else the server's
     v = f"toNumber({SMOOTH}_in)"
@@ -65,10 +87,13 @@ def _smooth_expr(smooth: float) -> str:
             f": {float(smooth)!r}")
 
 
-def set_view(spec: dict, *, log: bool, smooth: float) -> dict:
+def set_view(spec: dict, *, log: bool, smooth: float, site: str = "post_act") -> dict:
     """``spec`` (a composed tab, :func:`normlab.views.linked.compose`) with the server's
-    log scale and smoothing as the params' fallback values; in place, returned."""
+    log scale, smoothing and activation site as the params' fallback values; in place,
+    returned."""
     for param in spec.get("params") or []:
+        if param.get("name") == SITE:
+            param["expr"] = _site_expr(site)
         if param.get("name") == LOG:
             param["expr"] = _log_expr(log)
         elif param.get("name") == SMOOTH:
@@ -119,15 +144,17 @@ def name_rows(spec: dict, name: str) -> dict:
 
 
 def transforms(fields: dict[str, str], groupby: list[str], loggable: bool,
-               floor: tuple[str, ...] = ()) -> list[dict]:
+               floor: tuple[str, ...] = (), any_site: bool = False) -> list[dict]:
     """Vega-Lite transforms writing, per source field → output field of ``fields``, the
     value drawn: smoothed by :data:`SMOOTH` (per ``groupby`` series, in order of the rows'
     ``k``) and, when ``loggable`` and :data:`LOG`, null where ≤ 0 — except the ``floor``
     fields (a band's low edge), clipped up to the rows' ``floor`` instead (the smallest
     positive value of the chart, written by the server: a ``joinaggregate`` of the whole
-    chart fails to compile inside a facet). Non-finite values stay null."""
+    chart fails to compile inside a facet). Non-finite values stay null. ``any_site``: the
+    rows are of every activation site, and those of :data:`SITE` are kept first."""
     b = f"(2 * ceil({DIGITS} * LN10 / -log({SMOOTH})))"  # B, the restart period (even)
-    out: list[dict] = [
+    out: list[dict] = [{"filter": f"datum.site === {SITE}"}] if any_site else []
+    out += [
         {"calculate": f"{SMOOTH} > 0 ? {b} : 1", "as": "_B"},
         {"calculate": "floor(datum.k / datum._B)", "as": "_sa"},
         {"calculate": "floor((datum.k + datum._B / 2) / datum._B)", "as": "_sb"},
