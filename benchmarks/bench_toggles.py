@@ -2,7 +2,7 @@
 charts drawn, for 9 runs of the quick start — finished, and while a longer copy of it trains.
 
     python benchmarks/bench_toggles.py [--repeats 5] [--phases finished,training]
-                                       [--baseline GIT_REF]
+                                       [--baseline GIT_REF] [--split]
 
 A fresh ``streamlit run dashboard.py`` on a temp store (as ``tests/test_browser.py``'s
 ``_serve``), with ``--baseline`` a second one of that commit's tree on the same store,
@@ -122,16 +122,33 @@ DONE = {
 }
 
 
+# ``--split``: every websocket message the page receives, stamped (performance.now(), size)
+WS_JS = """() => { const Real = window.WebSocket; window.__ws = [];
+  window.WebSocket = class extends Real { constructor(...a) { super(...a);
+    this.addEventListener('message', m => window.__ws.push(
+      [performance.now(), m.data.byteLength || m.data.size || m.data.length || 0])); } }; }"""
+SPLITS: dict[str, list[tuple[float, float, float]]] = {}  # toggle -> (first, biggest, done)
+
+
 def _timed(page, action, toggle: str, timeout: float = 60_000, arm: bool = True) -> float:
     """Seconds from the input event ``action`` fires to ``DONE[toggle]`` holding (``arm``:
-    the next input event is the toggle; else ``action`` arms the listener itself)."""
+    the next input event is the toggle; else ``action`` arms the listener itself). With
+    ``--split`` (the websocket stamped), also when the server's first and largest
+    messages arrived after it (:data:`SPLITS`)."""
     page.evaluate(SIG_JS)
     page.evaluate(ARM_JS if arm else "() => { window.__t0 = null; }")
     action()
     handle = page.wait_for_function(
         f"() => {{ {VISIBLE} return window.__t0 !== null && {_done(toggle)} "
         "&& performance.now() - window.__t0; }", polling=POLL_MS, timeout=timeout)
-    return handle.json_value() / 1000
+    took = handle.json_value() / 1000
+    got = page.evaluate("() => window.__ws ? window.__ws.filter(m => m[0] >= window.__t0)"
+                        ".map(m => [m[0] - window.__t0, m[1]]) : null")
+    if got is not None:
+        first = got[0][0] / 1000 if got else float("nan")
+        big = max(got, key=lambda m: m[1])[0] / 1000 if got else float("nan")
+        SPLITS.setdefault(toggle, []).append((first, big, took))
+    return took
 
 
 def _settled(page, toggle: str, timeout: float = 60_000) -> None:
@@ -255,6 +272,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--phases", default="finished,training")
     parser.add_argument("--train-steps", type=int, default=20_000)
+    parser.add_argument("--split", action="store_true",
+                        help="also print, per toggle, when the server's first and largest "
+                             "messages arrived (medians): server time against drawing")
     parser.add_argument("--baseline", metavar="GIT_REF",
                         help="also serve this commit's dashboard (or a folder's tree) on "
                              "the same store and alternate the repeats between the two "
@@ -297,6 +317,9 @@ def main() -> None:
         stack.callback(browser.close)
         pages = {name: browser.new_page(viewport={"width": 1600, "height": 1000})
                  for name in roots}
+        if args.split:
+            for page in pages.values():
+                page.add_init_script(f"({WS_JS})()")
         for phase in phases:
             ids = []
             if phase == "finished":
@@ -329,6 +352,12 @@ def main() -> None:
         for toggle, ts in times.items():
             print(f"  {toggle:15s} {statistics.median(ts):.2f} s   "
                   f"(min {min(ts):.2f}, max {max(ts):.2f})")
+    if SPLITS:
+        print("\nmedians over every phase, s after the input: the server's first message, "
+              "its largest (the charts), drawn")
+        for toggle, rows in SPLITS.items():
+            first, big, done = (statistics.median(c) for c in zip(*rows))
+            print(f"  {toggle:15s} {first:.2f}  {big:.2f}  {done:.2f}")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,12 @@ layered on it):
   inside it); small multiples get a fixed panel size that the page fits to its column
   (:func:`normlab.views.compareview.fit`) and their legend below them;
 * ``log=True`` for quantities spanning decades (loss, gradient norms): non-positive values
-  cannot be drawn on a log axis and are dropped; ticks are labelled at 1, 2 and 5 per decade.
+  cannot be drawn on a log axis and are dropped; ticks are labelled at 1, 2 and 5 per decade;
+* ``client=True`` (the Compare page's live charts): the rows go unsmoothed and unmasked
+  (every activation site's, for a chart built for ``viewparams.ANY_SITE``), and the
+  browser applies the smoothing, the log scale and the site from Vega-Lite params
+  (:mod:`normlab.views.viewparams`); ``log`` then says whether the chart follows the log
+  option.
 
 :func:`to_image` renders any chart to PNG or SVG with vl-convert, for download buttons.
 """
@@ -461,8 +466,8 @@ def _client_layers(df: pd.DataFrame, rows: pd.DataFrame, labels: list[str], *, y
                    loggable: bool, band: str | None, panels: tuple[str, ...],
                    below: bool) -> alt.LayerChart:
     """:func:`curve_layers` with ``client=True``: the same layers over the fields the
-    browser computes (``sv`` the value drawn, ``slo``/``shi`` the band, ``rv`` the raw
-    curve; :func:`normlab.views.viewparams.transforms`)."""
+    browser computes (``sv`` the value drawn, ``slo``/``shi`` the band:
+    :func:`normlab.views.viewparams.transforms`; the raw curve draws ``value``)."""
     from normlab.views import viewparams as vp
 
     pick, hover = legend_pick(colour_field(df)), hover_step()
@@ -482,16 +487,15 @@ def _client_layers(df: pd.DataFrame, rows: pd.DataFrame, labels: list[str], *, y
             y=y("slo"), y2="shi:Q", opacity=faded(pick, 0.22, 0.03)))
     # the raw curve, faint, behind the smoothed one (TensorBoard's), while smoothing
     layers.append(base.mark_line(strokeWidth=1, clip=True).encode(
-        y=y("rv"), opacity=faded(pick, RAW_OPACITY, 0.04))
-        .transform_filter(f"{vp.SMOOTH} > 0 && datum.rv != null"))
+        y=y("value"), opacity=faded(pick, RAW_OPACITY, 0.04))
+        .transform_filter(f"{vp.SMOOTH} > 0 && isValid(datum.value)"
+                          + (f" && (!{vp.LOG} || datum.value > 0)" if loggable else "")))
     layers.append(line.add_params(pick, zoom_steps()))
     layers.append(_hover_layer(df, panels, labels, hover))
     fields = {"value": "sv", **({"lo": "slo", "hi": "shi"} if band else {})}
     groupby = ["curve"] + [c for c in ("layer",) if c in df.columns]
     steps = vp.transforms(fields, groupby, loggable, floor=("slo",),
                           any_site="site" in df.columns)
-    steps.append({"calculate": f"{vp.LOG} && !(datum.value > 0) ? null : datum.value",
-                  "as": "rv"} if loggable else {"calculate": "datum.value", "as": "rv"})
     chart = alt.layer(*layers, data=rows, transform=steps)
     for param in vp.params():
         bind = param.get("bind")
@@ -538,7 +542,19 @@ def metric_chart(df: pd.DataFrame, metric: str, site: str, *, layout: str = "ove
                  .facet(facet=alt.Facet(f"{field}:N", sort=panels, title=None),
                         columns=columns or min(len(panels), 4) or 1)
                  .resolve_scale(x="shared", y="shared"))
+        chart = hoisted(chart)
     return style(chart, title)
+
+
+def hoisted(chart):
+    """A facet of a ``client=True`` chart with its inner transforms applied before the
+    facet: the browser then runs them once for the chart, not once per panel (each panel
+    of a facet gets its own copy of its inner spec's dataflow). They group by curve and
+    layer, so the result is the same."""
+    if isinstance(chart, alt.FacetChart) and chart.spec.transform is not alt.Undefined:
+        steps, chart.spec.transform = chart.spec.transform, alt.Undefined
+        chart.transform = steps
+    return chart
 
 
 def to_image(chart: alt.TopLevelMixin, fmt: str = "png", *, scale: float = 2.0) -> bytes:

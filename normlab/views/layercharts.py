@@ -23,7 +23,8 @@ import pandas as pd
 
 from normlab.views.charts import (MAX_POINTS, PANEL_HEIGHT, PANEL_WIDTH, WIDE_HEIGHT,
                                   WIDE_WIDTH, axis_title, colour_field, curve_data,
-                                  curve_layers, dash, faded, hover_pick, legend_pick,
+                                  curve_layers, dash, faded, hoisted, hover_pick,
+                                  legend_pick,
                                   method_color, run_field, run_row, series_frame, style,
                                   with_label, zoom_steps)
 from normlab.views.frames import (downsample, hist_step_frame, hist_time_frame, natural_order,
@@ -69,7 +70,7 @@ def layer_chart(df: pd.DataFrame, metric: str, site: str, *, layout: str = "over
         chart = chart.properties(width=WIDE_WIDTH, height=WIDE_HEIGHT).facet(
             facet=alt.Facet("layer:N", sort=layers, title=None),
             columns=columns or min(len(layers), 3) or 1)
-    return style(chart.resolve_scale(x="shared", y="shared"), title)
+    return style(hoisted(chart.resolve_scale(x="shared", y="shared")), title)
 
 
 def percentile_chart(df: pd.DataFrame, site: str, *, title: str | None = None,

@@ -37,6 +37,7 @@ from normlab.measure.schema import ACT_SITES
 LOG, SMOOTH, SITE = "nl_log", "nl_smooth", "nl_site"  # the params the charts read
 ANY_SITE = "*"  # a builder's site when the browser picks it (rows of every ACT_SITES site)
 TICKS = "nl_log_ticks"  # a param holding LOG_TICKS (one copy per tab, not one per axis)
+RESTART = "nl_restart"  # a param: the smoothing's running sums restart every this many points
 ROWS = "__normlab_rows__"  # a chart's dataset in its expressions until named (name_rows)
 SPAN = 5  # a log axis is ticked at 1-2-5 when its values span this factor, else evenly
 ELEMENTS = {LOG: "nl-view-log", SMOOTH: "nl-view-smooth",  # ids of the page's hidden
@@ -58,6 +59,8 @@ def params(log: bool = False, smooth: float = 0.0, site: str = "post_act") -> li
         {"name": LOG, "expr": _log_expr(log)},
         {"name": f"{SMOOTH}_in", "value": "", "bind": {"element": f"#{ELEMENTS[SMOOTH]}"}},
         {"name": SMOOTH, "expr": _smooth_expr(smooth)},
+        {"name": RESTART, "expr": f"{SMOOTH} > 0 ? 2 * ceil({DIGITS} * LN10 / -log({SMOOTH})) "
+                                  ": 1"},
     ]
 
 
@@ -151,45 +154,43 @@ def transforms(fields: dict[str, str], groupby: list[str], loggable: bool,
     fields (a band's low edge), clipped up to the rows' ``floor`` instead (the smallest
     positive value of the chart, written by the server: a ``joinaggregate`` of the whole
     chart fails to compile inside a facet). Non-finite values stay null. ``any_site``: the
-    rows are of every activation site, and those of :data:`SITE` are kept first."""
-    b = f"(2 * ceil({DIGITS} * LN10 / -log({SMOOTH})))"  # B, the restart period (even)
+    rows are of every activation site, and those of :data:`SITE` are kept first.
+
+    The browser interprets each ``calculate`` per row (Streamlit's Vega runs without
+    ``eval``), so they are few: the restart period is a param, the smoothing's weights are
+    shared by the fields (a band's edges are finite where its mean is), the log mask is
+    part of each output, and without smoothing every weight short-circuits to 0."""
+    r, w = RESTART, SMOOTH
+    ok = "isValid(datum.value) && isFinite(datum.value)"
     out: list[dict] = [{"filter": f"datum.site === {SITE}"}] if any_site else []
-    out += [
-        {"calculate": f"{SMOOTH} > 0 ? {b} : 1", "as": "_B"},
-        {"calculate": "floor(datum.k / datum._B)", "as": "_sa"},
-        {"calculate": "floor((datum.k + datum._B / 2) / datum._B)", "as": "_sb"},
-        {"calculate": "datum.k - datum._sa * datum._B", "as": "_pa"},
-        {"calculate": "datum.k - datum._sb * datum._B + datum._B / 2", "as": "_pb"},
-        {"calculate": f"{SMOOTH} > 0 ? pow({SMOOTH}, -datum._pa) : 0", "as": "_wa"},
-        {"calculate": f"{SMOOTH} > 0 ? pow({SMOOTH}, -datum._pb) : 0", "as": "_wb"},
+    out += [  # the two staggered restarts a row is in, and its weight w^-(place in them)
+        {"calculate": f"{w} > 0 ? floor(datum.k / {r}) : 0", "as": "_sa"},
+        {"calculate": f"{w} > 0 ? floor((datum.k + {r} / 2) / {r}) : 0", "as": "_sb"},
+        {"calculate": f"{w} > 0 && {ok} ? pow({w}, -(datum.k % {r})) : 0", "as": "_wa"},
+        {"calculate": f"{w} > 0 && {ok} ? pow({w}, -((datum.k + {r} / 2) % {r})) : 0",
+         "as": "_wb"},
     ]
-    sums = []
-    for src in fields:
-        ok = f"isValid(datum.{src}) && isFinite(datum.{src})"
-        for seg in ("a", "b"):
-            out.append({"calculate": f"{ok} ? datum._w{seg} * datum.{src} : 0",
-                        "as": f"_x{seg}_{src}"})
-            out.append({"calculate": f"{ok} ? datum._w{seg} : 0", "as": f"_v{seg}_{src}"})
-            sums += [{"op": "sum", "field": f"_x{seg}_{src}", "as": f"_X{seg}_{src}"},
-                     {"op": "sum", "field": f"_v{seg}_{src}", "as": f"_V{seg}_{src}"}]
     for seg in ("a", "b"):
-        out.append({"window": [s for s in sums if s["as"][2] == seg],
-                    "groupby": [*groupby, f"_s{seg}"], "sort": [{"field": "k"}],
-                    "frame": [None, 0]})
+        sums = [{"op": "sum", "field": f"_w{seg}", "as": f"_V{seg}"}]
+        for src in fields:
+            out.append({"calculate": f"datum._w{seg} > 0 ? datum._w{seg} * datum.{src} : 0",
+                        "as": f"_x{seg}_{src}"})
+            sums.append({"op": "sum", "field": f"_x{seg}_{src}", "as": f"_X{seg}_{src}"})
+        out.append({"window": sums, "groupby": [*groupby, f"_s{seg}"],
+                    "sort": [{"field": "k"}], "frame": [None, 0]})
+    # the restart that began at least B/2 points back (or at the series' start)
+    use_a = f"(datum._sa == 0 || datum.k % {r} >= {r} / 2)"
     for src, dst in fields.items():
-        ok = f"isValid(datum.{src}) && isFinite(datum.{src})"
-        # the restart that began at least B/2 points back (or at the series' start)
-        use_a = "(datum._sa == 0 || datum._pa >= datum._B / 2)"
-        smoothed = (f"({use_a} ? datum._Xa_{src} / datum._Va_{src} "
-                    f": datum._Xb_{src} / datum._Vb_{src})")
-        out.append({"calculate": f"!({ok}) ? null : {SMOOTH} > 0 ? {smoothed} : datum.{src}",
-                    "as": dst})
-    if loggable:
-        for dst in fields.values():
-            masked = (f"max(datum.{dst}, datum.floor)" if dst in floor
-                      else f"(datum.{dst} > 0 ? datum.{dst} : null)")
-            out.append({"calculate": f"{LOG} && datum.{dst} != null ? {masked} : datum.{dst}",
-                        "as": dst})
+        valid = f"isValid(datum.{src}) && isFinite(datum.{src})"
+        value = (f"({w} > 0 ? ({use_a} ? datum._Xa_{src} / datum._Va "
+                 f": datum._Xb_{src} / datum._Vb) : datum.{src})")
+        if not loggable:
+            drawn = value
+        elif dst in floor:
+            drawn = f"({LOG} ? max({value}, datum.floor) : {value})"
+        else:
+            drawn = f"({LOG} && !({value} > 0) ? null : {value})"
+        out.append({"calculate": f"!({valid}) ? null : {drawn}", "as": dst})
     return out
 
 
