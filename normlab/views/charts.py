@@ -496,13 +496,21 @@ def _client_layers(df: pd.DataFrame, rows: pd.DataFrame, labels: list[str], *, y
     groupby = ["curve"] + [c for c in ("layer",) if c in df.columns]
     steps = vp.transforms(fields, groupby, loggable, floor=("slo",),
                           any_site="site" in df.columns)
-    chart = alt.layer(*layers, data=rows, transform=steps)
-    for param in vp.params():
-        bind = param.get("bind")
-        chart = chart.add_params(alt.param(
-            **{k: v for k, v in param.items() if k != "bind"},
-            **({"bind": alt.BindDirect(element=bind["element"])} if bind else {})))
-    return chart
+    # the options' params are added last (view_params): each later copy of a chart by
+    #   Altair (a facet, every configure_* of style) re-combines its params
+    return alt.layer(*layers, data=rows, transform=steps)
+
+
+def view_params(chart):
+    """A ``client=True`` chart (built, faceted and styled) with the params its transforms
+    read (:func:`normlab.views.viewparams.params`), added in one call."""
+    from normlab.views import viewparams as vp
+
+    return chart.add_params(*[
+        alt.param(**{k: v for k, v in p.items() if k != "bind"},
+                  **({"bind": alt.BindDirect(element=p["bind"]["element"])}
+                     if "bind" in p else {}))
+        for p in vp.params()])
 
 
 # ----------------------------------------------------------------------------- builders
@@ -543,7 +551,8 @@ def metric_chart(df: pd.DataFrame, metric: str, site: str, *, layout: str = "ove
                         columns=columns or min(len(panels), 4) or 1)
                  .resolve_scale(x="shared", y="shared"))
         chart = hoisted(chart)
-    return style(chart, title)
+    chart = style(chart, title)
+    return view_params(chart) if client else chart
 
 
 def hoisted(chart):

@@ -26,7 +26,7 @@ from normlab.views.charts import (MAX_POINTS, PANEL_HEIGHT, PANEL_WIDTH, WIDE_HE
                                   curve_layers, dash, faded, hoisted, hover_pick,
                                   legend_pick,
                                   method_color, run_field, run_row, series_frame, style,
-                                  with_label, zoom_steps)
+                                  view_params, with_label, zoom_steps)
 from normlab.views.frames import (downsample, hist_step_frame, hist_time_frame, natural_order,
                             percentile_frame, unit_frame)
 
@@ -70,7 +70,8 @@ def layer_chart(df: pd.DataFrame, metric: str, site: str, *, layout: str = "over
         chart = chart.properties(width=WIDE_WIDTH, height=WIDE_HEIGHT).facet(
             facet=alt.Facet("layer:N", sort=layers, title=None),
             columns=columns or min(len(layers), 3) or 1)
-    return style(hoisted(chart.resolve_scale(x="shared", y="shared")), title)
+    chart = style(hoisted(chart.resolve_scale(x="shared", y="shared")), title)
+    return view_params(chart) if client else chart
 
 
 def percentile_chart(df: pd.DataFrame, site: str, *, title: str | None = None,
