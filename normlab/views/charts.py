@@ -256,13 +256,15 @@ def series_frame(df: pd.DataFrame, metric: str, site: str, *, band: str | None,
     if client and site == ANY_SITE:  # every activation site: the browser keeps one
         rows = with_label(df.loc[(df["metric"] == metric) & df["site"].isin(ACT_SITES),
                                  [c for c in SERIES_COLUMNS + ("site",) if c in df]])
-        return _client_frame(rows, ["method", "label", "layer", "site", "step"], band,
-                             smoothing, max_points)
+        from normlab.views.clientcurves import client_frame
+        return client_frame(rows, ["method", "label", "layer", "site", "step"], band,
+                            smoothing, max_points)
     cols = [c for c in SERIES_COLUMNS if c in df]
     rows = with_label(df.loc[(df["metric"] == metric) & (df["site"] == site), cols])
     keys = ["method", "label", "layer", "step"]
     if client:
-        return _client_frame(rows, keys, band, smoothing, max_points)
+        from normlab.views.clientcurves import client_frame
+        return client_frame(rows, keys, band, smoothing, max_points)
     agg = aggregate_seeds(smooth(rows, smoothing) if smoothing else rows, band=band, by=keys)
     if smoothing:
         raw = aggregate_seeds(rows, band=None, by=keys)
@@ -274,26 +276,6 @@ def series_frame(df: pd.DataFrame, metric: str, site: str, *, band: str | None,
     if log:
         agg = agg.assign(raw=agg["raw"].where(agg["raw"] > 0))
     return log_safe(agg) if log else agg
-
-
-def _client_frame(rows: pd.DataFrame, keys: list[str], band: str | None, smoothing: float,
-                  max_points: int) -> pd.DataFrame:
-    """:func:`series_frame`'s rows with ``client=True``."""
-    agg = aggregate_seeds(rows, band=band, by=keys)  # sorted by series, then step
-    finite = np.isfinite(agg["value"].to_numpy(dtype=float))
-    series = agg.groupby(keys[:-1], sort=False, observed=True, dropna=False).ngroup()
-    agg["k"] = pd.Series(finite.astype(np.int64)).groupby(series.to_numpy()).cumsum() - 1
-    tips = aggregate_seeds(smooth(rows, smoothing), band=band, by=keys) if smoothing else agg
-    for c in ("value", "lo", "hi"):
-        if c in agg:
-            agg[f"tip_{c}"] = tips[c].to_numpy() if len(tips) == len(agg) else np.nan
-    # the smallest positive and the largest value: a log scale's floor for the band's low
-    #   edge, and whether its axis is ticked at 1-2-5 (viewparams.transforms, y_axis)
-    values = agg["value"].to_numpy(dtype=float)
-    positive = values[np.isfinite(values) & (values > 0)]
-    agg["floor"] = float(positive.min()) if len(positive) else np.nan
-    agg["top"] = float(positive.max()) if len(positive) else np.nan
-    return downsample(agg, max_points, by=keys[:-1])
 
 
 HOVER_STEPS = 150  # hover rules per panel at most (one per step, the steps thinned evenly)
@@ -415,8 +397,9 @@ def curve_layers(df: pd.DataFrame, *, y_title: str, log: bool, band: str | None,
     pick, hover = legend_pick(field), hover_step()
     rows, labels = curve_data(df, panels, band)
     if client:
-        return _client_layers(df, rows, labels, y_title=y_title, loggable=log, band=band,
-                              panels=panels, below=below)
+        from normlab.views.clientcurves import client_layers
+        return client_layers(df, rows, labels, y_title=y_title, loggable=log, band=band,
+                             panels=panels, below=below)
     y = y_enc("value:Q", y_title, log)
     # the hover rows have no value: they draw nothing on the curves' layers (left there
     #   unfiltered: a filter per layer costs each layer its own copy of the data per panel,
@@ -443,11 +426,11 @@ def curve_layers(df: pd.DataFrame, *, y_title: str, log: bool, band: str | None,
             .transform_filter("datum.raw != null"))
     # the mean over seeds (the run itself when there is one seed); drag/wheel zooms steps
     layers.append(line.add_params(pick, zoom_steps()))
-    layers.append(_hover_layer(df, panels, labels, hover))
+    layers.append(hover_layer(df, panels, labels, hover))
     return alt.layer(*layers, data=rows)
 
 
-def _hover_layer(df: pd.DataFrame, panels: tuple[str, ...], labels: list[str],
+def hover_layer(df: pd.DataFrame, panels: tuple[str, ...], labels: list[str],
                  hover: alt.Parameter) -> alt.Chart:
     """A rule at the step nearest the pointer, its tooltip listing the panel's runs there."""
     tooltip = [alt.Tooltip("step:Q", title="step")]
@@ -460,57 +443,6 @@ def _hover_layer(df: pd.DataFrame, panels: tuple[str, ...], labels: list[str],
         x=alt.X("step:Q", title="step"),
         opacity=alt.when(hover).then(alt.value(0.8)).otherwise(alt.value(0)),
         tooltip=tooltip).transform_filter("datum.hover").add_params(hover)
-
-
-def _client_layers(df: pd.DataFrame, rows: pd.DataFrame, labels: list[str], *, y_title: str,
-                   loggable: bool, band: str | None, panels: tuple[str, ...],
-                   below: bool) -> alt.LayerChart:
-    """:func:`curve_layers` with ``client=True``: the same layers over the fields the
-    browser computes (``sv`` the value drawn, ``slo``/``shi`` the band:
-    :func:`normlab.views.viewparams.transforms`; the raw curve draws ``value``)."""
-    from normlab.views import viewparams as vp
-
-    pick, hover = legend_pick(colour_field(df)), hover_step()
-
-    def y(field: str) -> alt.Y:
-        return alt.Y(f"{field}:Q", title=y_title, scale=alt.Scale(**vp.y_scale(loggable)),
-                     axis=alt.Axis(**vp.y_axis(loggable)))
-
-    base = alt.Chart().encode(x=alt.X("step:Q", title="step"), color=method_color(df, below),
-                              detail="curve:N")
-    line = base.mark_line(strokeWidth=2, clip=True).encode(y=y("sv"), opacity=faded(pick))
-    if (strokes := dash(df)) is not None:
-        line = line.encode(strokeDash=strokes)
-    layers = []
-    if band:  # the spread across seeds, its edges smoothed alike
-        layers.append(base.mark_area(clip=True).encode(
-            y=y("slo"), y2="shi:Q", opacity=faded(pick, 0.22, 0.03)))
-    # the raw curve, faint, behind the smoothed one (TensorBoard's), while smoothing
-    layers.append(base.mark_line(strokeWidth=1, clip=True).encode(
-        y=y("value"), opacity=faded(pick, RAW_OPACITY, 0.04))
-        .transform_filter(f"{vp.SMOOTH} > 0 && isValid(datum.value)"
-                          + (f" && (!{vp.LOG} || datum.value > 0)" if loggable else "")))
-    layers.append(line.add_params(pick, zoom_steps()))
-    layers.append(_hover_layer(df, panels, labels, hover))
-    fields = {"value": "sv", **({"lo": "slo", "hi": "shi"} if band else {})}
-    groupby = ["curve"] + [c for c in ("layer",) if c in df.columns]
-    steps = vp.transforms(fields, groupby, loggable, floor=("slo",),
-                          any_site="site" in df.columns)
-    # the options' params are added last (view_params): each later copy of a chart by
-    #   Altair (a facet, every configure_* of style) re-combines its params
-    return alt.layer(*layers, data=rows, transform=steps)
-
-
-def view_params(chart):
-    """A ``client=True`` chart (built, faceted and styled) with the params its transforms
-    read (:func:`normlab.views.viewparams.params`), added in one call."""
-    from normlab.views import viewparams as vp
-
-    return chart.add_params(*[
-        alt.param(**{k: v for k, v in p.items() if k != "bind"},
-                  **({"bind": alt.BindDirect(element=p["bind"]["element"])}
-                     if "bind" in p else {}))
-        for p in vp.params()])
 
 
 # ----------------------------------------------------------------------------- builders
@@ -550,19 +482,10 @@ def metric_chart(df: pd.DataFrame, metric: str, site: str, *, layout: str = "ove
                  .facet(facet=alt.Facet(f"{field}:N", sort=panels, title=None),
                         columns=columns or min(len(panels), 4) or 1)
                  .resolve_scale(x="shared", y="shared"))
-        chart = hoisted(chart)
     chart = style(chart, title)
-    return view_params(chart) if client else chart
-
-
-def hoisted(chart):
-    """A facet of a ``client=True`` chart with its inner transforms applied before the
-    facet: the browser then runs them once for the chart, not once per panel (each panel
-    of a facet gets its own copy of its inner spec's dataflow). They group by curve and
-    layer, so the result is the same."""
-    if isinstance(chart, alt.FacetChart) and chart.spec.transform is not alt.Undefined:
-        steps, chart.spec.transform = chart.spec.transform, alt.Undefined
-        chart.transform = steps
+    if client:  # the browser's smoothing, log scale and site (normlab.views.clientcurves)
+        from normlab.views.clientcurves import hoisted, view_params
+        chart = view_params(hoisted(chart))
     return chart
 
 

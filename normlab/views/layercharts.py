@@ -23,10 +23,9 @@ import pandas as pd
 
 from normlab.views.charts import (MAX_POINTS, PANEL_HEIGHT, PANEL_WIDTH, WIDE_HEIGHT,
                                   WIDE_WIDTH, axis_title, colour_field, curve_data,
-                                  curve_layers, dash, faded, hoisted, hover_pick,
-                                  legend_pick,
+                                  curve_layers, dash, faded, hover_pick, legend_pick,
                                   method_color, run_field, run_row, series_frame, style,
-                                  view_params, with_label, zoom_steps)
+                                  with_label, zoom_steps)
 from normlab.views.frames import (downsample, hist_step_frame, hist_time_frame, natural_order,
                             percentile_frame, unit_frame)
 
@@ -70,8 +69,11 @@ def layer_chart(df: pd.DataFrame, metric: str, site: str, *, layout: str = "over
         chart = chart.properties(width=WIDE_WIDTH, height=WIDE_HEIGHT).facet(
             facet=alt.Facet("layer:N", sort=layers, title=None),
             columns=columns or min(len(layers), 3) or 1)
-    chart = style(hoisted(chart.resolve_scale(x="shared", y="shared")), title)
-    return view_params(chart) if client else chart
+    chart = style(chart.resolve_scale(x="shared", y="shared"), title)
+    if client:  # the browser's smoothing, log scale and site (normlab.views.clientcurves)
+        from normlab.views.clientcurves import hoisted, view_params
+        chart = view_params(hoisted(chart))
+    return chart
 
 
 def percentile_chart(df: pd.DataFrame, site: str, *, title: str | None = None,
