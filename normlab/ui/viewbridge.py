@@ -76,17 +76,16 @@ _SCRIPT = """<script>(() => {
 })();</script>"""
 
 
-def script() -> str:
-    """The bridge's script (see the module docstring)."""
-    from normlab.ui.form import SITE_LABELS
-
+def script(site_labels: dict[str, str]) -> str:
+    """The bridge's script (see the module docstring); ``site_labels``: the site
+    selectbox's label of each activation site."""
     return _SCRIPT % {"ids": json.dumps(ELEMENTS), "keys": json.dumps(KEYS),
                       "max": json.dumps(SMOOTH_MAX),
-                      "sites": json.dumps({label: site for site, label in SITE_LABELS.items()}),
+                      "sites": json.dumps({label: site for site, label in site_labels.items()}),
                       "log": json.dumps(LOG), "smooth": json.dumps(SMOOTH),
                       "site": json.dumps(SITE)}
 
 
-def bridge() -> None:
+def bridge(site_labels: dict[str, str]) -> None:
     """Draw the bridge (once per page; drawn again, it only re-reads the widgets)."""
-    st.html(script(), unsafe_allow_javascript=True)
+    st.html(script(site_labels), unsafe_allow_javascript=True)

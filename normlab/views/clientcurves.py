@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from normlab.views import viewparams as vp
-from normlab.views.charts import (RAW_OPACITY, colour_field, dash, faded, hover_layer,
-                                  hover_step, legend_pick, method_color, zoom_steps)
+from normlab.views.chartparts import (RAW_OPACITY, colour_field, dash, faded, hover_layer,
+                                      hover_step, legend_pick, method_color, zoom_steps)
 from normlab.views.frames import aggregate_seeds, downsample, smooth
 
 

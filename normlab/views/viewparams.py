@@ -1,9 +1,9 @@
-"""The log scale and the smoothing of a live chart, applied in the browser: Vega-Lite params.
+"""The log scale, smoothing and activation site of a live chart, applied in the browser.
 
 A view toggle that reruns the page waits for the live poll in progress and for the server
 to send the tab again; while runs train on a 2-core machine that took 0.5–1.3 s. A Compare
-chart built with ``client=True`` (:func:`normlab.views.charts.curve_layers`) instead draws
-its rows unsmoothed and unmasked and leaves the two options to Vega-Lite:
+chart built with ``client=True`` (:mod:`normlab.views.clientcurves`) instead draws its
+rows unsmoothed and unmasked and leaves three options to Vega-Lite params:
 
 * :data:`LOG` — a y scale that is logarithmic or linear by an expression: a ``symlog``
   scale whose constant is tiny (``log1p(x/c)`` is then ``log(x) − log(c)``: a log scale up
@@ -20,6 +20,9 @@ its rows unsmoothed and unmasked and leaves the two options to Vega-Lite:
   staggered restarts that began at least B/2 points before it (the terms left out weigh
   under 10⁻¹⁷ of the rest). ``k`` counts a series' finite points before the rows were
   thinned for display, so a thinned curve is smoothed at the same rate.
+* :data:`SITE` — the activation site: a chart built for :data:`ANY_SITE` holds the rows
+  of every site and keeps those of the picked one; its title names it
+  (:func:`site_title`).
 
 Each option is two params: ``<name>_in``, bound to a hidden element of the page (the
 Streamlit widget's state, mirrored there by :mod:`normlab.ui.viewbridge`: a toggle redraws
