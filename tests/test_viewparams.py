@@ -224,3 +224,21 @@ def test_a_tab_has_one_copy_of_each_option_and_the_server_sets_its_fallback():
     exprs = {p["name"]: p["expr"] for p in tab["params"] if "expr" in p}
     assert exprs[vp.LOG].endswith(": true") and exprs[vp.SMOOTH].endswith(": 0.75")
     assert _ticks(tab, log=True)[0] != _ticks(tab, log=False)[0]
+
+
+def test_the_site_is_picked_in_the_browser_only_for_overlaid_charts():
+    """Overlaid, the live Activations charts read every site and the browser picks one;
+    side by side (a panel per method and layer) the server reads and draws the site shown,
+    and the report's charts (not live) always do."""
+    from normlab.views import compareview as views
+    from normlab.views.urlstate import View
+
+    overlay, side = View(site="post_norm"), View(site="post_norm", layout="side")
+    assert views.browser_site(overlay, True) and not views.browser_site(side, True)
+    assert not views.browser_site(overlay, False)
+    assert set(views.group_request("Activations", overlay, client=True)[1]) >= {
+        "pre_norm", "post_norm", "post_act"}
+    assert "pre_norm" not in views.group_request("Activations", side, client=True)[1]
+    spec = views.CHART_SPECS["act_mean"]
+    assert views.relevant_view(spec, overlay, 1, client=True).site == "post_act"  # any
+    assert views.relevant_view(spec, side, 1, client=True).site == "post_norm"

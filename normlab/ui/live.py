@@ -19,6 +19,7 @@ from normlab.views import viewparams
 from normlab.runs.engine import engine_pid, engine_starting, ensure_engine
 from normlab.runs.store import FINISHED, NotFound
 from normlab.views.urlstate import View
+from normlab.ui.form import SITE_LABELS
 from normlab.ui.common import (PAGE_WIDTH, POLL_SECONDS, TAB, get_store, linked_tab,
                                tab_changed)
 from normlab.ui.sweep import fields_of as sweep_fields, sweep_view
@@ -342,9 +343,13 @@ def _group(key: str, runs, group: str, view: View) -> None:
     charts = list(built())
     drawn = len(charts)
     if drawn and any(spec.site == "site" for spec, _ in charts):
-        # the charts name the site in their titles, which the browser writes
-        st.caption("Mean and variance measured at the *Activation site* chosen above; "
-                   "saturation after the activation.")
+        if views.browser_site(view, True):  # named in the titles, which the browser writes
+            st.caption("Mean and variance measured at the *Activation site* chosen above; "
+                       "saturation after the activation.")
+        else:  # side by side: the server draws the site (views.browser_site)
+            st.caption(f"Mean and variance measured **{SITE_LABELS.get(view.site, view.site)}"
+                       "** (the *Activation site* option above); saturation after the "
+                       "activation.")
     if drawn:
         halves = [not wide and not spec.per_layer for spec, _ in charts]
         tab = linked.compose([c for _, c in charts], halves, PAGE_WIDTH)

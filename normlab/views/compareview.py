@@ -479,8 +479,17 @@ def relevant_view(spec: ChartSpec, view: View, n_seeds: int, client: bool = Fals
     return View(layout=view.layout, log=view.log and spec.loggable and not client,
                 smooth=view.smooth,
                 band=view.band if n_seeds > 1 else "none",
-                site=view.site if spec.site == "site" and not client else "post_act",
+                site=view.site if spec.site == "site" and not browser_site(view, client)
+                else "post_act",
                 present=view.present)
+
+
+def browser_site(view: View, client: bool) -> bool:
+    """Whether the activation site is picked in the browser (:mod:`normlab.views.
+    viewparams`): for the live charts, overlaid. Side by side, a per-layer chart has a
+    panel per method and layer, and every site's rows would triple an already heavy tab
+    (its hover rows most: one per step and panel), so the server draws the site shown."""
+    return client and view.layout != "side"
 
 
 def group_request(group: str, view: View, client: bool = False
@@ -490,7 +499,7 @@ def group_request(group: str, view: View, client: bool = False
     metrics, sites = set(), set()
     for spec in CHART_GROUPS[group]:
         metrics.update(("saturated", "dead") if spec.metric == "saturation" else (spec.metric,))
-        if spec.site == "site" and client:
+        if spec.site == "site" and browser_site(view, client):
             sites.update(ACT_SITES)
         else:
             sites.add(view.site if spec.site == "site" else spec.site)
@@ -522,7 +531,7 @@ def plan_chart(frame: pd.DataFrame, spec: ChartSpec, view: View, n_seeds: int,
     if metric == "saturation":
         found = frame.loc[frame["site"] == site, "metric"].astype(str).unique()
         metric = "saturated" if "saturated" in found else "dead"
-    if client and spec.site == "site":  # the browser picks the site (viewparams.SITE)
+    if spec.site == "site" and browser_site(view, client):  # viewparams.SITE picks it
         site = ANY_SITE
         rows = frame[(frame["metric"] == metric) & frame["site"].isin(ACT_SITES)]
     else:
