@@ -335,7 +335,7 @@ OVERFLOW_JS = """() => {
   const right = main.getBoundingClientRect().right - parseFloat(getComputedStyle(main).paddingRight);
   return [...document.querySelectorAll('.vega-embed')].map(e => {
     const g = e.querySelector('svg, canvas');
-    if (!g) return null;
+    if (!g || e.offsetParent === null) return null;  // drawn and shown (not a hidden tab's)
     const col = e.closest('[data-testid="stColumn"]');
     const limit = col ? col.getBoundingClientRect().right : right;
     return {title: (e.closest('[data-testid="stElementContainer"]') || e).innerText.slice(0, 40),
