@@ -43,9 +43,9 @@ def client_frame(rows: pd.DataFrame, keys: list[str], band: str | None, smoothin
 def client_layers(df: pd.DataFrame, rows: pd.DataFrame, labels: list[str], *, y_title: str,
                   loggable: bool, band: str | None, panels: tuple[str, ...],
                   below: bool) -> alt.LayerChart:
-    """:func:`normlab.views.charts.curve_layers` with ``client=True``: the same layers over the fields the
-    browser computes (``sv`` the value drawn, ``slo``/``shi`` the band:
-    :func:`normlab.views.viewparams.transforms`; the raw curve draws ``value``)."""
+    """:func:`normlab.views.charts.curve_layers` with ``client=True``: the same layers
+    over the fields the browser computes (``sv`` the value drawn, ``slo``/``shi`` the
+    band: :func:`normlab.views.viewparams.transforms`; the raw curve draws ``value``)."""
     pick, hover = legend_pick(colour_field(df)), hover_step()
 
     def y(field: str) -> alt.Y:
