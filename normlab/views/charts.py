@@ -50,6 +50,7 @@ import vl_convert as vlc
 from normlab.views.frames import aggregate_seeds, downsample, natural_order, smooth
 from normlab.measure.schema import ACT_SITES
 from normlab.views.viewparams import ANY_SITE
+from normlab.views.clientcurves import client_frame, client_layers, hoisted, view_params
 from normlab.views.chartparts import (  # noqa: F401  (the shared pieces, re-exported)
     FADED, LEGEND_COLUMNS, RAW_OPACITY, colour_field, dash, faded, hover_layer, hover_pick,
     hover_step, labels_in, legend, legend_pick, log_axis, log_safe, method_color, methods_in,
@@ -93,17 +94,13 @@ def series_frame(df: pd.DataFrame, metric: str, site: str, *, band: str | None,
     viewparams.ANY_SITE`, the rows of every activation site, each with its ``site``."""
     if band not in BANDS:
         raise ValueError(f"band ({band!r}) must be one of {BANDS}")
-    if client and site == ANY_SITE:  # every activation site: the browser keeps one
-        rows = with_label(df.loc[(df["metric"] == metric) & df["site"].isin(ACT_SITES),
-                                 [c for c in SERIES_COLUMNS + ("site",) if c in df]])
-        from normlab.views.clientcurves import client_frame
-        return client_frame(rows, ["method", "label", "layer", "site", "step"], band,
-                            smoothing, max_points)
-    cols = [c for c in SERIES_COLUMNS if c in df]
-    rows = with_label(df.loc[(df["metric"] == metric) & (df["site"] == site), cols])
-    keys = ["method", "label", "layer", "step"]
+    every_site = client and site == ANY_SITE  # the browser keeps one (each row says which)
+    where = df["site"].isin(ACT_SITES) if every_site else df["site"] == site
+    by_site = ("site",) if every_site else ()
+    rows = with_label(df.loc[(df["metric"] == metric) & where,
+                             [c for c in SERIES_COLUMNS + by_site if c in df]])
+    keys = ["method", "label", "layer", *by_site, "step"]
     if client:
-        from normlab.views.clientcurves import client_frame
         return client_frame(rows, keys, band, smoothing, max_points)
     agg = aggregate_seeds(smooth(rows, smoothing) if smoothing else rows, band=band, by=keys)
     if smoothing:
@@ -233,13 +230,12 @@ def curve_layers(df: pd.DataFrame, *, y_title: str, log: bool, band: str | None,
     (:func:`hover_rows`), rather than a point per datum: a chart of 9 runs then has ~100
     hover marks, not ~900, which is what the browser spends its time on when a chart is
     drawn anew (tooltips and opacity conditions are evaluated per mark)."""
-    field = colour_field(df)
-    pick, hover = legend_pick(field), hover_step()
     rows, labels = curve_data(df, panels, band)
     if client:
-        from normlab.views.clientcurves import client_layers
         return client_layers(df, rows, labels, y_title=y_title, loggable=log, band=band,
                              panels=panels, below=below)
+    field = colour_field(df)
+    pick, hover = legend_pick(field), hover_step()
     y = y_enc("value:Q", y_title, log)
     # the hover rows have no value: they draw nothing on the curves' layers (left there
     #   unfiltered: a filter per layer costs each layer its own copy of the data per panel,
@@ -309,7 +305,6 @@ def metric_chart(df: pd.DataFrame, metric: str, site: str, *, layout: str = "ove
                  .resolve_scale(x="shared", y="shared"))
     chart = style(chart, title)
     if client:  # the browser's smoothing, log scale and site (normlab.views.clientcurves)
-        from normlab.views.clientcurves import hoisted, view_params
         chart = view_params(hoisted(chart))
     return chart
 

@@ -35,7 +35,7 @@ from normlab.training.config import ConfigError, RunConfig
 from normlab.views.frames import run_methods, run_seeds, with_methods
 from normlab.runs.store import FINISHED, NotFound, Store
 from normlab.views.urlstate import View, default_methods
-from normlab.views.viewparams import ANY_SITE
+from normlab.views.viewparams import ANY_SITE, name_rows, site_title
 
 FRAMEWORK_LATEX = r"h = f\!\left(g \cdot \frac{x - \mu}{\sigma} + b\right)"
 
@@ -554,7 +554,6 @@ def plan_chart(frame: pd.DataFrame, spec: ChartSpec, view: View, n_seeds: int,
     per_series = POINT_BUDGET // max(1, n_labels * n_layers)
     title = spec.title
     if site == ANY_SITE:  # the site the browser shows, in words
-        from normlab.views.viewparams import site_title
         title = site_title(spec.title)
     kwargs = dict(title=title, layout=view.layout, **extra,
                   log=spec.loggable and (client or view.log), band=band,
@@ -607,8 +606,7 @@ def stable_data(spec: dict, name: str) -> dict:
                 rename(value)
 
     rename(spec)
-    from normlab.views.viewparams import name_rows  # a live chart's axis reads its rows
-    return name_rows(spec, name)
+    return name_rows(spec, name)  # a live chart's axis reads its rows (viewparams)
 
 
 def chart_rows(halves: list[bool]) -> list[list[int]]:

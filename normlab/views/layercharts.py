@@ -26,6 +26,7 @@ from normlab.views.charts import (MAX_POINTS, PANEL_HEIGHT, PANEL_WIDTH, WIDE_HE
                                   curve_layers, dash, faded, hover_pick, legend_pick,
                                   method_color, run_field, run_row, series_frame, style,
                                   with_label, zoom_steps)
+from normlab.views.clientcurves import hoisted, view_params
 from normlab.views.frames import (downsample, hist_step_frame, hist_time_frame, natural_order,
                             percentile_frame, unit_frame)
 
@@ -71,7 +72,6 @@ def layer_chart(df: pd.DataFrame, metric: str, site: str, *, layout: str = "over
             columns=columns or min(len(layers), 3) or 1)
     chart = style(chart.resolve_scale(x="shared", y="shared"), title)
     if client:  # the browser's smoothing, log scale and site (normlab.views.clientcurves)
-        from normlab.views.clientcurves import hoisted, view_params
         chart = view_params(hoisted(chart))
     return chart
 
