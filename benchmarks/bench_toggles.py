@@ -50,7 +50,8 @@ ARM_JS = """() => {
   }
   document.querySelectorAll('.vega-embed svg, .vega-embed canvas')
     .forEach(g => { g.__old = true; });
-  document.querySelectorAll('.vega-embed').forEach(e => { e.__sig = window.__sigOf(e); });
+  document.querySelectorAll('.vega-embed').forEach(e => { e.__sig = window.__sigOf(e);
+                                                           e.__seen = e.offsetParent !== null; });
   window.__t0 = null; window.__armed = true;
 }"""
 # what a chart's curves look like (their SVG paths; on a canvas, a hash of nine pixel rows
@@ -75,6 +76,9 @@ const all = sel => charts.flatMap(c => [...c.querySelectorAll(sel)]);
 const drawnPaths = w => all(`g.mark-line path[stroke-width="${w}"]`)
   .filter(p => (p.getAttribute('d') || '').length > 4).length;
 const redrawn = c => !c.querySelector('svg, canvas').__old || window.__sigOf(c) !== c.__sig;
+// shown by the toggle: hidden before it (a kept tab or layout: normlab.views.keptslots), or
+//   drawn anew
+const shown = c => !c.__seen || redrawn(c);
 const yAxes = all('[aria-label^="Y-axis"]').length;
 // y axes ticked at 1-2-5 per decade (a log scale: the live charts' y scale is a symlog
 //   one made logarithmic or linear in the browser, so its ARIA text says "symlog"
@@ -92,7 +96,7 @@ def _done(toggle: str) -> str:
     """The predicate of ``toggle``; on a canvas (Streamlit's choice for a tab of many rows,
     e.g. side by side while 9 long runs train) there is no SVG to read: the tab drawn anew
     or its pixels changed."""
-    return f"(canvas ? redrawn(charts[0]) : ({DONE[toggle]}))"
+    return f"(canvas ? shown(charts[0]) : ({DONE[toggle]}))"
 
 
 # per toggle: a JS predicate over the visible tab saying the new state is drawn (the Loss
@@ -111,10 +115,10 @@ DONE = {
     "smoothing off": f"drawnPaths(2) >= {LOSS_CHARTS} && drawnPaths(1) === 0",
     # the tab's spec drawn anew: its first title, or a canvas (Streamlit draws a spec with
     # many point marks on one, e.g. the old Gradients tab's hover points)
-    "tab Gradients": "charts.length >= 1 && redrawn(charts[0]) && (charts[0].querySelector("
+    "tab Gradients": "charts.length >= 1 && shown(charts[0]) && (charts[0].querySelector("
                      "'canvas') !== null || charts[0].textContent.includes('Global gradient "
                      "norm'))",
-    "tab Loss": "charts.length >= 1 && redrawn(charts[0]) && "
+    "tab Loss": "charts.length >= 1 && shown(charts[0]) && "
                 "charts[0].textContent.includes('Training loss')",
     # Activations: mean and variance follow the site (drawn anew or their rows swapped)
     "site post_norm": "charts.length >= 1 && redrawn(charts[0])",
@@ -128,13 +132,24 @@ WS_JS = """() => { const Real = window.WebSocket; window.__ws = [];
     this.addEventListener('message', m => window.__ws.push(
       [performance.now(), m.data.byteLength || m.data.size || m.data.length || 0])); } }; }"""
 SPLITS: dict[str, list[tuple[float, float, float]]] = {}  # toggle -> (first, biggest, done)
+# while runs train, a tab or layout shown from the page's kept slots has the rows of its
+# last build (normlab.views.keptslots): also timed, to the newest rows swapped in
+FRESH_TOGGLES = ("side by side", "overlay", "tab Gradients", "tab Loss")
+FRESH: dict[str, list[float]] = {}
+FRESH_JS = f"""() => {{ {VISIBLE} const c = charts[0]; if (!c) return false;
+  if (c.__freshFrom === undefined) {{ c.__freshFrom = window.__sigOf(c);
+    c.__freshSvg = c.querySelector('svg, canvas'); return false; }}
+  return (c.querySelector('svg, canvas') !== c.__freshSvg || window.__sigOf(c) !== c.__freshFrom)
+    && performance.now() - window.__t0; }}"""
 
 
-def _timed(page, action, toggle: str, timeout: float = 60_000, arm: bool = True) -> float:
+def _timed(page, action, toggle: str, timeout: float = 60_000, arm: bool = True,
+           fresh: bool = False) -> float:
     """Seconds from the input event ``action`` fires to ``DONE[toggle]`` holding (``arm``:
     the next input event is the toggle; else ``action`` arms the listener itself). With
     ``--split`` (the websocket stamped), also when the server's first and largest
-    messages arrived after it (:data:`SPLITS`)."""
+    messages arrived after it (:data:`SPLITS`); ``fresh`` (runs training): also when the
+    shown chart's rows next changed (:data:`FRESH`)."""
     page.evaluate(SIG_JS)
     page.evaluate(ARM_JS if arm else "() => { window.__t0 = null; }")
     action()
@@ -142,6 +157,14 @@ def _timed(page, action, toggle: str, timeout: float = 60_000, arm: bool = True)
         f"() => {{ {VISIBLE} return window.__t0 !== null && {_done(toggle)} "
         "&& performance.now() - window.__t0; }", polling=POLL_MS, timeout=timeout)
     took = handle.json_value() / 1000
+    if fresh and toggle in FRESH_TOGGLES:
+        page.evaluate("() => document.querySelectorAll('.vega-embed').forEach(e => {"
+                      " delete e.__freshFrom; })")
+        try:
+            newest = page.wait_for_function(FRESH_JS, polling=POLL_MS, timeout=10_000)
+            FRESH.setdefault(toggle, []).append(newest.json_value() / 1000)
+        except Exception:
+            FRESH.setdefault(toggle, []).append(float("nan"))
     got = page.evaluate("() => window.__ws ? window.__ws.filter(m => m[0] >= window.__t0)"
                         ".map(m => [m[0] - window.__t0, m[1]]) : null")
     if got is not None:
@@ -172,7 +195,8 @@ def _select_site(page, label: str) -> None:
     option.click()
 
 
-def _run_toggles(page, repeats: int, phase: str) -> dict[str, list[float]]:
+def _run_toggles(page, repeats: int, phase: str, fresh: bool = False
+                 ) -> dict[str, list[float]]:
     """Every toggle ``repeats`` times, from the defaults (overlay, log, unsmoothed, the
     Loss tab) and back to them."""
     times: dict[str, list[float]] = {k: [] for k in DONE}
@@ -192,7 +216,7 @@ def _run_toggles(page, repeats: int, phase: str) -> dict[str, list[float]]:
         row = []
         for toggle, action in steps:
             try:
-                t = _timed(page, action, toggle)
+                t = _timed(page, action, toggle, fresh=fresh)
             except Exception:
                 page.screenshot(path=str(ROOT / "artifacts" / "bench_toggles_failure.png"))
                 seen = page.evaluate("() => { " + VISIBLE + " return [charts.map(c => "
@@ -210,14 +234,22 @@ def _run_toggles(page, repeats: int, phase: str) -> dict[str, list[float]]:
         time.sleep(0.5)
         for toggle, label in (("site post_norm", "post-norm"), ("site post_act",
                                                                  "post-activation")):
-            t = _timed(page, lambda: _select_site(page, label), toggle, arm=False)
+            try:
+                t = _timed(page, lambda: _select_site(page, label), toggle, arm=False)
+            except Exception:
+                page.screenshot(path=str(ROOT / "artifacts" / "bench_toggles_failure.png"))
+                print(f"[{phase}] {toggle}: not drawn within 60 s", flush=True)
+                raise
             times[toggle].append(t)
             row.append(f"{toggle} {t:.2f}")
             time.sleep(0.5)
         page.get_by_role("tab", name="Loss & accuracy").click()
         _settled(page, "tab Loss")
         time.sleep(0.5)
-        print(f"[{phase}] (load {load:.2f}): " + ", ".join(row), flush=True)
+        heap = page.evaluate("() => performance.memory ? Math.round(performance.memory"
+                             ".usedJSHeapSize / 2 ** 20) : -1")
+        print(f"[{phase}] (load {load:.2f}, JS heap {heap} MiB): " + ", ".join(row),
+              flush=True)
     return times
 
 
@@ -336,7 +368,8 @@ def main() -> None:
             for r in range(args.repeats):  # the dashboards alternate, first one then other
                 for name in (list(roots) if r % 2 == 0 else list(roots)[::-1]):
                     loads.setdefault((phase, name), []).append(os.getloadavg()[0])
-                    got = _run_toggles(pages[name], 1, f"{phase} · {name} · {r + 1}")
+                    got = _run_toggles(pages[name], 1, f"{phase} · {name} · {r + 1}",
+                                       fresh=phase == "training")
                     for toggle, ts in got.items():
                         results.setdefault((phase, name), {}).setdefault(toggle, []).extend(ts)
             if ids:
@@ -352,6 +385,14 @@ def main() -> None:
         for toggle, ts in times.items():
             print(f"  {toggle:15s} {statistics.median(ts):.2f} s   "
                   f"(min {min(ts):.2f}, max {max(ts):.2f})")
+    if FRESH:
+        print("\nwhile training, medians over every page, s after the input: the shown "
+              "chart's rows next swapped in (a kept slot's rows are up to "
+              "keptslots.REFRESH_SECONDS old)")
+        for toggle, ts in FRESH.items():
+            ok = [t for t in ts if t == t]
+            print(f"  {toggle:15s} {statistics.median(ok) if ok else float('nan'):.2f} s "
+                  f"({len(ok)} of {len(ts)} within 10 s)")
     if SPLITS:
         print("\nmedians over every phase, s after the input: the server's first message, "
               "its largest (the charts), drawn")

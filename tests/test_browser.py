@@ -568,13 +568,24 @@ CHANGED_JS = """() => { const e = window.__chart.closest('.vega-embed');
     && window.__drawn(e) !== window.__was; }"""
 
 
+# the page's kept slots with a chart drawn; the visible charts' text; their facet cells
+SLOTS_JS = """() => [...document.querySelectorAll('[class*="st-key-nl-slot-"]')]
+  .filter(b => b.querySelector('.vega-embed svg, .vega-embed canvas')).length"""
+SHOWN_JS = """() => [...document.querySelectorAll('.vega-embed')].filter(e => e.offsetParent)
+  .map(e => e.textContent).join(' ')"""
+CELLS_JS = """() => [...document.querySelectorAll('.vega-embed')].filter(e => e.offsetParent)
+  .flatMap(e => [...e.querySelectorAll('g.mark-group[class*="cell"]')]).length"""
+
+
 @pytest.mark.timeout(240)
 def test_log_scale_and_smoothing_redraw_without_the_server(tmp_path):
     """The log-scale toggle, the smoothing slider and the activation site redraw the
     drawn charts in the browser (normlab.ui.viewbridge → Vega-Lite params): with every
     message from the server held back, the same SVG turns linear and back and draws the
-    raw curves behind smoothed ones, and the Activations tab's chart draws another site.
-    Released, the server's reruns agree (the link says so too)."""
+    raw curves behind smoothed ones, and the Activations tab's chart draws another site;
+    a tab switch and a layout toggle show the charts the page keeps, with the options
+    changed while they were hidden. Released, the server's reruns agree (the link says
+    so too)."""
     _require_browser()
     from playwright.sync_api import sync_playwright
 
@@ -650,6 +661,31 @@ def test_log_scale_and_smoothing_redraw_without_the_server(tmp_path):
             assert page.evaluate(CHANGED_JS)
             release()
             page.wait_for_url("**site=post_norm**", timeout=20_000)
+            _no_exception(page)
+
+            # a tab switch and a layout toggle show charts the page keeps (every chart tab
+            #   in both layouts: normlab.views.keptslots), again with the server held back;
+            #   the log scale turned off while the Loss tab was hidden reaches it when shown
+            _wait(lambda: page.evaluate(SLOTS_JS) >= 6, 30, "every slot drawn", page)
+            time.sleep(1.0)
+            holding[0] = True
+            main.get_by_text("Log scale", exact=True).click()
+            _wait(lambda: page.evaluate(VIEW_JS)["log"] == 0, 5, "linear, no server", page)
+            page.get_by_role("tab", name="Loss & accuracy").click()
+            _wait(lambda: "Training loss" in page.evaluate(SHOWN_JS), 5,
+                  "the Loss tab, no server", page)
+            _wait(lambda: page.evaluate(VIEW_JS)["log"] == 0, 5,
+                  "the hidden tab's log scale followed", page)
+            main.get_by_text("Side by side", exact=True).click()
+            _wait(lambda: page.evaluate(CELLS_JS) >= 4, 5, "side by side, no server", page)
+            state = page.evaluate(VIEW_JS)
+            assert state["log"] == 0 and state["raw"] >= len(METHODS), state
+            release()
+            page.wait_for_url("**layout=side**", timeout=20_000)
+            time.sleep(1.5)
+            state = page.evaluate(VIEW_JS)
+            assert page.evaluate(CELLS_JS) >= 4 and state["log"] == 0, state
+            assert "Training loss" in page.evaluate(SHOWN_JS)
             _no_exception(page)
         finally:
             browser.close()

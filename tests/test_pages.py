@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 import normlab.runs.comparisons
 import normlab.ui.common
-from normlab.views import compareview as views
+from normlab.views import compareview as views, keptslots
 from normlab.training.config import RunConfig
 from normlab.runs import exchange
 from normlab.runs.engine import stop_engine
@@ -101,15 +101,43 @@ def texts(at: AppTest) -> str:
     return "\n".join(map(str, parts))
 
 
-def charts(at: AppTest) -> list:
-    """The charts drawn: a tab's charts are one spec (views.linked), counted one by one."""
+def slot_of(spec: dict) -> str | None:
+    """The page slot a Compare tab's spec is bound to (normlab.views.keptslots), else None."""
+    for param in spec.get("params") or []:
+        element = (param.get("bind") or {}).get("element", "") \
+            if isinstance(param.get("bind"), dict) else ""
+        if "--" in element:
+            return element.split("--", 1)[1]
+    return None
+
+
+def shown_slot(at: AppTest) -> str | None:
+    """The slot the page shows: the open chart tab in the chosen layout (the others are
+    kept in the page, hidden by the browser)."""
+    from normlab.views.keptslots import Slot
+
+    state = at.session_state
+    group = state["chart_group"] if "chart_group" in state else None
+    layout = state["view_layout"] if "view_layout" in state else "overlay"
+    group = group or next(iter(views.CHART_GROUPS))
+    return Slot(group, layout or "overlay").name if group in views.CHART_GROUPS else None
+
+
+def specs(at: AppTest, everything: bool = False) -> list[dict]:
+    """The specs the page shows (``everything``: also the hidden slots' kept ones)."""
     import json
 
-    out = []
-    for element in at.get("vega_lite_chart"):
-        spec = json.loads(element.proto.spec)
-        out += [c for row in spec.get("vconcat", [spec]) for c in row.get("hconcat", [row])]
-    return out
+    out = [json.loads(e.proto.spec) for e in at.get("vega_lite_chart")]
+    if everything:
+        return out
+    shown = shown_slot(at)
+    return [s for s in out if slot_of(s) in (None, shown)]
+
+
+def charts(at: AppTest, everything: bool = False) -> list:
+    """The charts shown: a tab's charts are one spec (views.linked), counted one by one."""
+    return [c for spec in specs(at, everything) for row in spec.get("vconcat", [spec])
+            for c in row.get("hconcat", [row])]
 
 
 def ok(at: AppTest) -> AppTest:
@@ -165,7 +193,19 @@ def test_compare_shows_a_finished_comparison_in_every_tab_and_layout(trained):
     assert at.number_input(key="cfg_steps").value == TINY.steps  # the stored setup
     assert at.multiselect(key="cfg_methods").value == list(METHODS)
     assert at.text_input(key="cfg_seeds").value == "0, 1"
-    assert len(at.get("vega_lite_chart")) == 1  # ... in one spec, zoomed together
+    assert len(specs(at)) == 1  # ... in one spec, zoomed together
+    # every chart tab is in the page in both layouts (kept: a switch shows it at once)
+    slots = sorted(slot_of(spec) for spec in specs(at, everything=True))
+    assert slots == sorted(s.name for s in keptslots.slots(list(views.CHART_GROUPS)))
+    # the options the browser applies do not change a spec (a kept chart is not drawn
+    #   anew for them: the bridge carries the server's values)
+    before = specs(at)
+    at.toggle(key="view_log").set_value(False)
+    at.selectbox(key="view_site").set_value("pre_norm")
+    assert specs(ok(at.run())) == before
+    at.toggle(key="view_log").set_value(True)
+    at.selectbox(key="view_site").set_value("post_act")
+    ok(at.run())
     for group, n in (("Gradients", 4), ("Activations", 3), ("Explore", 1)):
         at.session_state["chart_group"] = group
         assert len(charts(ok(at.run()))) == n, group

@@ -242,3 +242,17 @@ def test_the_site_is_picked_in_the_browser_only_for_overlaid_charts():
     spec = views.CHART_SPECS["act_mean"]
     assert views.relevant_view(spec, overlay, 1, client=True).site == "post_act"  # any
     assert views.relevant_view(spec, side, 1, client=True).site == "post_norm"
+
+
+def test_a_slot_binds_its_own_elements():
+    """Each page slot (a chart tab in one layout) reads the options from its own hidden
+    elements, so the bridge can leave a hidden slot's charts alone."""
+    df = _frame(np.geomspace(2, 0.01, 30))
+    tab = linked.compose([charts.metric_chart(df, "loss", "train", log=True,
+                                              client=True).to_dict()], [False], 900)
+    vp.bind_slot(tab, "side-gradients")
+    bound = {p["name"]: p["bind"]["element"] for p in tab["params"]
+             if isinstance(p.get("bind"), dict)}
+    assert bound == {f"{name}_in": f"#{vp.ELEMENTS[name]}--side-gradients"
+                     for name in (vp.LOG, vp.SMOOTH, vp.SITE)}
+    assert vp.slot_id(vp.LOG, "side-gradients") == "nl-view-log--side-gradients"

@@ -248,8 +248,10 @@ def view_controls(n_seeds: int, present: bool) -> View:
         site = st.selectbox("Activation site", list(SITE_LABELS), format_func=SITE_LABELS.get,
                             help="where the activation statistics are measured",
                             **_view_default("site"))
-    bridge(SITE_LABELS)  # log scale, smoothing and site reach the drawn charts at once
-    return View(layout=layout or "overlay", log=log, smooth=float(smooth), band=band or "minmax",
+    view = View(layout=layout or "overlay", log=log, smooth=float(smooth), band=band or "minmax",
                 site=site, present=present)
+    # layout, log scale, smoothing and site reach the drawn charts at once
+    bridge(SITE_LABELS, _LAYOUTS, view)
+    return view
 
 

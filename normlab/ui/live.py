@@ -16,6 +16,7 @@ from streamlit import dataframe_util
 
 from normlab.views import compareview as views, explorer, linked, livespecs, urlstate
 from normlab.views import viewparams
+from normlab.views.keptslots import KeptSlots, Slot, slot_view, slots
 from normlab.runs.engine import engine_pid, engine_starting, ensure_engine
 from normlab.runs.store import FINISHED, NotFound
 from normlab.views.urlstate import View
@@ -35,7 +36,10 @@ def live_runs(key: str, ids: list[str], view: View,
     ``controls`` draws the view options and returns the View (else ``view`` is used): drawn
     in a fragment of their own with the charts, under the progress, a view toggle (or a
     tab switch) reruns only the charts, not the page nor the progress; ``on_view`` then
-    gets the new View (e.g. to write it to the URL)."""
+    gets the new View (e.g. to write it to the URL). The live poll reruns the progress and
+    the chart tab shown (each a fragment of its own), not the tabs kept hidden in the page
+    (:mod:`normlab.views.keptslots`): the browser would re-check every one of them at each
+    poll (measured: the page's main thread busy 7.2 s in 10 instead of 3.7)."""
     try:
         # a comparison a worker has just started is drawn with its first line (waited
         #   for, a fraction of a second) rather than empty and then again (wait_for_line)
@@ -51,14 +55,19 @@ def live_runs(key: str, ids: list[str], view: View,
     ended = int(first["status"].isin(FINISHED).sum())
 
     @st.fragment
-    def _view(runs: pd.DataFrame) -> None:
+    def _view() -> None:
         """The view options and the charts: a view toggle or a tab switch reruns this
-        alone (with the runs of the last poll), not the progress above or the store query,
-        so its charts come back sooner (and the browser redraws less)."""
+        alone, not the progress above, so its charts come back sooner (and the browser
+        redraws less); the live poll reruns only the tab shown (:func:`_polled`)."""
+        try:
+            runs = get_store().runs(ids=ids)
+        except NotFound:
+            st.warning("Some of these runs were deleted while they were shown; pick again.")
+            return
         shown = controls() if controls else view
         if on_view:
             on_view(shown)
-        _charts(key, runs, shown)
+        _charts(key, ids, runs, shown, None if waiting else every)
 
     @st.fragment(run_every=every if waiting else None)
     def _watch() -> None:
@@ -87,9 +96,9 @@ def live_runs(key: str, ids: list[str], view: View,
         if not views.finished(runs):
             _engine_check()
         _progress(key, runs)
-        _view(runs)
 
     _live()
+    _view()
     if waiting:
         _watch()
 
@@ -237,9 +246,28 @@ SWEEP_TAB = "Sweep"
 EXPLORE_TAB = "Explore"
 
 
-def _charts(key: str, runs, view: View) -> None:
+def _polled(ids: list[str], runs, poll: float | None, draw: Callable) -> None:
+    """``draw(runs)`` here, then again every ``poll`` seconds (None: never) with the
+    store's newest runs: a fragment of its own, the live poll of one part of the page."""
+    given = [runs]
+
+    @st.fragment(run_every=poll)
+    def part() -> None:
+        try:
+            now = given.pop() if given else get_store().runs(ids=ids)
+        except NotFound:
+            return
+        draw(now)
+
+    part()
+
+
+def _charts(key: str, ids: list[str], runs, view: View, poll: float | None) -> None:
     """The chart groups as tabs; a comparison that varies a numeric field (a sweep) gets
-    the sweep view as its first tab."""
+    the sweep view as its first tab. Each chart tab holds its charts in both layouts, kept
+    drawn (:mod:`normlab.views.keptslots`): a tab switch or a layout toggle shows them at
+    once (the page hides the others: :mod:`normlab.ui.viewbridge`). The tab shown is
+    polled every ``poll`` seconds (:func:`_polled`)."""
     grid = None
     if not key.startswith("runs-"):
         record = views.comparison_record(get_store(), key)
@@ -248,15 +276,73 @@ def _charts(key: str, runs, view: View) -> None:
     names = ([SWEEP_TAB] if swept else []) + list(views.CHART_GROUPS) + [EXPLORE_TAB]
     linked_tab(names)  # a link's ?tab=, and the shown tab for the URL
     tabs = st.tabs(names, key=TAB, on_change=tab_changed)
+    shown = None
     for tab, group in zip(tabs, names):
-        if tab.open:
+        if group in views.CHART_GROUPS:
+            if tab.open:
+                shown = Slot(group, view.layout)
+        elif tab.open:
             with tab:
                 if group == SWEEP_TAB:
-                    sweep_view(runs, key, grid, fields=swept)
-                elif group == EXPLORE_TAB:
-                    _explore(key, runs, view)
+                    _polled(ids, runs, poll,
+                            lambda now: sweep_view(now, key, grid, fields=swept))
                 else:
-                    _group(key, runs, group, view)
+                    _polled(ids, runs, poll, lambda now: _explore(key, now, view))
+    # the chart tabs' slots, under the tab bar rather than in the tabs' panels: the page
+    #   shows the one of the selected tab and layout (viewbridge). In a panel, each live
+    #   poll's redraw made the tabs re-scan the whole panel, hidden charts included, for
+    #   something to focus (~2 s of the browser's CPU per 10 s while runs train)
+    with st.container(key=SLOTS_KEY):  # the containers first, in a fixed order
+        boxes = {slot: st.container(key=f"{SLOT_PREFIX}{slot.name}")
+                 for slot in slots(list(views.CHART_GROUPS))}
+    _slots(key, ids, runs, view, boxes, shown, poll)
+
+
+SLOT_PREFIX = "nl-slot-"  # a slot's container key (the bridge's CSS and checks read it)
+SLOTS_KEY = "nl-slots"  # the container of every slot
+_KEPT = "_kept_slots"  # session key: this session's KeptSlots
+
+
+def _slots(key: str, ids: list[str], runs, view: View, boxes: dict, shown: Slot | None,
+           poll: float | None) -> None:
+    """Fill the slots: the one shown built first (its newest rows, again at each live
+    poll), then the hidden ones as :meth:`~normlab.views.keptslots.KeptSlots.plan` says
+    (sent as kept, or built)."""
+    kept = st.session_state.get(_KEPT)
+    if not isinstance(kept, KeptSlots):
+        kept = st.session_state[_KEPT] = KeptSlots()
+    sig = views.chart_signature(runs)
+    training = not views.finished(runs)
+    plan = kept.plan(key, list(views.CHART_GROUPS), shown, view, sig, training)
+
+    def build(slot: Slot, now) -> tuple:
+        body, final = _slot_body(key, now, slot, slot_view(view, slot.layout))
+        kept.built(slot, view, views.chart_signature(now), body, final)
+        return body
+
+    # every slot in a fragment of its own (polled when shown): a slot shown or hidden keeps
+    #   its place in the page, so its drawn chart is not drawn anew when a toggle moves it
+    for slot, what in plan:
+        with boxes[slot]:
+            if slot == shown:
+                _polled(ids, runs, poll, lambda now, slot=slot: _draw(build(slot, now)))
+            else:
+                body = build(slot, runs) if what == "build" else kept.body(slot)
+                _polled(ids, runs, None, lambda now, body=body: _draw(body))
+
+
+def _draw(body: tuple) -> None:
+    """A slot's body (:func:`_slot_body`) in the page."""
+    kind, *rest = body
+    if kind == "info":
+        st.info(rest[0])
+        return
+    spec, caption, warnings = rest
+    for text in warnings:
+        st.warning(text)
+    if caption:
+        st.caption(caption)
+    st.vega_lite_chart(spec, width="content")
 
 
 @st.cache_data(ttl=10, max_entries=16, show_spinner=False)
@@ -300,7 +386,11 @@ def _explore(key: str, runs, view: View) -> None:
         st.vega_lite_chart(linked.compose(charts, width=PAGE_WIDTH), width="content")
 
 
-def _group(key: str, runs, group: str, view: View) -> None:
+def _slot_body(key: str, runs, slot: Slot, view: View) -> tuple[tuple, bool]:
+    """What ``slot`` draws for ``view`` (its layout): ``("chart", spec, caption,
+    warnings)`` or ``("info", text)``; and whether it is final (False: waiting for the
+    runs' first measurements)."""
+    group = slot.group
     # every activation site of the charts that follow the site option: the browser picks
     #   one (viewparams), and a site change reads nothing
     metrics, sites = views.group_request(group, view, client=True)
@@ -315,47 +405,42 @@ def _group(key: str, runs, group: str, view: View) -> None:
     # first-records poll pace, and drawn again at once by the page rerun that changes it
     shown = views.started(runs) or views.finished(runs)
     frame = _frame(path, key, sig, metrics, sites, every, pending) if shown else pd.DataFrame()
+    ended = ("info", "Nothing measured for these charts: the runs ended before their first "
+                     "record (see the notes in the Runs table above).")
     if frame.empty or frame["value"].isna().all():
         if views.finished(runs):
-            st.info("Nothing measured for these charts: the runs ended before their first "
-                    "record (see the notes in the Runs table above).")
-        else:
-            st.info("Waiting for the first measurements… A run waits in the queue until a "
-                    "worker is free.")
-        return
-    def built():  # the group's charts, built one by one (a cached spec when unchanged)
-        for spec in views.CHART_GROUPS[group]:
-            # the browser applies the log scale and the smoothing (viewparams): a chart's
-            #   cache ignores the log scale, and the smoothing changes only its tooltips
-            own = views.relevant_view(spec, view, n_seeds, client=True)
-            try:
-                chart = _chart(path, key, sig, spec.key, own, n_seeds, PAGE_WIDTH, metrics,
-                               sites, every, pending)
-            except Exception as exc:  # a chart that cannot be drawn must not break the page
-                st.warning(f"Could not draw “{spec.title}”: {exc}")
-                continue
-            if chart is not None:
-                yield spec, chart
-
-    # one spec: zooming the steps of any chart zooms them all (views.linked). Not drawn
-    # chart by chart: a first chart drawn alone and then replaced by the whole tab shows
-    # the audience a curve that vanishes while the tab renders.
-    charts = list(built())
-    drawn = len(charts)
-    if drawn and any(spec.site == "site" for spec, _ in charts):
+            return ended, True
+        return ("info", "Waiting for the first measurements… A run waits in the queue "
+                        "until a worker is free."), False
+    charts, warnings = [], []
+    for spec in views.CHART_GROUPS[group]:  # built one by one (a cached spec when unchanged)
+        # the browser applies the log scale and the smoothing (viewparams): a chart's
+        #   cache ignores the log scale, and the smoothing changes only its tooltips
+        own = views.relevant_view(spec, view, n_seeds, client=True)
+        try:
+            chart = _chart(path, key, sig, spec.key, own, n_seeds, PAGE_WIDTH, metrics,
+                           sites, every, pending)
+        except Exception as exc:  # a chart that cannot be drawn must not break the page
+            warnings.append(f"Could not draw “{spec.title}”: {exc}")
+            continue
+        if chart is not None:
+            charts.append((spec, chart))
+    if not charts:
+        return ended, True
+    caption = None
+    if any(spec.site == "site" for spec, _ in charts):
         if views.browser_site(view, True):  # named in the titles, which the browser writes
-            st.caption("Mean and variance measured at the *Activation site* chosen above; "
+            caption = ("Mean and variance measured at the *Activation site* chosen above; "
                        "saturation after the activation.")
         else:  # side by side: the server draws the site (views.browser_site)
-            st.caption(f"Mean and variance measured **{SITE_LABELS.get(view.site, view.site)}"
+            caption = (f"Mean and variance measured **{SITE_LABELS.get(view.site, view.site)}"
                        "** (the *Activation site* option above); saturation after the "
                        "activation.")
-    if drawn:
-        halves = [not wide and not spec.per_layer for spec, _ in charts]
-        tab = linked.compose([c for _, c in charts], halves, PAGE_WIDTH)
-        st.vega_lite_chart(viewparams.set_view(tab, log=view.log, smooth=view.smooth,
-                                               site=view.site),
-                           width="content")
-    if not drawn:
-        st.info("Nothing measured for these charts: the runs ended before their first "
-                "record (see the notes in the Runs table above).")
+    # one spec: zooming the steps of any chart zooms them all (views.linked). Not drawn
+    # chart by chart: a first chart drawn alone and then replaced by the whole tab shows
+    # the audience a curve that vanishes while the tab renders. Bound to the slot's own
+    # elements: the browser's options reach it only while it is shown (viewbridge); the
+    # bridge holds the server's values, so the spec does not change with them
+    halves = [not wide and not spec.per_layer for spec, _ in charts]
+    tab = linked.compose([c for _, c in charts], halves, PAGE_WIDTH)
+    return ("chart", viewparams.bind_slot(tab, slot.name), caption, warnings), True

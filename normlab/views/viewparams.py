@@ -25,10 +25,13 @@ rows unsmoothed and unmasked and leaves three options to Vega-Lite params:
   (:func:`site_title`).
 
 Each option is two params: ``<name>_in``, bound to a hidden element of the page (the
-Streamlit widget's state, mirrored there by :mod:`normlab.ui.viewbridge`: a toggle redraws
-the chart at once, without the server), and ``<name>``, that value or, when the page
-gives none, the one the server wrote into the spec (:func:`set_view`). The server's rerun
-then sends the same state; the spec names the options only in that fallback.
+Streamlit widget's state, mirrored there by :mod:`normlab.ui.viewbridge`, which gives the
+server's value when a widget cannot be read: a toggle redraws the chart at once, without
+the server), and ``<name>``, that value or, when there is none (a spec drawn outside the
+page, e.g. by ``vl-convert`` in the tests), the fallback written into the spec
+(:func:`set_view`). The page's specs keep the default fallbacks, so they do not change
+with the options: a kept chart (:mod:`normlab.views.keptslots`) is never drawn anew for
+one. Each slot of the page binds its own elements (:func:`bind_slot`).
 """
 from __future__ import annotations
 
@@ -104,6 +107,25 @@ def set_view(spec: dict, *, log: bool, smooth: float, site: str = "post_act") ->
             param["expr"] = _log_expr(log)
         elif param.get("name") == SMOOTH:
             param["expr"] = _smooth_expr(smooth)
+    return spec
+
+
+def slot_id(name: str, slot: str) -> str:
+    """The id of option ``name``'s hidden element for the charts of page slot ``slot``."""
+    return f"{ELEMENTS[name]}--{slot}"
+
+
+def bind_slot(spec: dict, slot: str) -> dict:
+    """``spec`` (a composed tab) bound to the hidden elements of page slot ``slot``
+    (:func:`slot_id`), in place, returned: the page keeps each tab's charts in both layouts
+    (:mod:`normlab.views.keptslots`), and an option changed while a slot is hidden reaches
+    its charts only when it is shown (:mod:`normlab.ui.viewbridge`), so hidden charts do
+    not redraw at each toggle."""
+    by_id = {f"#{element}": name for name, element in ELEMENTS.items()}
+    for param in spec.get("params") or []:
+        bind = param.get("bind")
+        if isinstance(bind, dict) and bind.get("element") in by_id:
+            bind["element"] = f"#{slot_id(by_id[bind['element']], slot)}"
     return spec
 
 
