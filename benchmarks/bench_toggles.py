@@ -132,8 +132,8 @@ WS_JS = """() => { const Real = window.WebSocket; window.__ws = [];
     this.addEventListener('message', m => window.__ws.push(
       [performance.now(), m.data.byteLength || m.data.size || m.data.length || 0])); } }; }"""
 SPLITS: dict[str, list[tuple[float, float, float]]] = {}  # toggle -> (first, biggest, done)
-# while runs train, a tab or layout shown from the page's kept slots has the rows of its
-# last build (normlab.views.keptslots): also timed, to the newest rows swapped in
+# while runs train, a tab or layout shown from the page's kept slots has the rows of when
+# it was last shown (normlab.views.keptslots): also timed, to the newest rows swapped in
 FRESH_TOGGLES = ("side by side", "overlay", "tab Gradients", "tab Loss")
 FRESH: dict[str, list[float]] = {}
 FRESH_JS = f"""() => {{ {VISIBLE} const c = charts[0]; if (!c) return false;
@@ -387,8 +387,8 @@ def main() -> None:
                   f"(min {min(ts):.2f}, max {max(ts):.2f})")
     if FRESH:
         print("\nwhile training, medians over every page, s after the input: the shown "
-              "chart's rows next swapped in (a kept slot's rows are up to "
-              "keptslots.REFRESH_SECONDS old)")
+              "chart's rows next swapped in (a kept tab or layout has the rows "
+              "of when it was last shown: normlab.views.keptslots)")
         for toggle, ts in FRESH.items():
             ok = [t for t in ts if t == t]
             print(f"  {toggle:15s} {statistics.median(ok) if ok else float('nan'):.2f} s "

@@ -72,6 +72,7 @@ def test_while_training_hidden_slots_are_built_once_then_kept():
     at each poll made the browser's memory grow)."""
     kept, view = KeptSlots(), View()
     shown = Slot("Loss & accuracy", "overlay")
+    assert set(_run(kept, shown, view, 0, training=True).values()) == {"build", "skip"}
     assert set(_run(kept, shown, view, 1, training=True).values()) == {"build"}
     for sig in range(2, 6):  # a toggle between polls: only the shown slot is built
         plan = _run(kept, shown, dataclasses.replace(view, log=sig % 2 == 0), sig,
@@ -93,3 +94,25 @@ def test_a_placeholder_is_built_again_and_another_comparison_starts_afresh():
     assert dict(kept.plan("c1", GROUPS, shown, view, 0, False))[hidden] == "build"
     plan = dict(kept.plan("c2", GROUPS, shown, view, 0, False))
     assert set(plan.values()) == {"build"} and kept.owner == "c2" and not kept.kept
+
+
+def test_before_the_first_curve_the_hidden_slots_wait_for_it():
+    """While runs train, a plan whose shown slot has no rows yet (a placeholder) leaves
+    the hidden slots for later, so the browser draws the first curve before them; once
+    the shown slot has rows, the page is asked to rerun (catch_up) and builds them."""
+    kept, view = KeptSlots(), View()
+    shown = Slot("Loss & accuracy", "overlay")
+    plan = kept.plan("c1", GROUPS, shown, view, 0, training=True)
+    assert plan[0] == (shown, "build") and {w for _, w in plan[1:]} == {"skip"}
+    kept.built(shown, view, 0, ("info", "waiting"), final=False)
+    assert kept.deferred and not kept.catch_up()  # no rows shown yet: nothing to catch up
+    plan = dict(kept.plan("c1", GROUPS, shown, view, 1, training=True))
+    assert set(plan.values()) == {"build", "skip"} and plan[shown] == "build"
+    kept.built(shown, view, 1, ("chart", "first rows"))
+    assert kept.catch_up()  # the first curve is drawn: rerun (once: the rerun's own
+    assert not kept.catch_up()  # check, before its plan, says no)
+    plan = _run(kept, shown, view, 2, training=True)
+    assert set(plan.values()) == {"build"} and not kept.deferred and not kept.catch_up()
+    # a finished comparison builds everything at once
+    fresh = KeptSlots()
+    assert set(_run(fresh, shown, view, "done", training=False).values()) == {"build"}

@@ -37,9 +37,8 @@ def live_runs(key: str, ids: list[str], view: View,
     in a fragment of their own with the charts, under the progress, a view toggle (or a
     tab switch) reruns only the charts, not the page nor the progress; ``on_view`` then
     gets the new View (e.g. to write it to the URL). The live poll reruns the progress and
-    the chart tab shown (each a fragment of its own), not the tabs kept hidden in the page
-    (:mod:`normlab.views.keptslots`): the browser would re-check every one of them at each
-    poll (measured: the page's main thread busy 7.2 s in 10 instead of 3.7)."""
+    the chart tab shown (each a fragment of its own), not the options nor the tabs kept
+    hidden in the page (:mod:`normlab.views.keptslots`), which it would only send again."""
     try:
         # a comparison a worker has just started is drawn with its first line (waited
         #   for, a fraction of a second) rather than empty and then again (wait_for_line)
@@ -92,6 +91,10 @@ def live_runs(key: str, ids: list[str], view: View,
             # first records in, or everything ended: poll at the new pace, rerunning the
             #   page before drawing anything (drawn first, the first charts were built and
             #   sent twice, and the browser drew the page anew while drawing them)
+            st.rerun()
+        kept = st.session_state.get(_KEPT)
+        if views.started(runs) and isinstance(kept, KeptSlots) and kept.catch_up():
+            # the first curve is drawn: now the hidden tabs (keptslots.KeptSlots.plan)
             st.rerun()
         if not views.finished(runs):
             _engine_check()
@@ -323,6 +326,8 @@ def _slots(key: str, ids: list[str], runs, view: View, boxes: dict, shown: Slot 
     # every slot in a fragment of its own (polled when shown): a slot shown or hidden keeps
     #   its place in the page, so its drawn chart is not drawn anew when a toggle moves it
     for slot, what in plan:
+        if what == "skip":  # built at the rerun that follows the first curve
+            continue
         with boxes[slot]:
             if slot == shown:
                 _polled(ids, runs, poll, lambda now, slot=slot: _draw(build(slot, now)))

@@ -71,6 +71,8 @@ class KeptSlots:
     def __init__(self) -> None:
         self.owner: str | None = None
         self.kept: dict[Slot, Kept] = {}
+        self.deferred = False  # the last plan left hidden slots to build later
+        self.shown: Slot | None = None  # the slot shown at the last plan
 
     def order(self, groups: list[str], shown: Slot | None, layout: str) -> list[Slot]:
         """Every slot, the one ``shown`` first (None: a tab that is not a chart tab is
@@ -91,10 +93,16 @@ class KeptSlots:
              training: bool) -> list[tuple[Slot, str]]:
         """Per slot, in drawing order (:meth:`order`): ``"build"`` (the one shown; a hidden
         one out of date or not built yet; a finished comparison's when its runs changed,
-        e.g. ended) or ``"keep"`` (sent as last built). Kept slots of another ``owner``
-        (comparison) are dropped first."""
+        e.g. ended), ``"keep"`` (sent as last built) or ``"skip"`` (while runs train and
+        the shown slot has not drawn its first rows yet: the hidden ones wait, so the
+        browser draws the first curve before them — :meth:`catch_up`). Kept slots of
+        another ``owner`` (comparison) are dropped first."""
         if owner != self.owner:
             self.owner, self.kept = owner, {}
+        self.shown = shown
+        before = self.kept.get(shown) if shown else None
+        defer = training and shown is not None and not (before and before.final)
+        self.deferred = False
         out = []
         for slot in self.order(groups, shown, view.layout):
             kept = self.kept.get(slot)
@@ -103,13 +111,26 @@ class KeptSlots:
                 continue
             current = (kept is not None and kept.final
                        and kept.key == slot_key(view, slot.layout))
-            if not current:
+            if not current and defer:
+                self.deferred = True
+                out.append((slot, "skip"))
+            elif not current:
                 out.append((slot, "build"))
             elif kept.sig != sig and not training:  # e.g. the runs have just ended
                 out.append((slot, "build"))
             else:
                 out.append((slot, "keep"))
         return out
+
+    def catch_up(self) -> bool:
+        """Whether the page should rerun its view now to build the hidden slots the last
+        plan left: the shown slot has drawn its rows since (then the next plan builds
+        them). Asked once: the rerun's own first check says no."""
+        kept = self.kept.get(self.shown) if self.shown else None
+        if self.deferred and kept is not None and kept.final:
+            self.deferred = False
+            return True
+        return False
 
     def built(self, slot: Slot, view: View, sig: Any, body: Any,
               final: bool = True) -> None:
