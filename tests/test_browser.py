@@ -149,7 +149,7 @@ def _no_exception(page) -> None:
 
 
 def _legend_has_every_method(page) -> bool:
-    text = page.locator(".vega-embed").first.inner_text()
+    text = page.locator(".vega-embed >> visible=true").first.inner_text()
     return all(m in text.split("\n") for m in METHODS)
 
 
@@ -225,7 +225,7 @@ def test_quick_start_live_charts_layout_link_and_layers(server, capsys):
             # side by side: one panel per method, each titled by its method
             page.get_by_text("Side by side", exact=True).click()
             page.wait_for_url("**layout=side**", timeout=20_000)
-            first = page.locator(".vega-embed").first
+            first = page.locator(".vega-embed >> visible=true").first  # the shown slot
             _wait(lambda: first.locator('g[class*="cell"]').count() > 0  # a faceted chart
                   #   (class concat_0_cell: the tab's charts are one spec)
                   and first.locator("g.view_1_pathgroup").count() >= len(METHODS)

@@ -87,7 +87,7 @@ _SCRIPT = """<script>(() => {
   }
   if (window.__normlabCheck) { window.__normlabCheck(); return; }
   const last = {}, shown = {};
-  // the layout shown (a CSS rule hides the other's slots), and an input event to each
+  // the slot shown (a CSS rule hides the others), and an input event to each
   //   shown slot's element whose value changed, or to all of a slot just shown: a hidden
   //   slot's charts are not redrawn for a change made while they are hidden
   const check = () => {
