@@ -116,3 +116,20 @@ def test_before_the_first_curve_the_hidden_slots_wait_for_it():
     # a finished comparison builds everything at once
     fresh = KeptSlots()
     assert set(_run(fresh, shown, view, "done", training=False).values()) == {"build"}
+
+
+def test_a_rerun_of_the_whole_page_leaves_out_of_date_hidden_slots_to_the_next():
+    """Presenter mode (a rerun of the whole page) makes every hidden slot out of date: they
+    are left out of that run (Streamlit shows the old page beside the new one until it
+    ends) and built at the view's next rerun; slots never built are built at once."""
+    kept, view = KeptSlots(), View()
+    shown = Slot("Loss & accuracy", "overlay")
+    assert set(_run(kept, shown, view, "done", training=False).values()) == {"build"}
+    present = dataclasses.replace(view, present=True)
+    plan = kept.plan("c1", GROUPS, shown, present, "done", False, page_run=True)
+    assert plan[0] == (shown, "build") and {w for _, w in plan[1:]} == {"skip"}
+    kept.built(shown, present, "done", "body")
+    assert set(_run(kept, shown, present, "done", training=False).values()) == {"build"}
+    fresh = KeptSlots()  # a first open is a page run too: everything is built
+    assert set(dict(fresh.plan("c1", GROUPS, shown, view, "done", False,
+                               page_run=True)).values()) == {"build"}

@@ -101,7 +101,11 @@ def live_runs(key: str, ids: list[str], view: View,
         _progress(key, runs)
 
     _live()
-    _view()
+    st.session_state[_PAGE_RUN] = True  # the view drawn by a run of the whole page
+    try:
+        _view()
+    finally:
+        st.session_state[_PAGE_RUN] = False
     if waiting:
         _watch()
 
@@ -304,6 +308,7 @@ def _charts(key: str, ids: list[str], runs, view: View, poll: float | None) -> N
 SLOT_PREFIX = "nl-slot-"  # a slot's container key (the bridge's CSS and checks read it)
 SLOTS_KEY = "nl-slots"  # the container of every slot
 _KEPT = "_kept_slots"  # session key: this session's KeptSlots
+_PAGE_RUN = "_kept_page_run"  # session key: the view is drawn by a run of the whole page
 
 
 def _slots(key: str, ids: list[str], runs, view: View, boxes: dict, shown: Slot | None,
@@ -316,7 +321,8 @@ def _slots(key: str, ids: list[str], runs, view: View, boxes: dict, shown: Slot 
         kept = st.session_state[_KEPT] = KeptSlots()
     sig = views.chart_signature(runs)
     training = not views.finished(runs)
-    plan = kept.plan(key, list(views.CHART_GROUPS), shown, view, sig, training)
+    plan = kept.plan(key, list(views.CHART_GROUPS), shown, view, sig, training,
+                     page_run=bool(st.session_state.get(_PAGE_RUN)))
 
     def build(slot: Slot, now) -> tuple:
         body, final = _slot_body(key, now, slot, slot_view(view, slot.layout))

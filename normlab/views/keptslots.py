@@ -90,13 +90,17 @@ class KeptSlots:
         return seen
 
     def plan(self, owner: str, groups: list[str], shown: Slot | None, view: View, sig: Any,
-             training: bool) -> list[tuple[Slot, str]]:
+             training: bool, page_run: bool = False) -> list[tuple[Slot, str]]:
         """Per slot, in drawing order (:meth:`order`): ``"build"`` (the one shown; a hidden
         one out of date or not built yet; a finished comparison's when its runs changed,
         e.g. ended), ``"keep"`` (sent as last built) or ``"skip"`` (while runs train and
         the shown slot has not drawn its first rows yet: the hidden ones wait, so the
-        browser draws the first curve before them — :meth:`catch_up`). Kept slots of
-        another ``owner`` (comparison) are dropped first."""
+        browser draws the first curve before them — :meth:`catch_up`; and in a
+        ``page_run``, a rerun of the whole page such as presenter mode toggled, the hidden
+        slots built before but out of date: Streamlit shows the page's old elements beside
+        the new ones until such a run ends, and rebuilding them doubled the page for ~4 s
+        instead of ~1 s; they are built at the view's next rerun). Kept slots of another
+        ``owner`` (comparison) are dropped first."""
         if owner != self.owner:
             self.owner, self.kept = owner, {}
         self.shown = shown
@@ -111,7 +115,9 @@ class KeptSlots:
                 continue
             current = (kept is not None and kept.final
                        and kept.key == slot_key(view, slot.layout))
-            if not current and defer:
+            if not current and page_run and kept is not None:
+                out.append((slot, "skip"))
+            elif not current and defer:
                 self.deferred = True
                 out.append((slot, "skip"))
             elif not current:
