@@ -64,9 +64,10 @@ def live_runs(key: str, ids: list[str], view: View,
             st.warning("Some of these runs were deleted while they were shown; pick again.")
             return
         shown = controls() if controls else view
-        if on_view:
-            on_view(shown)
         _charts(key, ids, runs, shown, None if waiting else every)
+        if on_view:  # after the tabs: the URL gets the shown tab (linked_tab) at once, not
+            #   after a first write without it while the hidden tabs are being built
+            on_view(shown)
 
     @st.fragment(run_every=every if waiting else None)
     def _watch() -> None:
