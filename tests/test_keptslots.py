@@ -130,6 +130,10 @@ def test_a_rerun_of_the_whole_page_leaves_out_of_date_hidden_slots_to_the_next()
     assert plan[0] == (shown, "build") and {w for _, w in plan[1:]} == {"skip"}
     kept.built(shown, present, "done", "body")
     assert set(_run(kept, shown, present, "done", training=False).values()) == {"build"}
+    hidden = Slot("Gradients", "side")  # a placeholder is built again, page run or not
+    kept.built(hidden, view, "done", ("info", "waiting"), final=False)
+    assert dict(kept.plan("c1", GROUPS, shown, present, "done", False,
+                          page_run=True))[hidden] == "build"
     fresh = KeptSlots()  # a first open is a page run too: everything is built
     assert set(dict(fresh.plan("c1", GROUPS, shown, view, "done", False,
                                page_run=True)).values()) == {"build"}
