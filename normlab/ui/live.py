@@ -333,7 +333,7 @@ def _slots(key: str, ids: list[str], runs, view: View, boxes: dict, shown: Slot 
     # every slot in a fragment of its own (polled when shown): a slot shown or hidden keeps
     #   its place in the page, so its drawn chart is not drawn anew when a toggle moves it
     for slot, what in plan:
-        if what == "skip":  # built at the rerun that follows the first curve
+        if what == "skip":  # built at a later rerun of the view (KeptSlots.plan)
             continue
         with boxes[slot]:
             if slot == shown:

@@ -13,9 +13,8 @@ the server draws of it changed (the seed band, presenter mode, the activation si
 by side: :func:`slot_key`; the log scale, smoothing and overlaid site are applied in the
 browser), and once the runs have ended. While runs train, a hidden slot keeps the rows it
 had when it was last shown (or first built): hidden charts given newer rows at the live
-polls grew the browser's memory by ~8 MB/s, and re-sent at each poll they kept its main
-thread busy (BENCHMARKS.md, session 12), so the rerun that shows a slot brings them
-(within ~1–2 s of the switch while 9 runs train).
+polls grew the browser's memory by ~8 MB/s (BENCHMARKS.md, session 12), so the rerun
+that shows a slot brings them (within ~1–2 s of the switch while 9 runs train).
 
 :class:`KeptSlots` decides, per rerun, which slots are built and which are sent as kept;
 it holds no Streamlit and is tested on its own (``tests/test_keptslots.py``).
