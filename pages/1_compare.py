@@ -22,11 +22,16 @@ title, toggle = st.columns([5, 1], vertical_alignment="bottom")
 with toggle:
     present = presenter_toggle()
 title.title("Compare normalization methods")
+# what presenter mode leaves out sits in one container drawn in both modes: every element
+#   below keeps its place in the page, so toggling it redraws only what changed (shifted,
+#   every chart was drawn anew, and the old page stayed beside the new one meanwhile)
+head = st.container(key="nl-head")
 if not present:
-    st.markdown("Same data, same initialisation seed — only the normalization differs. "
-                "Set up a comparison in the sidebar and press **Launch**: every method's "
-                "training dynamics appear below while it trains.")
-show_url_problems()
+    head.markdown("Same data, same initialisation seed — only the normalization differs. "
+                  "Set up a comparison in the sidebar and press **Launch**: every method's "
+                  "training dynamics appear below while it trains.")
+with head:
+    show_url_problems()
 
 with st.sidebar:
     if present:
@@ -41,7 +46,7 @@ with st.sidebar:
 if present:
     shown = shown_runs()
 else:
-    pick, open_layers = st.columns([3, 1], vertical_alignment="bottom")
+    pick, open_layers = head.columns([3, 1], vertical_alignment="bottom")
     with pick:
         shown = comparison_picker("Showing")
     if shown and open_layers.button("Layer dynamics", icon=":material/stacked_line_chart:",

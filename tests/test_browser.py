@@ -164,6 +164,22 @@ def _wait(predicate, timeout: float, what: str, page=None) -> float:
     return time.monotonic() - start
 
 
+def _sampled(page, expression: str, done, timeout: float = 30, settle: float = 1.5) -> list:
+    """``expression`` evaluated in the page every 0.1 s until ``done()`` has held for
+    ``settle`` seconds (the rerun that made it so has ended) or ``timeout``."""
+    start, held, seen = time.monotonic(), None, []
+    while time.monotonic() - start < timeout:
+        seen.append(page.evaluate(f"() => {expression}"))
+        if not done():
+            held = None
+        elif held is None:
+            held = time.monotonic()
+        elif time.monotonic() - held > settle:
+            return seen
+        time.sleep(0.1)
+    raise AssertionError(f"not done within {timeout}s; sampled {seen}")
+
+
 @pytest.mark.timeout(420)  # 9 runs train on the cores the other test worker shares
 def test_quick_start_live_charts_layout_link_and_layers(server, capsys):
     from playwright.sync_api import sync_playwright
@@ -241,15 +257,23 @@ def test_quick_start_live_charts_layout_link_and_layers(server, capsys):
                   "the side-by-side Gradients panels' curves", page)
             _no_exception(page)
             page.screenshot(path=str(ARTIFACTS / "compare_side_gradients.png"))
+            # presenter mode on and off: the page is never shown twice (old beside new, as
+            #   when the elements above the charts moved), sampled while each rerun runs
             main = page.get_by_test_id("stMainBlockContainer")
             main.get_by_text("Presenter", exact=True).click()
-            page.wait_for_url("**present=1**", timeout=20_000)
-            _wait(lambda: page.get_by_test_id("stSidebarUserContent")
-                  .get_by_text("Presenter mode").count() == 1, 20, "presenter mode", page)
+            tab_bars = _sampled(page, "document.querySelectorAll('[data-testid=stTabs]')"
+                                ".length", lambda: "present=1" in page.url and page
+                                .get_by_test_id("stSidebarUserContent")
+                                .get_by_text("Presenter mode").count() == 1)
+            assert max(tab_bars) == 1, f"the page was doubled: {tab_bars}"
             _no_exception(page)
             page.screenshot(path=str(ARTIFACTS / "compare_presenter.png"))
             main.get_by_text("Presenter", exact=True).click()
-            page.wait_for_url(lambda url: "present=1" not in url, timeout=20_000)
+            tab_bars = _sampled(page, "document.querySelectorAll('[data-testid=stTabs]')"
+                                ".length", lambda: "present=1" not in page.url and page
+                                .get_by_test_id("stSidebarUserContent")
+                                .get_by_text("Setup", exact=True).count() == 1)
+            assert max(tab_bars) == 1, f"the page was doubled: {tab_bars}"
 
             # the link alone brings the stored results back, without training
             link = page.url

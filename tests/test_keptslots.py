@@ -15,10 +15,10 @@ ALL = len(GROUPS) * len(ks.LAYOUTS)
 def _run(kept: KeptSlots, shown, view: View, sig, training: bool,
          owner: str = "c1") -> dict[Slot, str]:
     """One rerun: the plan, and every slot built recorded as the page does."""
-    plan = kept.plan(owner, GROUPS, shown, view, sig, training)
+    plan = kept.plan(owner, GROUPS, shown, view.layout, training)
     for slot, what in plan:
         if what == "build":
-            kept.built(slot, view, sig, ("body", slot, sig))
+            kept.built(slot, sig, ("body", slot, view, sig))
     return dict(plan)
 
 
@@ -48,22 +48,26 @@ def test_a_finished_comparison_builds_every_slot_once_then_keeps_them():
         assert {what for slot, what in plan.items() if slot != other} == {"keep"}
 
 
-def test_what_the_server_draws_of_a_hidden_slot_makes_it_out_of_date():
-    kept, view = KeptSlots(), View()
-    shown = Slot("Loss & accuracy", "overlay")
-    _run(kept, shown, view, "done", training=False)
-    # the seed band and presenter mode: every slot; the site: only side by side (overlaid,
-    #   the browser picks the site among every site's rows)
-    for changed, stale in ((dataclasses.replace(view, band="std"), ALL - 1),
-                           (dataclasses.replace(view, present=True), ALL - 1),
-                           (dataclasses.replace(view, site="pre_norm"), len(GROUPS))):
-        fresh = KeptSlots()
-        _run(fresh, shown, view, "done", training=False)
-        plan = _run(fresh, shown, changed, "done", training=False)
-        built = [s for s, w in plan.items() if w == "build" and s != shown]
-        assert len(built) == stale, (changed, built)
-        if changed.site != view.site:
-            assert {s.layout for s in built} == {"side"}
+def test_an_out_of_date_hidden_slot_is_kept_until_it_is_shown():
+    """What the server draws of a slot changed (presenter mode, the seed band, the runs
+    ended): only the shown slot is built; a hidden one is sent as it was (its drawing
+    stays) and built by the rerun that shows it. Rebuilding every hidden slot at once
+    held the browser's main thread for seconds."""
+    view = View()
+    shown, hidden = Slot("Loss & accuracy", "overlay"), Slot("Activations", "side")
+    for changed, sig in ((dataclasses.replace(view, present=True), "done"),
+                         (dataclasses.replace(view, band="std"), "done"),
+                         (view, "ended")):
+        kept = KeptSlots()
+        _run(kept, shown, view, "done", training=False)
+        before = kept.body(hidden)
+        plan = _run(kept, shown, changed, sig, training=False)
+        assert plan[shown] == "build" and kept.body(shown) == ("body", shown, changed, sig)
+        assert {w for s, w in plan.items() if s != shown} == {"keep"}
+        assert kept.body(hidden) == before  # the same body: the browser keeps its drawing
+        side = dataclasses.replace(changed, layout="side")
+        assert _run(kept, hidden, side, sig, training=False)[hidden] == "build"
+        assert kept.body(hidden) == ("body", hidden, side, sig)
 
 
 def test_while_training_hidden_slots_are_built_once_then_kept():
@@ -79,20 +83,21 @@ def test_while_training_hidden_slots_are_built_once_then_kept():
                     training=True)
         assert plan[shown] == "build"
         assert {w for s, w in plan.items() if s != shown} == {"keep"}
-    # shown again, a slot is built with the newest rows; once the runs end, every slot
+    # shown again, a slot is built with the newest rows; the others keep theirs
     gradients = Slot("Gradients", "overlay")
     assert _run(kept, gradients, view, 6, training=True)[gradients] == "build"
     assert kept.kept[gradients].sig == 6 and kept.kept[shown].sig == 5
-    assert set(_run(kept, gradients, view, "ended", training=False).values()) == {"build"}
+    plan = _run(kept, gradients, view, "ended", training=False)  # the runs have ended
+    assert plan[gradients] == "build" and kept.kept[shown].sig == 5
 
 
 def test_a_placeholder_is_built_again_and_another_comparison_starts_afresh():
     kept, view = KeptSlots(), View()
     shown, hidden = Slot("Loss & accuracy", "overlay"), Slot("Gradients", "overlay")
     _run(kept, shown, view, 0, training=False)
-    kept.built(hidden, view, 0, ("info", "waiting"), final=False)
-    assert dict(kept.plan("c1", GROUPS, shown, view, 0, False))[hidden] == "build"
-    plan = dict(kept.plan("c2", GROUPS, shown, view, 0, False))
+    kept.built(hidden, 0, ("info", "waiting"), final=False)
+    assert dict(kept.plan("c1", GROUPS, shown, "overlay", False))[hidden] == "build"
+    plan = dict(kept.plan("c2", GROUPS, shown, "overlay", False))
     assert set(plan.values()) == {"build"} and kept.owner == "c2" and not kept.kept
 
 
@@ -102,13 +107,13 @@ def test_before_the_first_curve_the_hidden_slots_wait_for_it():
     the shown slot has rows, the page is asked to rerun (catch_up) and builds them."""
     kept, view = KeptSlots(), View()
     shown = Slot("Loss & accuracy", "overlay")
-    plan = kept.plan("c1", GROUPS, shown, view, 0, training=True)
+    plan = kept.plan("c1", GROUPS, shown, "overlay", training=True)
     assert plan[0] == (shown, "build") and {w for _, w in plan[1:]} == {"skip"}
-    kept.built(shown, view, 0, ("info", "waiting"), final=False)
+    kept.built(shown, 0, ("info", "waiting"), final=False)
     assert kept.deferred and not kept.catch_up()  # no rows shown yet: nothing to catch up
-    plan = dict(kept.plan("c1", GROUPS, shown, view, 1, training=True))
+    plan = dict(kept.plan("c1", GROUPS, shown, "overlay", training=True))
     assert set(plan.values()) == {"build", "skip"} and plan[shown] == "build"
-    kept.built(shown, view, 1, ("chart", "first rows"))
+    kept.built(shown, 1, ("chart", "first rows"))
     assert kept.catch_up()  # the first curve is drawn: rerun (once: the rerun's own
     assert not kept.catch_up()  # check, before its plan, says no)
     plan = _run(kept, shown, view, 2, training=True)
@@ -116,24 +121,3 @@ def test_before_the_first_curve_the_hidden_slots_wait_for_it():
     # a finished comparison builds everything at once
     fresh = KeptSlots()
     assert set(_run(fresh, shown, view, "done", training=False).values()) == {"build"}
-
-
-def test_a_rerun_of_the_whole_page_leaves_out_of_date_hidden_slots_to_the_next():
-    """Presenter mode (a rerun of the whole page) makes every hidden slot out of date: they
-    are left out of that run (Streamlit shows the old page beside the new one until it
-    ends) and built at the view's next rerun; slots never built are built at once."""
-    kept, view = KeptSlots(), View()
-    shown = Slot("Loss & accuracy", "overlay")
-    assert set(_run(kept, shown, view, "done", training=False).values()) == {"build"}
-    present = dataclasses.replace(view, present=True)
-    plan = kept.plan("c1", GROUPS, shown, present, "done", False, page_run=True)
-    assert plan[0] == (shown, "build") and {w for _, w in plan[1:]} == {"skip"}
-    kept.built(shown, present, "done", "body")
-    assert set(_run(kept, shown, present, "done", training=False).values()) == {"build"}
-    hidden = Slot("Gradients", "side")  # a placeholder is built again, page run or not
-    kept.built(hidden, view, "done", ("info", "waiting"), final=False)
-    assert dict(kept.plan("c1", GROUPS, shown, present, "done", False,
-                          page_run=True))[hidden] == "build"
-    fresh = KeptSlots()  # a first open is a page run too: everything is built
-    assert set(dict(fresh.plan("c1", GROUPS, shown, view, "done", False,
-                               page_run=True)).values()) == {"build"}

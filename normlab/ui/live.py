@@ -102,11 +102,7 @@ def live_runs(key: str, ids: list[str], view: View,
         _progress(key, runs)
 
     _live()
-    st.session_state[_PAGE_RUN] = True  # the view drawn by a run of the whole page
-    try:
-        _view()
-    finally:
-        st.session_state[_PAGE_RUN] = False
+    _view()
     if waiting:
         _watch()
 
@@ -309,7 +305,6 @@ def _charts(key: str, ids: list[str], runs, view: View, poll: float | None) -> N
 SLOT_PREFIX = "nl-slot-"  # a slot's container key (the bridge's CSS and checks read it)
 SLOTS_KEY = "nl-slots"  # the container of every slot
 _KEPT = "_kept_slots"  # session key: this session's KeptSlots
-_PAGE_RUN = "_kept_page_run"  # session key: the view is drawn by a run of the whole page
 
 
 def _slots(key: str, ids: list[str], runs, view: View, boxes: dict, shown: Slot | None,
@@ -320,14 +315,12 @@ def _slots(key: str, ids: list[str], runs, view: View, boxes: dict, shown: Slot 
     kept = st.session_state.get(_KEPT)
     if not isinstance(kept, KeptSlots):
         kept = st.session_state[_KEPT] = KeptSlots()
-    sig = views.chart_signature(runs)
-    training = not views.finished(runs)
-    plan = kept.plan(key, list(views.CHART_GROUPS), shown, view, sig, training,
-                     page_run=bool(st.session_state.get(_PAGE_RUN)))
+    plan = kept.plan(key, list(views.CHART_GROUPS), shown, view.layout,
+                     not views.finished(runs))
 
     def build(slot: Slot, now) -> tuple:
         body, final = _slot_body(key, now, slot, slot_view(view, slot.layout))
-        kept.built(slot, view, views.chart_signature(now), body, final)
+        kept.built(slot, views.chart_signature(now), body, final)
         return body
 
     # every slot in a fragment of its own (polled when shown): a slot shown or hidden keeps

@@ -4,17 +4,21 @@ and the browser to draw them (0.65–1.4 s while 9 runs train on a 2-core machin
 
 Each chart tab is two *slots* of the page, one per layout (overlay, side by side). The
 slot shown is built at every rerun of the view and at each live poll (the page polls only
-it: :mod:`normlab.ui.live`). The others are sent again as they were last built at a rerun
-of the view (a toggle, a tab switch: the same bytes, so Streamlit's browser keeps their
-drawing, and its message cache does not even resend them); the page shows or hides them
-at once when the tab or the layout changes (:mod:`normlab.ui.viewbridge`), and the rerun
-that follows brings the shown slot's newest rows. A hidden slot is built again when what
-the server draws of it changed (the seed band, presenter mode, the activation site side
-by side: :func:`slot_key`; the log scale, smoothing and overlaid site are applied in the
-browser), and once the runs have ended. While runs train, a hidden slot keeps the rows it
-had when it was last shown (or first built): hidden charts given newer rows at the live
-polls grew the browser's memory by ~8 MB/s (BENCHMARKS.md, session 12), so the rerun
-that shows a slot brings them (within ~1–2 s of the switch while 9 runs train).
+it: :mod:`normlab.ui.live`). A hidden slot is built once (at the first open, or at the
+view's rerun after the first curve), then sent again as it was last built: the same
+bytes, so Streamlit's browser keeps its drawing and its message cache does not even
+resend them. The page shows or hides slots at once when the tab or the layout changes
+(:mod:`normlab.ui.viewbridge`), with the log scale, smoothing and overlaid site the
+browser applies; the rerun that follows builds the slot now shown, with its newest rows
+and what the server draws of it (the seed band, presenter mode, the site side by side).
+
+A hidden slot is never built again while hidden, even out of date (the runs have moved
+on or ended, presenter mode or the band changed): drawn anew, each hidden chart's embed
+holds the browser's main thread 0.5–2.5 s (the quick start's Activations, ~4.5 MB), and
+rebuilding them all at one rerun (the first tab switch after presenter mode was toggled)
+held it 6–7.6 s (BENCHMARKS.md, session 13). Rows given to hidden charts at every poll
+also grew the browser's memory by ~8 MB/s (session 12). So a slot shown out of date is
+drawn as it was for the second or two its rerun takes, then replaced.
 
 :class:`KeptSlots` decides, per rerun, which slots are built and which are sent as kept;
 it holds no Streamlit and is tested on its own (``tests/test_keptslots.py``).
@@ -48,17 +52,8 @@ def slots(groups: list[str]) -> list[Slot]:
     return [Slot(g, layout) for g in groups for layout in LAYOUTS]
 
 
-def slot_key(view: View, layout: str) -> tuple:
-    """What the server draws of a slot in ``layout`` for ``view``: a kept slot whose key
-    differs is out of date. The log scale and the smoothing are applied in the browser
-    (the smoothing's hover values follow at the rerun that shows the slot), and so is the
-    activation site when overlaid (:func:`normlab.views.compareview.browser_site`)."""
-    return (layout, view.band, view.site if layout == "side" else None, view.present)
-
-
 @dataclass
 class Kept:
-    key: tuple  # slot_key it was built for
     sig: Any  # the runs' state it was built from
     body: Any  # what the page draws in it (opaque here)
     final: bool = True  # False: a placeholder (e.g. "waiting for the first measurements")
@@ -88,17 +83,13 @@ class KeptSlots:
                 seen.append(slot)
         return seen
 
-    def plan(self, owner: str, groups: list[str], shown: Slot | None, view: View, sig: Any,
-             training: bool, page_run: bool = False) -> list[tuple[Slot, str]]:
+    def plan(self, owner: str, groups: list[str], shown: Slot | None,
+             layout: str, training: bool) -> list[tuple[Slot, str]]:
         """Per slot, in drawing order (:meth:`order`): ``"build"`` (the one shown; a hidden
-        one out of date or not built yet; a finished comparison's when its runs changed,
-        e.g. ended), ``"keep"`` (sent as last built) or ``"skip"`` (while runs train and
-        the shown slot has not drawn its first rows yet: the hidden ones wait, so the
-        browser draws the first curve before them — :meth:`catch_up`; and in a
-        ``page_run``, a rerun of the whole page such as presenter mode toggled, the hidden
-        slots built before but out of date: Streamlit shows the page's old elements beside
-        the new ones until such a run ends, and rebuilding them kept the page doubled for
-        ~7 s instead of ~1.3 s; they are built at the view's next rerun). Kept slots of
+        one not built yet, or only as a placeholder), ``"keep"`` (sent as last built, out of
+        date or not: built again when shown) or ``"skip"`` (not built yet, while runs train
+        and the shown slot has not drawn its first rows: the hidden ones wait, so the
+        browser draws the first curve before them — :meth:`catch_up`). Kept slots of
         another ``owner`` (comparison) are dropped first."""
         if owner != self.owner:
             self.owner, self.kept = owner, {}
@@ -107,24 +98,17 @@ class KeptSlots:
         defer = training and shown is not None and not (before and before.final)
         self.deferred = False
         out = []
-        for slot in self.order(groups, shown, view.layout):
+        for slot in self.order(groups, shown, layout):
             kept = self.kept.get(slot)
             if slot == shown:
                 out.append((slot, "build"))
-                continue
-            current = (kept is not None and kept.final
-                       and kept.key == slot_key(view, slot.layout))
-            if not current and page_run and kept is not None and kept.final:
-                out.append((slot, "skip"))
-            elif not current and defer:
+            elif kept is not None and kept.final:
+                out.append((slot, "keep"))
+            elif defer:
                 self.deferred = True
                 out.append((slot, "skip"))
-            elif not current:
-                out.append((slot, "build"))
-            elif kept.sig != sig and not training:  # e.g. the runs have just ended
-                out.append((slot, "build"))
             else:
-                out.append((slot, "keep"))
+                out.append((slot, "build"))
         return out
 
     def catch_up(self) -> bool:
@@ -137,11 +121,10 @@ class KeptSlots:
             return True
         return False
 
-    def built(self, slot: Slot, view: View, sig: Any, body: Any,
-              final: bool = True) -> None:
-        """Record what was drawn in ``slot`` for ``view`` and the runs' state ``sig``
-        (``final`` False: a placeholder, built again at the next rerun that may)."""
-        self.kept[slot] = Kept(slot_key(view, slot.layout), sig, body, final)
+    def built(self, slot: Slot, sig: Any, body: Any, final: bool = True) -> None:
+        """Record what was drawn in ``slot`` from the runs' state ``sig`` (``final``
+        False: a placeholder, built again at the next rerun that may)."""
+        self.kept[slot] = Kept(sig, body, final)
 
     def body(self, slot: Slot) -> Any:
         return self.kept[slot].body
