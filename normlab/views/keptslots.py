@@ -16,7 +16,7 @@ A hidden slot is never built again while hidden, even out of date (the runs have
 on or ended, presenter mode or the band changed): drawn anew, each hidden chart's embed
 holds the browser's main thread 0.5–2.5 s (the quick start's Activations, ~4.5 MB), and
 rebuilding them all at one rerun (the first tab switch after presenter mode was toggled)
-held it 6–7.6 s (BENCHMARKS.md, session 13). Rows given to hidden charts at every poll
+held it 5.4–6.6 s (BENCHMARKS.md, session 13). Rows given to hidden charts at every poll
 also grew the browser's memory by ~8 MB/s (session 12). So a slot shown out of date is
 drawn as it was for the second or two its rerun takes, then replaced.
 
