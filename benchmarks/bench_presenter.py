@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_toggles import _checkout, _finished_store, _serve_root  # noqa: E402
+from bench_toggles import _checkout, _serve_root, quick_start_store  # noqa: E402
 from browserserver import ARGS, CHROMIUM  # noqa: E402
 
 LONG_TASKS = ("window.__lt = []; new PerformanceObserver(l => l.getEntries().forEach("
@@ -98,10 +98,7 @@ def main() -> None:
     loads: list[float] = []
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         folder = Path(tmp)
-        cached = ROOT / "artifacts" / "bench_toggles_quickstart.sqlite"
-        if not cached.exists():
-            cached.parent.mkdir(exist_ok=True)
-            _finished_store(cached)
+        cached = quick_start_store()
         roots = {"this": ROOT}
         if args.baseline:
             roots["baseline"] = (Path(args.baseline) if Path(args.baseline).is_dir()

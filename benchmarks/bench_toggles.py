@@ -281,6 +281,16 @@ def _open(page, url: str, cid: str, n: int = 9) -> None:
     time.sleep(2)
 
 
+def quick_start_store() -> Path:
+    """The finished quick start's store, trained once and kept in ``artifacts/`` (ignored
+    by git): copy it before serving it."""
+    cached = ROOT / "artifacts" / "bench_toggles_quickstart.sqlite"
+    if not cached.exists():
+        cached.parent.mkdir(exist_ok=True)
+        _finished_store(cached)
+    return cached
+
+
 def _serve_root(root: Path, store: Path, log: Path):
     """``streamlit run dashboard.py`` of the checkout at ``root`` on ``store`` (a baseline
     older than ``python dashboard.py`` serves the same way; toggles do not wait for the
@@ -332,12 +342,8 @@ def main() -> None:
             roots[args.baseline] = (given.resolve() if given.is_dir()
                                     else _checkout(args.baseline, folder / "baseline"))
         done_cid = None
-        if "finished" in phases:  # trained once, kept in artifacts/ (ignored by git)
-            cached = ROOT / "artifacts" / "bench_toggles_quickstart.sqlite"
-            if not cached.exists():
-                cached.parent.mkdir(exist_ok=True)
-                _finished_store(cached)
-            shutil.copy(cached, store_path)
+        if "finished" in phases:
+            shutil.copy(quick_start_store(), store_path)
             with Store(store_path) as store:
                 done_cid = store.comparisons()["id"].iloc[0]
         stack.callback(stop_engine, store_path)

@@ -16,7 +16,8 @@ from streamlit import dataframe_util
 
 from normlab.views import compareview as views, explorer, linked, livespecs, urlstate
 from normlab.views import viewparams
-from normlab.views.keptslots import KeptSlots, Slot, slot_view, slots
+from normlab.views.keptslots import (SLOT_PREFIX, SLOTS_KEY, KeptSlots, Slot, slot_view,
+                                     slots)
 from normlab.runs.engine import engine_pid, engine_starting, ensure_engine
 from normlab.runs.store import FINISHED, NotFound
 from normlab.views.urlstate import View
@@ -302,8 +303,6 @@ def _charts(key: str, ids: list[str], runs, view: View, poll: float | None) -> N
     _slots(key, ids, runs, view, boxes, shown, poll)
 
 
-SLOT_PREFIX = "nl-slot-"  # a slot's container key (the bridge's CSS and checks read it)
-SLOTS_KEY = "nl-slots"  # the container of every slot
 _KEPT = "_kept_slots"  # session key: this session's KeptSlots
 
 

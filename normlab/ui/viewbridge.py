@@ -31,7 +31,7 @@ import json
 import streamlit as st
 
 from normlab.views.compareview import CHART_GROUPS
-from normlab.views.keptslots import slots
+from normlab.views.keptslots import SLOT_PREFIX, SLOTS_KEY, slots
 from normlab.ui.common import TAB
 from normlab.views.urlstate import SMOOTH_MAX, View, tab_slug
 from normlab.views.viewparams import ELEMENTS, LOG, SITE, SMOOTH
@@ -41,7 +41,7 @@ KEYS = {LOG: "view_log", SMOOTH: "view_smooth",  # the widgets' keys (normlab.ui
 
 _SCRIPT = """<script>(() => {
   const ids = %(ids)s, keys = %(keys)s, max = %(max)s, sites = %(sites)s;
-  const slots = %(slots)s, layouts = %(layouts)s, tabs = %(tabs)s;
+  const slots = %(slots)s, layouts = %(layouts)s, tabs = %(tabs)s, prefix = %(prefix)s;
   window.__normlabServer = %(server)s;  // the server's view: what a widget not read gives
   const widget = (name, sel) => document.querySelector(`.st-key-${keys[name]} ${sel}`);
   const read = {
@@ -71,7 +71,7 @@ _SCRIPT = """<script>(() => {
   }
   // every slot hidden but the one of the tab and layout shown
   const showing = () => `${value('layout')}-${value('tab')}`;
-  const css = shown => `${%(css)s}[class*="st-key-nl-slot-"]:not(.st-key-nl-slot-${shown})` +
+  const css = shown => `${%(css)s}[class*="st-key-${prefix}"]:not(.st-key-${prefix}${shown})` +
     '{display: none !important;}';
   if (style.dataset.shown !== showing()) {
     style.dataset.shown = showing(); style.textContent = css(style.dataset.shown);
@@ -98,7 +98,7 @@ _SCRIPT = """<script>(() => {
     const now = {};
     for (const name of Object.keys(ids)) now[name] = value(name);
     for (const slot of slots) {
-      const box = document.querySelector(`.st-key-nl-slot-${slot}`);
+      const box = document.querySelector(`.st-key-${prefix}${slot}`);
       if (!box || !box.checkVisibility()) { shown[slot] = false; continue; }
       const fresh = !shown[slot];
       shown[slot] = true;
@@ -123,7 +123,7 @@ _SCRIPT = """<script>(() => {
 })();</script>"""
 
 # the slots' container has no gap between them (one is shown)
-_CSS = ".st-key-nl-slots {gap: 0 !important;}"
+_CSS = f".st-key-{SLOTS_KEY} {{gap: 0 !important;}}"
 
 
 def script(site_labels: dict[str, str], layout_labels: dict[str, str], view: View,
@@ -135,12 +135,13 @@ def script(site_labels: dict[str, str], layout_labels: dict[str, str], view: Vie
     groups = list(CHART_GROUPS)
     server = {LOG: "on" if view.log else "off", SMOOTH: repr(float(view.smooth)),
               SITE: view.site, "layout": view.layout,
-              "tab": tab_slug(tab if tab in groups else groups[0]) if tab is None
-              or tab in groups else "-"}
+              "tab": "-" if tab is not None and tab not in groups
+              else tab_slug(tab or groups[0])}
     return _SCRIPT % {"ids": json.dumps(ELEMENTS), "keys": json.dumps(KEYS),
                       "max": json.dumps(SMOOTH_MAX),
                       "sites": json.dumps({label: site for site, label in site_labels.items()}),
                       "slots": json.dumps([s.name for s in slots(groups)]),
+                      "prefix": json.dumps(SLOT_PREFIX),
                       "tabs": json.dumps({g: tab_slug(g) for g in groups}),
                       "layouts": json.dumps({label: key for key, label in layout_labels.items()}),
                       "server": json.dumps(server), "css": json.dumps(_CSS),

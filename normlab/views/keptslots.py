@@ -32,6 +32,8 @@ from typing import Any
 from normlab.views.urlstate import View, tab_slug
 
 LAYOUTS = ("overlay", "side")
+SLOT_PREFIX = "nl-slot-"  # a slot's container key, + its name (the bridge's CSS reads it)
+SLOTS_KEY = "nl-slots"  # the key of the container of every slot
 
 
 @dataclass(frozen=True)
